@@ -1,0 +1,73 @@
+"""The ``nasbnn`` command line: each subcommand turns arguments into one library call.
+
+User mistakes (bad architecture, unknown key, missing file...) print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+from . import __version__
+from .errors import NasbnnError
+
+__all__ = ["main"]
+
+# Subcommands contributed by other modules: each module exposes ``register(subparsers)``.
+_COMMAND_MODULES = (
+    "nasbnn.commands.core",
+    "nasbnn.commands.train",
+    "nasbnn.commands.search",
+    "nasbnn.commands.deploy",
+    "nasbnn.commands.pipeline",
+    "nasbnn.engine.commands",
+    "nasbnn.detect.commands",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(
+        prog="nasbnn",
+        description="Neural architecture search for binary neural networks (NAS-BNN).",
+    )
+    parser.add_argument("--version", action="version", version=f"nasbnn {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name and name.startswith(exc.name):
+                continue  # an optional part that is not installed in this tree
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``nasbnn`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int | None] | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(handler(args) or 0)
+    except NasbnnError as exc:
+        print(f"nasbnn {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"nasbnn {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def print_json(obj: object) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=False))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,252 @@
+"""Typed run configuration: YAML files, dotted ``a.b=c`` overrides, validation, dumping.
+
+Schemas are pydantic models that forbid unknown keys; YAML parsing and dotted overrides are
+OmegaConf's. ``load_config(RunConfig, "configs/fashion-mnist.yaml", ["train.epochs=2"])`` merges the
+schema defaults, the file and the overrides (in that order) and validates the result; any problem is
+a one-line :class:`ConfigError` naming the key and what is valid.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError
+
+__all__ = [
+    "DataConfig",
+    "EvalConfig",
+    "ExportConfig",
+    "FinetuneConfig",
+    "RunConfig",
+    "SearchConfig",
+    "SpaceConfig",
+    "SyntheticDataConfig",
+    "TrainConfig",
+    "dump_config",
+    "load_config",
+]
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class Strict(BaseModel):
+    """Base of all config sections: unknown keys and wrong types are errors."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SpaceConfig(Strict):
+    """Which search space; ``name`` is a preset (``nasbnn spaces``) or a YAML/JSON file."""
+
+    name: str = "fashion-mnist"
+    num_classes: int | None = Field(None, ge=1, description="default: the dataset's class count")
+    resolution: int | None = Field(None, ge=8, description="default: the preset's resolution")
+
+
+class SyntheticDataConfig(Strict):
+    """A learnable random dataset generated from a seed, for tests and smoke runs."""
+
+    num_train: int = Field(512, ge=8)
+    num_test: int = Field(128, ge=8)
+    num_classes: int = Field(5, ge=2)
+    channels: int = Field(3, ge=1)
+    resolution: int = Field(16, ge=4)
+
+
+class DataConfig(Strict):
+    """Dataset, splits and loading.
+
+    The search-validation split is ``holdout_per_class`` images per class moved out of the
+    training set (upstream: 50 per ImageNet class); supernet training uses the rest.
+    """
+
+    name: Literal["fashion-mnist", "mnist", "cifar10", "cifar100", "imagefolder", "synthetic"] = "fashion-mnist"
+    root: str | None = Field(None, description="dataset folder; fashion-mnist/mnist default to the Debian package")
+    batch_size: int = Field(256, ge=1, description="global batch size (divided across ranks)")
+    eval_batch_size: int = Field(1000, ge=1)
+    workers: int = Field(0, ge=0, description="data-loading worker processes (imagefolder)")
+    holdout_per_class: int = Field(500, ge=0)
+    augment: bool = True
+    resolution: int | None = Field(None, ge=8, description="imagefolder crop size; default: the space's")
+    limit_train: int | None = Field(None, ge=1, description="use only this many training images (quick runs)")
+    manifest: str | None = Field(None, description="imagefolder split manifest; default: <run>/split.json")
+    synthetic: SyntheticDataConfig = Field(default_factory=SyntheticDataConfig)
+
+
+class TrainConfig(Strict):
+    """Supernet training (the Bi-Teacher sandwich). Defaults are the upstream ImageNet recipe."""
+
+    epochs: float = Field(512, gt=0, description="may be fractional for short runs")
+    lr: float = Field(2.5e-3, gt=0, description="Adam learning rate (upstream: 2.5e-3 at global batch 512)")
+    weight_decay: float = Field(5e-6, ge=0, description="L2 on conv and classifier weights only")
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_epochs: float = Field(0, ge=0)
+    warmup_start_factor: float = Field(0.01, gt=0, le=1)
+    min_lr: float = Field(0.0, ge=0)
+    num_random: int = Field(2, ge=0, description="random subnets per step besides the smallest")
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    kd_temperature: float = Field(1.0, gt=0)
+    weight_distill: bool = False
+    weight_distill_scale: float = Field(0.1, ge=0)
+    checkpoint_every: int = Field(500, ge=1, description="steps between checkpoints")
+    log_every: int = Field(20, ge=1)
+    eval_every_epochs: float = Field(1.0, gt=0, description="teacher/smallest test accuracy cadence")
+    eval_images: int | None = Field(None, ge=1, description="cap of test images per periodic evaluation")
+    grad_clip: float | None = Field(None, gt=0)
+    amp: Literal["auto", "bf16", "off"] = "auto"
+    channels_last: bool | None = Field(None, description="default: on for CUDA")
+    compile: bool = False
+
+
+class SearchConfig(Strict):
+    """Evolutionary search. Defaults are the upstream ImageNet protocol (README of the official code)."""
+
+    population: int = Field(512, ge=2)
+    generations: int = Field(20, ge=0)
+    num_mutations: int = Field(128, ge=0)
+    num_crossovers: int = Field(128, ge=0)
+    mutate_prob: float = Field(0.2, ge=0, le=1)
+    min_mops: float = Field(20.0, ge=0)
+    max_mops: float = Field(180.0, gt=0)
+    step_mops: float = Field(2.0, gt=0)
+    cost: Literal["ops", "latency"] = "ops"
+    latency_model: str | None = Field(None, description="fitted latency model JSON for cost=latency")
+    convention: Literal["upstream", "standard"] = "upstream"
+    calib_batches: int = Field(10, ge=1)
+    calib_batch_size: int = Field(2048, ge=1)
+    val_images: int | None = Field(None, ge=1, description="cap of search-validation images (None: all)")
+    random_baseline: int = Field(0, ge=0, description="random architectures per bucket to compare the family to")
+    max_attempts: int = Field(100_000, ge=1, description="tries to find a new in-range candidate")
+
+
+class FinetuneConfig(Strict):
+    """Fine-tuning one exported network. Defaults are the upstream ImageNet values."""
+
+    epochs: float = Field(25, gt=0)
+    lr: float = Field(1e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int | None = Field(None, ge=1, description="default: data.batch_size")
+    warmup_epochs: float = Field(0, ge=0)
+    checkpoint_every: int = Field(500, ge=1)
+    log_every: int = Field(20, ge=1)
+
+
+class EvalConfig(Strict):
+    """BN recalibration before deployment evaluation (upstream test.py: 10 batches of 2048)."""
+
+    recalibrate: bool = True
+    calib_batches: int = Field(10, ge=0)
+    calib_batch_size: int = Field(2048, ge=1)
+
+
+class ExportConfig(Strict):
+    format: Literal["bundle", "onnx", "packed"] = "bundle"
+
+
+class RunConfig(Strict):
+    """Everything a run needs; each command reads the sections it uses."""
+
+    seed: int = 0
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    out: str = Field("nasbnn-run", description="run folder")
+    space: SpaceConfig = Field(default_factory=SpaceConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+
+
+# ------------------------------------------------------------------------------------------ loading
+def _format_error(err: ValidationError, schema: type[BaseModel]) -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"])
+    if e["type"] == "extra_forbidden":
+        section: Any = schema
+        for part in e["loc"][:-1]:
+            field = section.model_fields.get(str(part)) if isinstance(section, type) else None
+            ann = getattr(field, "annotation", None)
+            section = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+            if section is None:
+                break
+        valid = ", ".join(section.model_fields) if section is not None else "?"
+        return f"unknown config key {loc!r}; valid keys here: {valid}"
+    got = e.get("input")
+    got_s = f" (got {got!r})" if not isinstance(got, (dict, list)) else ""
+    return f"config key {loc!r}: {e['msg']}{got_s}"
+
+
+def load_config(schema: type[M], path: str | Path | None = None, overrides: Sequence[str] = ()) -> M:
+    """Schema defaults, then the YAML file, then ``key=value`` overrides, validated.
+
+    Raises:
+        ConfigError: missing or malformed file, malformed override, unknown key, wrong type.
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        try:
+            loaded = OmegaConf.to_container(OmegaConf.load(p), resolve=True)
+        except Exception as exc:
+            raise ConfigError(f"cannot parse {str(p)!r}: {str(exc).splitlines()[0]}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {str(p)!r} must hold a mapping at the top level")
+        data = loaded  # type: ignore[assignment]
+    bad = [o for o in overrides if "=" not in o or not o.split("=", 1)[0].strip()]
+    if bad:
+        raise ConfigError(f"override {bad[0]!r} is not of the form key=value (e.g. train.epochs=2)")
+    try:
+        merged = OmegaConf.merge(OmegaConf.create(data), OmegaConf.from_dotlist(list(overrides)))
+        data = OmegaConf.to_container(merged, resolve=True)  # type: ignore[assignment]
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"cannot apply overrides: {str(exc).splitlines()[0]}") from None
+    try:
+        return schema.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, schema)) from None
+
+
+def config_to_dict(cfg: BaseModel) -> dict[str, Any]:
+    return cfg.model_dump(mode="json")
+
+
+def dump_config(cfg: BaseModel, path: str | Path) -> None:
+    """Writes the resolved config as YAML, atomically."""
+    import yaml
+
+    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+    atomic_write_text(Path(path), text)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Writes ``text`` to a temporary file beside ``path``, then renames it over ``path``."""
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,57 @@
+"""The NAS-BNN building blocks, written once for both the supernet and exported networks.
+
+Blocks receive their layers as arguments: elastic (weight-sharing) layers in the supernet, plain
+exact-size layers in an exported network. The computation is the same code either way.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..ops.layers import shortcut_add
+
+__all__ = ["BinaryBlock", "Stem", "pool_features"]
+
+
+class Stem(nn.Module):
+    """8-bit conv on the image -> BN -> RPReLU. No sign, no shortcut."""
+
+    def __init__(self, conv: nn.Module, bn: nn.Module, act: nn.Module) -> None:
+        super().__init__()
+        self.conv = conv
+        self.bn = bn
+        self.act = act
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+
+class BinaryBlock(nn.Module):
+    """ReActNet-style block with a grouped K×K binary conv and a 1×1 binary conv.
+
+    RSign -> K×K conv (C_in -> C_in, stride, groups) -> BN -> + x -> RPReLU ->
+    RSign -> 1×1 conv (C_in -> C_out) -> BN -> + previous -> RPReLU. Shortcuts have no parameters:
+    average pooling on stride 2, channel tiling when widening.
+    """
+
+    def __init__(self, *, rsign1: nn.Module, conv_kxk: nn.Module, bn1: nn.Module, rprelu1: nn.Module,
+                 rsign2: nn.Module, conv_1x1: nn.Module, bn2: nn.Module, rprelu2: nn.Module) -> None:
+        super().__init__()
+        self.rsign1 = rsign1
+        self.conv_kxk = conv_kxk
+        self.bn1 = bn1
+        self.rprelu1 = rprelu1
+        self.rsign2 = rsign2
+        self.conv_1x1 = conv_1x1
+        self.bn2 = bn2
+        self.rprelu2 = rprelu2
+
+    def forward(self, x: Tensor) -> Tensor:
+        out1 = self.rprelu1(shortcut_add(self.bn1(self.conv_kxk(self.rsign1(x))), x))
+        return self.rprelu2(shortcut_add(self.bn2(self.conv_1x1(self.rsign2(out1))), out1))
+
+
+def pool_features(x: Tensor) -> Tensor:
+    """Global average pool: [B, C, H, W] -> [B, C]."""
+    return F.adaptive_avg_pool2d(x, 1).flatten(1)

@@ -1,0 +1,78 @@
+"""Check this implementation against outputs of the official NAS-BNN code (parity fixtures).
+
+A fixture folder holds ``logits_seed<S>.json`` (architectures, weight modes, inputs and the upstream
+logits), ``ops_seed<S>.json`` (upstream FLOPs/BOPs/OPs) and ``make_state.py``, which rebuilds the
+deterministic upstream-format state dict for seed S.
+
+Random binary networks turn any rounding difference into sign flips, so bit-level agreement of the
+float kernels matters: oneDNN picks different convolution kernels (and summation orders) on AVX-512
+and AVX2 machines. :func:`check_logits` is therefore best run with ``ONEDNN_MAX_CPU_ISA`` set to the
+ISA the fixtures were made with (``AVX2`` for the shipped ones); ``nasbnn parity`` does that itself.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["check_logits", "check_ops", "fixture_files"]
+
+
+def fixture_files(folder: str | Path, kind: str) -> list[Path]:
+    return sorted(Path(folder).glob(f"{kind}_seed*.json"))
+
+
+def _make_state(folder: Path, seed: int) -> dict[str, Any]:
+    spec = importlib.util.spec_from_file_location("nasbnn_fixture_make_state", folder / "make_state.py")
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(folder / "make_state.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    keys = json.loads((folder / "state_keys.json").read_text())
+    return module.make_state(keys, seed)
+
+
+def check_ops(folder: str | Path) -> list[dict[str, Any]]:
+    """Per architecture of every ``ops_seed*.json``: our vs upstream MFLOPs/MBOPs/MOPs."""
+    from .cost import arch_cost
+    from .presets import create_space
+    from .upstream import arch_from_upstream
+
+    space = create_space("imagenet")
+    out = []
+    for f in fixture_files(folder, "ops"):
+        for i, entry in enumerate(json.loads(f.read_text())):
+            arch = arch_from_upstream(entry["arch"], space, nondecreasing=False)
+            c = arch_cost(arch, space)
+            rel = max(abs(getattr(c, k) - entry[k]) / abs(entry[k]) for k in ("mflops", "mbops", "mops"))
+            out.append({"file": f.name, "index": i, "mops": c.mops, "upstream_mops": entry["mops"], "rel_err": rel})
+    return out
+
+
+def check_logits(folder: str | Path) -> list[dict[str, Any]]:
+    """Per case of every ``logits_seed*.json``: relative L2 error of our logits vs upstream's."""
+    import numpy as np
+    import torch
+
+    from .models import SuperBNN
+    from .presets import create_space
+    from .upstream import arch_from_upstream, load_upstream_checkpoint
+
+    folder = Path(folder)
+    space = create_space("imagenet")
+    results = []
+    for f in fixture_files(folder, "logits"):
+        data = json.loads(f.read_text())
+        net = SuperBNN(space).eval()
+        load_upstream_checkpoint(net, _make_state(folder, int(data["seed"])))
+        x = torch.from_numpy(np.load(folder / data["input"]))
+        for case in data["cases"]:
+            net.set_arch(arch_from_upstream(case["arch"], space, nondecreasing=False), nondecreasing=False)
+            with torch.no_grad(), net.precision(case["weights"]):
+                y = net(x)
+            ref = torch.tensor(case["logits"], dtype=torch.float32)
+            rel = float((y - ref).norm() / ref.norm())
+            results.append({"file": f.name, "case": case["name"], "weights": case["weights"], "rel_l2": rel})
+    return results
