@@ -50,7 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nasbnn`` console script; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # ``key=value`` overrides may come anywhere, also after options (argparse alone would refuse them).
+    args, unknown = parser.parse_known_args(argv)
+    stray = [u for u in unknown if u.startswith("-") or "=" not in u]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if unknown:
+        if not hasattr(args, "overrides"):
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        args.overrides = [*(args.overrides or []), *unknown]
     handler: Callable[[argparse.Namespace], int | None] | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()

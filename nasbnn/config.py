@@ -194,9 +194,7 @@ def load_config(schema: type[M], path: str | Path | None = None, overrides: Sequ
 
     data: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} does not exist")
+        p = resolve_config_path(path)
         try:
             loaded = OmegaConf.to_container(OmegaConf.load(p), resolve=True)
         except Exception as exc:
@@ -218,6 +216,29 @@ def load_config(schema: type[M], path: str | Path | None = None, overrides: Sequ
         return schema.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_format_error(err, schema)) from None
+
+
+BUILTIN_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def builtin_configs() -> list[str]:
+    """Names of the configs shipped with the package (``--config imagenet`` etc.)."""
+    return sorted(p.stem for p in BUILTIN_CONFIGS.glob("*.yaml"))
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A config file path, or the built-in config of that name.
+
+    Raises:
+        ConfigError: neither a file nor a built-in name.
+    """
+    p = Path(path)
+    if p.is_file():
+        return p
+    builtin = BUILTIN_CONFIGS / f"{p.name.removesuffix('.yaml')}.yaml"
+    if p.parent == Path(".") and builtin.is_file():
+        return builtin
+    raise ConfigError(f"config file {str(p)!r} does not exist; built-in configs: {', '.join(builtin_configs())}")
 
 
 def config_to_dict(cfg: BaseModel) -> dict[str, Any]:

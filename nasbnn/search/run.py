@@ -1,0 +1,231 @@
+"""``nasbnn search``: evolutionary search on a trained supernet, with resumable on-disk state.
+
+Outputs in ``<run>/search/``: ``history.jsonl`` (every evaluated candidate, appended as evaluated),
+``generations.jsonl`` (one line per completed generation), ``meta.json`` (the settings a resume must
+match), ``pareto.json``, ``family.csv``, ``history.csv`` and ``pareto.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import RunConfig, atomic_write_text
+from ..cost import arch_cost
+from ..errors import NasbnnError, SearchError
+from ..models import SuperBNN
+from ..space import Arch, SearchSpace
+from ..utils.metrics import read_jsonl
+from ..utils.seeding import derive_seed
+from .evaluator import SupernetEvaluator
+from .evolution import EvolutionSearch, SearchState
+from .result import REFERENCE_POINTS, Budget, Candidate, write_results
+
+__all__ = ["load_supernet", "run_search", "search_data_config"]
+
+_logger = logging.getLogger(__name__)
+
+
+def load_supernet(checkpoint: str | Path, device: torch.device | str = "cpu") -> tuple[SuperBNN, dict[str, Any]]:
+    """A trained supernet from a nasbnn checkpoint (file or run folder), in eval mode, and the checkpoint."""
+    from ..train.checkpoint import load_checkpoint, space_from_checkpoint
+
+    state = load_checkpoint(checkpoint, kind="supernet")
+    space = space_from_checkpoint(state)
+    model = SuperBNN(space)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), state
+
+
+def search_data_config(cfg: RunConfig, state: dict[str, Any]) -> tuple[RunConfig, int]:
+    """The config whose data split matches the supernet's training run, and the split seed.
+
+    The search-validation split must be the images held out of supernet training, so its dataset,
+    hold-out size and seed come from the checkpoint (only the dataset root may differ).
+    """
+    trained = state.get("config", {}) or {}
+    tdata = trained.get("data", {})
+    data = cfg.data.model_copy(update={k: tdata[k] for k in ("name", "holdout_per_class", "limit_train", "synthetic")
+                                       if k in tdata})
+    if data.synthetic is not None and isinstance(data.synthetic, dict):
+        from ..config import SyntheticDataConfig
+
+        data = data.model_copy(update={"synthetic": SyntheticDataConfig(**data.synthetic)})
+    seed = int(trained.get("seed", cfg.seed))
+    return cfg.model_copy(update={"data": data}), seed
+
+
+def _cost_fns(cfg: RunConfig, space: SearchSpace):  # type: ignore[no-untyped-def]
+    scfg = cfg.search
+    conv = scfg.convention
+
+    def describe(a: Arch) -> tuple[float, float, float]:
+        c = arch_cost(a, space, convention=conv)
+        return c.mflops, c.mbops, c.mops
+
+    if scfg.cost == "ops":
+        return (lambda a: arch_cost(a, space, convention=conv).mops), describe, "MOPs"
+    if scfg.latency_model is None:
+        raise NasbnnError("search.cost=latency needs search.latency_model=<file> (fit one with `nasbnn latency fit`)")
+    from ..engine.latency import LatencyModel, latency_cost_fn
+
+    return latency_cost_fn(LatencyModel.load(scfg.latency_model), space), describe, "ms"
+
+
+def _distributed_evaluate(evaluator: SupernetEvaluator, dist_info):  # type: ignore[no-untyped-def]
+    """Each rank scores its share of the candidates; all ranks receive every score, in order."""
+    if not dist_info.enabled:
+        return evaluator
+
+    import torch.distributed as dist
+
+    def evaluate(archs: Sequence[Arch]) -> list[float]:
+        mine = {i: evaluator.score(a) for i, a in enumerate(archs) if i % dist_info.world_size == dist_info.rank}
+        gathered: list[dict[int, float]] = [{} for _ in range(dist_info.world_size)]
+        dist.all_gather_object(gathered, mine)
+        merged: dict[int, float] = {}
+        for part in gathered:
+            merged.update(part)
+        return [merged[i] for i in range(len(archs))]
+
+    return evaluate
+
+
+def run_search(cfg: RunConfig, *, checkpoint: str | Path, run_dir: str | Path | None = None, resume: bool = False,
+               force: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Searches a trained supernet for the best architecture per cost bucket.
+
+    Raises:
+        SearchError: empty/infeasible range, bad step, or existing results without resume/force.
+        CheckpointError: the checkpoint is missing or not a supernet checkpoint.
+    """
+    from ..context import make_context
+
+    scfg = cfg.search
+    budget_unit = "MOPs" if scfg.cost == "ops" else "ms"
+    budget = Budget(scfg.min_mops, scfg.max_mops, scfg.step_mops, budget_unit)  # validates before any work
+    ctx = make_context(cfg, run_dir)
+    out = ctx.run_dir / "search"
+    model, state = load_supernet(checkpoint, ctx.device)
+    space = model.space
+    cost_fn, describe, _ = _cost_fns(cfg, space)
+    budget.check_feasible(cost_fn(space.smallest()), cost_fn(space.largest()))
+    meta = {
+        "title": f"NAS-BNN search on {space.name}",
+        "space": space.name,
+        "space_fingerprint": space.fingerprint,
+        "supernet_step": int(state.get("step", 0)),
+        "seed": cfg.seed,
+        "cost": scfg.cost,
+        "convention": scfg.convention,
+        "population": scfg.population,
+        "generations": scfg.generations,
+        "num_mutations": scfg.num_mutations,
+        "num_crossovers": scfg.num_crossovers,
+        "mutate_prob": scfg.mutate_prob,
+        "calib_batches": scfg.calib_batches,
+        "calib_batch_size": scfg.calib_batch_size,
+        "val_images": scfg.val_images,
+    }
+    history: list[Candidate] = []
+    hist_path = out / "history.jsonl"
+    if resume:
+        old = json.loads((out / "meta.json").read_text()) if (out / "meta.json").is_file() else None
+        if old is None:
+            raise SearchError(f"cannot resume: no search in {str(out)!r} (meta.json missing)")
+        diff = [k for k in meta if k != "title" and old.get(k) != meta[k]]
+        if diff:
+            raise SearchError(f"cannot resume: the search in {str(out)!r} used other settings ({', '.join(diff)})")
+        history = [Candidate.from_json(r) for r in read_jsonl(hist_path)]
+    elif hist_path.exists() and not force:
+        raise SearchError(f"search results already exist in {str(out)!r}; pass --resume to continue or --force "
+                          "to start over")
+    if ctx.dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "meta.json", json.dumps(meta, indent=2) + "\n")
+        if not resume:
+            for name in ("history.jsonl", "generations.jsonl"):
+                if (out / name).exists():
+                    (out / name).unlink()
+            atomic_write_text(hist_path, "")
+        else:  # drop a line a killed writer may have cut short
+            atomic_write_text(hist_path, "".join(json.dumps(c.to_json()) + "\n" for c in history))
+
+    scfg_cfg, split_seed = search_data_config(cfg, state)
+    from ..data import build_data
+
+    data = build_data(scfg_cfg.data, resolution=space.resolution, seed=split_seed, run_dir=ctx.run_dir)
+    if len(data.search_val) == 0:
+        raise SearchError("the search-validation split is empty: train the supernet with data.holdout_per_class > 0")
+    val_split = data.search_val
+    if scfg.val_images is not None and scfg.val_images < len(val_split):
+        val_split = val_split.subset(range(scfg.val_images))
+    cl = ctx.channels_last
+    calib_loader = data.train.loader(batch_size=scfg.calib_batch_size, train=True,
+                                     seed=derive_seed(split_seed, "search-calibration"), device=ctx.device,
+                                     channels_last=cl, drop_last=False)
+    calib = [x for _, (x, _y) in zip(range(scfg.calib_batches), calib_loader)]
+    val = list(val_split.loader(batch_size=cfg.data.eval_batch_size, train=False, seed=0, device=ctx.device,
+                                channels_last=cl))
+    evaluator = SupernetEvaluator(model, calib, val, autocast=ctx.autocast())
+    search = EvolutionSearch(space, cost_fn=cost_fn, describe_fn=describe,
+                             evaluate_fn=_distributed_evaluate(evaluator, ctx.dist), budget=budget,
+                             population=scfg.population, generations=scfg.generations,
+                             num_mutations=scfg.num_mutations, num_crossovers=scfg.num_crossovers,
+                             mutate_prob=scfg.mutate_prob, seed=cfg.seed, max_attempts=scfg.max_attempts)
+    reference = REFERENCE_POINTS.get(space.name, []) if scfg.cost == "ops" else []
+    hist_file = open(hist_path, "a") if ctx.dist.is_main else None  # noqa: SIM115 - appended during the search
+    bar = None
+    if progress and ctx.dist.is_main:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=scfg.generations + 1, unit="gen", desc="search", dynamic_ncols=True)
+    counter = {"new": 0}
+
+    def on_candidate(c: Candidate) -> None:
+        counter["new"] += 1
+        if hist_file is not None:
+            hist_file.write(json.dumps(c.to_json()) + "\n")
+            hist_file.flush()
+        if bar is not None:
+            bar.set_postfix(evaluated=counter["new"] + len(history), refresh=False)
+
+    def on_generation(g: int, st: SearchState) -> None:
+        if ctx.dist.is_main:
+            best = max(st.history, key=lambda c: c.top1)
+            line = {"generation": g, "evaluated": len(st.history), "frontier": len(st.frontier),
+                    "best_top1": best.top1, "best_arch": str(best.arch)}
+            with open(out / "generations.jsonl", "a") as f:
+                f.write(json.dumps(line) + "\n")
+            write_results(out, frontier=st.frontier, history=st.history, budget=budget, meta=meta,
+                          reference=reference, plot=(g == scfg.generations))
+        if bar is not None:
+            bar.update(1)
+
+    try:
+        final = search.run(history=history, on_candidate=on_candidate, on_generation=on_generation)
+    finally:
+        if bar is not None:
+            bar.close()
+        if hist_file is not None:
+            hist_file.close()
+    if ctx.dist.is_main and (out / "generations.jsonl").exists():
+        # Keep one line per generation (a resumed run re-announces generations it replays).
+        lines = {}
+        for r in read_jsonl(out / "generations.jsonl"):
+            lines[r["generation"]] = r
+        atomic_write_text(out / "generations.jsonl", "".join(json.dumps(lines[g]) + "\n" for g in sorted(lines)))
+    family = sorted(final.frontier.items())
+    return {
+        "folder": str(out),
+        "evaluated": len(final.history),
+        "newly_evaluated": counter["new"],
+        "family": [{"bucket": b, **c.to_json()} for b, c in family],
+        "pareto": str(out / "pareto.json"),
+        "plot": str(out / "pareto.png"),
+    }

@@ -1,0 +1,38 @@
+"""Which architectures a training step trains: the sandwich rule of the Bi-Teacher recipe."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..space import Arch, SearchSpace
+from ..utils.seeding import derive_rng
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """The teacher (largest, real-valued weights) and the students (binary weights) of one step."""
+
+    teacher: Arch
+    students: tuple[tuple[str, Arch], ...]  # (name, arch): "smallest", "random0", ...
+
+
+class SandwichSampler:
+    """Largest as teacher; smallest plus ``num_random`` random members as students.
+
+    Random members come from a generator seeded by (seed, step), so every rank of a distributed run
+    draws the same architectures without communicating, and a resumed run draws what an
+    uninterrupted one would have.
+    """
+
+    def __init__(self, space: SearchSpace, *, num_random: int = 2, seed: int = 0) -> None:
+        self.space = space
+        self.num_random = num_random
+        self.seed = seed
+        self._largest = space.largest()
+        self._smallest = space.smallest()
+
+    def plan(self, step: int) -> StepPlan:
+        rng = derive_rng(self.seed, "sandwich", step)
+        students = [("smallest", self._smallest)]
+        students += [(f"random{i}", self.space.sample(rng)) for i in range(self.num_random)]
+        return StepPlan(self._largest, tuple(students))

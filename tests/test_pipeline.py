@@ -1,0 +1,92 @@
+"""The main job end to end on the tiny config, and the deployment commands around it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from nasbnn.bundle import load_bundle, read_bundle_info
+from nasbnn.cli import main
+from nasbnn.errors import CheckpointError
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("main")
+    assert main(["run", "--config", "tiny", "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+def test_summary_has_the_required_keys(run):
+    s = json.loads((run / "summary.json").read_text())
+    assert {"family", "largest_top1", "gap_over_random_median"} <= set(s)
+    assert s["family"] and all({"arch", "mops", "top1"} <= set(f) for f in s["family"])
+    assert 0 <= s["largest_top1"] <= 100
+    assert s["largest_top1"] == max(s["family"], key=lambda f: f["mops"])["top1"]
+    gaps = [f["gap_over_random_median"] for f in s["family"] if "gap_over_random_median" in f]
+    assert s["gap_over_random_median"] == pytest.approx(sum(gaps) / len(gaps))
+    assert Path(s["plot"]).is_file()
+    for name in ("history.jsonl", "pareto.json", "family.csv", "pareto.png"):
+        assert (run / "search" / name).is_file()
+
+
+def test_family_bundles_reload_and_reproduce_their_accuracy(run):
+    s = json.loads((run / "summary.json").read_text())
+    f = s["family"][-1]
+    net = load_bundle(f["bundle"])
+    info = read_bundle_info(f["bundle"])
+    assert info["arch"] == f["arch"] and info["cost"]["upstream"]["mops"] == pytest.approx(f["mops"])
+    assert info["metrics"]["test_top1"] == pytest.approx(f["top1"])
+    out = run / "eval.json"
+    assert main(["eval", "--bundle", f["bundle"], "--config", "tiny", "--json-out", str(out)]) == 0
+    assert json.loads(out.read_text())["top1"] == pytest.approx(f["top1"])
+    assert net(torch.zeros(1, 3, 16, 16)).shape == (1, 5)
+
+
+def test_rerun_reuses_the_finished_stages(run, capsys):
+    before = (run / "search" / "pareto.json").read_text()
+    assert main(["run", "--config", "tiny", "--out", str(run), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "reusing the finished checkpoint" in out
+    assert (run / "search" / "pareto.json").read_text() == before
+
+
+def test_export_family_bucket_and_errors(run, tmp_path, capsys):
+    ck = str(run / "checkpoint.pt")
+    pareto = run / "search" / "pareto.json"
+    bucket = json.loads(pareto.read_text())["family"][0]["bucket"]
+    dest = tmp_path / "one"
+    assert main(["export", "--config", "tiny", "--checkpoint", ck, "--arch", f"{pareto}@{bucket}", "--to", str(dest),
+                 "--evaluate", f"out={run}"]) == 0
+    assert (dest / "model.safetensors").is_file()
+    capsys.readouterr()
+    bad = tmp_path / "bad"
+    code = main(["export", "--config", "tiny", "--checkpoint", ck, "--arch", "c8k3g1.1|c999k3g1.1|c16k3g1.1",
+                 "--to", str(bad)])
+    assert code == 2 and "unknown width 999" in capsys.readouterr().err
+    assert not bad.exists()
+    code = main(["export", "--config", "tiny", "--checkpoint", ck, "--arch", f"{pareto}@123", "--to", str(bad)])
+    assert code == 2 and "no family member in bucket 123" in capsys.readouterr().err
+    assert not bad.exists()
+
+
+def test_finetune_resumes_and_writes_a_bundle(run, tmp_path):
+    s = json.loads((run / "summary.json").read_text())
+    b = s["family"][0]["bundle"]
+    dest = tmp_path / "ft"
+    assert main(["finetune", "--config", "tiny", "--bundle", b, "--to", str(dest), "--max-steps", "3",
+                 "--no-progress"]) == 0
+    assert main(["finetune", "--config", "tiny", "--bundle", b, "--to", str(dest), "--resume", "--no-progress"]) == 0
+    info = read_bundle_info(dest / "bundle")
+    assert info["source"]["steps"] == 10 and "test_top1" in info["metrics"]
+
+
+def test_bundle_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="not a nasbnn bundle"):
+        load_bundle(tmp_path)
+    (tmp_path / "bundle.json").write_text('{"format": "nasbnn.bundle", "format_version": 99}')
+    with pytest.raises(CheckpointError, match="format version 99"):
+        load_bundle(tmp_path)
