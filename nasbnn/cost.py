@@ -32,6 +32,7 @@ STEM_WEIGHT_BITS = 8
 _UPSTREAM_STEM_DIVISOR = 64 / math.sqrt(STEM_WEIGHT_BITS * 8)
 
 Convention = Literal["upstream", "standard"]
+_ARCH_MEMO_SIZE = 256
 CONVENTIONS: tuple[str, ...] = ("upstream", "standard")
 
 
@@ -159,7 +160,11 @@ def arch_cost(arch: Arch, space: SearchSpace, resolution: int | None = None,
             res = res_out
     flops += space.num_classes * (in_ch + 1)
     cost = Cost(flops, float(bops))
-    if len(cache) > 1_000_000:  # bound memory in very long searches
+    if len(cache) > _ARCH_MEMO_SIZE:
+        # A bounded memo: millions of retained architectures would make the garbage collector,
+        # not the counting, the bottleneck of sampling loops. Block costs stay memoized.
+        blocks = cache["__blocks__"]
         cache.clear()
+        cache["__blocks__"] = blocks
     cache[key] = cost
     return cost

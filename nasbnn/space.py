@@ -13,10 +13,10 @@ import hashlib
 import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from random import Random
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import InvalidArch, NasbnnError
 
@@ -30,9 +30,8 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class BlockArch:
-    """The choices of one block.
+class BlockArch(NamedTuple):
+    """The choices of one block (an immutable, hashable record).
 
     Attributes:
         width: output channels of the block (for the stem: of the stem conv).
@@ -45,17 +44,12 @@ class BlockArch:
     kernel_size: int = 3
     groups: int = 1
     pw_groups: int = 1
-    _hash: int = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        # Hashed once: architectures are dictionary keys in every memo of the search.
-        object.__setattr__(self, "_hash", hash((self.width, self.kernel_size, self.groups, self.pw_groups)))
-
-    def __hash__(self) -> int:
-        return self._hash
 
     def __str__(self) -> str:
         return f"c{self.width}k{self.kernel_size}g{self.groups}.{self.pw_groups}"
+
+    def __repr__(self) -> str:
+        return f"BlockArch({str(self)!r})"
 
     def to_dict(self) -> dict[str, int]:
         return {
@@ -66,18 +60,10 @@ class BlockArch:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class StageArch:
+class StageArch(NamedTuple):
     """The blocks of one stage; ``depth == len(blocks)``."""
 
     blocks: tuple[BlockArch, ...]
-    _hash: int = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_hash", hash(self.blocks))
-
-    def __hash__(self) -> int:
-        return self._hash
 
     @property
     def depth(self) -> int:
@@ -86,27 +72,24 @@ class StageArch:
     def __str__(self) -> str:
         return ",".join(str(b) for b in self.blocks)
 
+    def __repr__(self) -> str:
+        return f"StageArch({str(self)!r})"
+
 
 _BLOCK_RE = re.compile(r"^c(\d+)k(\d+)(?:g(\d+)(?:\.(\d+))?)?$")
 
 
-@dataclass(frozen=True, eq=True)
-class Arch:
+class Arch(NamedTuple):
     """A whole network: one :class:`StageArch` per stage, the stem first.
 
-    The string form is ``"c24k3g1.1|c48k3g1.1,c48k3g1.1|..."``: stages separated by ``|``, blocks by
-    ``,``, each block ``c<width>k<kernel>g<groups>.<pw_groups>`` (``g..`` may be left out when 1).
+    Immutable and hashable (tuples all the way down, so hashing and equality run in C: architectures
+    are dictionary keys in every memo of the search). The string form is
+    ``"c24k3g1.1|c48k3g1.1,c48k3g1.1|..."``: stages separated by ``|``, blocks by ``,``, each block
+    ``c<width>k<kernel>g<groups>.<pw_groups>`` (``g..`` may be left out when 1).
     ``Arch.parse(str(a)) == a`` and ``Arch.from_dict(a.to_dict()) == a``.
     """
 
     stages: tuple[StageArch, ...]
-    _hash: int = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_hash", hash(self.stages))
-
-    def __hash__(self) -> int:
-        return self._hash
 
     def __str__(self) -> str:
         return "|".join(str(s) for s in self.stages)
