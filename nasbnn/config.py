@@ -73,6 +73,8 @@ class DataConfig(Strict):
     workers: int = Field(0, ge=0, description="data-loading worker processes (imagefolder)")
     holdout_per_class: int = Field(500, ge=0)
     augment: bool = True
+    crop_padding: int | None = Field(None, ge=0, description="random-crop padding; default: the dataset's")
+    flip: bool | None = Field(None, description="random horizontal flip; default: the dataset's")
     resolution: int | None = Field(None, ge=8, description="imagefolder crop size; default: the space's")
     limit_train: int | None = Field(None, ge=1, description="use only this many training images (quick runs)")
     manifest: str | None = Field(None, description="imagefolder split manifest; default: <run>/split.json")
@@ -101,7 +103,8 @@ class TrainConfig(Strict):
     grad_clip: float | None = Field(None, gt=0)
     amp: Literal["auto", "bf16", "off"] = "auto"
     channels_last: bool | None = Field(None, description="default: on for CUDA")
-    compile: bool = False
+    compile: bool = Field(False, description="fuse each block's element-wise tail with torch.compile "
+                                            "(recommended on CUDA; a one-time compile cost per process)")
 
 
 class SearchConfig(Strict):

@@ -70,6 +70,9 @@ def build_data(cfg: DataConfig, *, resolution: int, seed: int, run_dir: str | Pa
 
         ds = load_cifar(cfg.name, cfg.root)  # type: ignore[assignment]
     norm, augment = IN_MEMORY_SPECS[cfg.name]
+    if cfg.crop_padding is not None or cfg.flip is not None:
+        augment = Augment(crop_pad=augment.crop_pad if cfg.crop_padding is None else cfg.crop_padding,
+                          flip=augment.flip if cfg.flip is None else cfg.flip)
     aug = augment if cfg.augment else None
     train_x = _fit(ds.train_images, resolution)
     test_x = _fit(ds.test_images, resolution)

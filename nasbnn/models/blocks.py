@@ -9,9 +9,10 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..ops.fused import block_tail
 from ..ops.layers import shortcut_add
 
-__all__ = ["BinaryBlock", "Stem", "pool_features"]
+__all__ = ["BinaryBlock", "Stem", "pool_features", "set_fused"]
 
 
 class Stem(nn.Module):
@@ -46,8 +47,17 @@ class BinaryBlock(nn.Module):
         self.conv_1x1 = conv_1x1
         self.bn2 = bn2
         self.rprelu2 = rprelu2
+        #: None, or how to run the element-wise tails (BN, shortcut, RPReLU, next RSign) as one
+        #: region: "compiled" (torch.compile kernels) or "eager" (same code, uncompiled).
+        self.fused: str | None = None
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.fused is not None:
+            compiled = self.fused == "compiled"
+            out1, signed = block_tail(self.conv_kxk(self.rsign1(x)), x, self.bn1, self.rprelu1, self.rsign2,
+                                      compiled=compiled)
+            out2, _ = block_tail(self.conv_1x1(signed), out1, self.bn2, self.rprelu2, None, compiled=compiled)
+            return out2
         out1 = self.rprelu1(shortcut_add(self.bn1(self.conv_kxk(self.rsign1(x))), x))
         return self.rprelu2(shortcut_add(self.bn2(self.conv_1x1(self.rsign2(out1))), out1))
 
@@ -55,3 +65,14 @@ class BinaryBlock(nn.Module):
 def pool_features(x: Tensor) -> Tensor:
     """Global average pool: [B, C, H, W] -> [B, C]."""
     return F.adaptive_avg_pool2d(x, 1).flatten(1)
+
+
+def set_fused(model: nn.Module, mode: str | None = "compiled") -> nn.Module:
+    """Sets how every :class:`BinaryBlock` of ``model`` runs its element-wise tails: ``"compiled"``,
+    ``"eager"`` or ``None`` (the plain module-by-module path)."""
+    if mode not in (None, "compiled", "eager"):
+        raise ValueError(f"unknown fusion mode {mode!r}; valid: compiled, eager, None")
+    for m in model.modules():
+        if isinstance(m, BinaryBlock):
+            m.fused = mode
+    return model

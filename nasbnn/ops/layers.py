@@ -27,6 +27,7 @@ __all__ = [
     "SharedBatchNorm2d",
     "binarize_weight",
     "lsq_quantize_weight",
+    "match_residual",
     "normalize_weight",
     "shortcut_add",
 ]
@@ -97,23 +98,28 @@ class SharedBatchNorm2d(nn.Module):
         )
 
 
-def shortcut_add(src: Tensor, residual: Tensor) -> Tensor:
-    """Parameter-free shortcut: ``src + residual`` after matching the residual's shape.
+def match_residual(residual: Tensor, like: Tensor) -> Tensor:
+    """The parameter-free shortcut: ``residual`` brought to the shape of ``like``.
 
-    Spatially the residual is average-pooled 2×2/2 when ``src`` is half its size (ceil mode, so odd
-    sizes average the elements inside the image). Along channels it is tiled when ``src`` is wider
-    (src channel i receives residual channel i mod C_res) and cut when ``src`` is narrower.
+    Spatially it is average-pooled 2×2/2 when ``like`` is half its size (ceil mode, so odd sizes
+    average the elements inside the image). Along channels it is tiled when ``like`` is wider
+    (channel i receives residual channel i mod C_res) and cut when ``like`` is narrower.
     """
-    if src.shape[2] != residual.shape[2] or src.shape[3] != residual.shape[3]:
+    if like.shape[2] != residual.shape[2] or like.shape[3] != residual.shape[3]:
         residual = F.avg_pool2d(residual, 2, stride=2, ceil_mode=True)
-        if src.shape[2:] != residual.shape[2:]:
-            raise ValueError(f"shortcut cannot match {tuple(residual.shape)} to {tuple(src.shape)}")
-    cs, cr = src.shape[1], residual.shape[1]
+        if like.shape[2:] != residual.shape[2:]:
+            raise ValueError(f"shortcut cannot match {tuple(residual.shape)} to {tuple(like.shape)}")
+    cs, cr = like.shape[1], residual.shape[1]
     if cs == cr:
-        return src + residual
+        return residual
     if cs > cr:
         residual = residual.repeat(1, -(-cs // cr), 1, 1)
-    return src + residual[:, :cs]
+    return residual[:, :cs]
+
+
+def shortcut_add(src: Tensor, residual: Tensor) -> Tensor:
+    """``src + match_residual(residual, src)``."""
+    return src + match_residual(residual, src)
 
 
 def normalize_weight(w: Tensor) -> Tensor:

@@ -113,7 +113,8 @@ def finetune(cfg: RunConfig, *, bundle: str | Path, run_dir: str | Path, resume:
                     bar.update(1)
                 if metrics is not None and (step % fcfg.log_every == 0 or step == last_step):
                     now = time.perf_counter()
-                    metrics.write({"step": step, "loss": round(float(loss.detach()), 5), "lr": optimizer.param_groups[0]["lr"],
+                    metrics.write({"step": step, "loss": round(float(loss.detach()), 5),
+                                   "lr": optimizer.param_groups[0]["lr"],
                                    "images_per_s": round(n0 / max(now - t0, 1e-9), 1)})
                     t0, n0 = now, 0
                 end_of_epoch = step % steps_per_epoch == 0 or step == last_step
