@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -49,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nasbnn`` console script; returns the exit status."""
+    if int(os.environ.get("RANK", "0")) > 0:
+        # Under torchrun only rank 0 reports; the others stay quiet (errors still reach stderr).
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
     parser = build_parser()
     # ``key=value`` overrides may come anywhere, also after options (argparse alone would refuse them).
     args, unknown = parser.parse_known_args(argv)

@@ -92,6 +92,8 @@ class TrainConfig(Strict):
     warmup_start_factor: float = Field(0.01, gt=0, le=1)
     min_lr: float = Field(0.0, ge=0)
     num_random: int = Field(2, ge=0, description="random subnets per step besides the smallest")
+    largest_student: bool = Field(False, description="also distil the largest subnet with binary weights each "
+                                                     "step (not in the official recipe)")
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     kd_temperature: float = Field(1.0, gt=0)
     weight_distill: bool = False

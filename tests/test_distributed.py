@@ -32,3 +32,31 @@ def test_two_ranks_hold_identical_weights(tmp_path):
     from nasbnn.train.checkpoint import load_checkpoint
 
     assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 6
+
+
+def test_search_split_across_two_ranks_matches_one_process(tmp_path):
+    """Candidates are scored on different ranks; calibration does not depend on the rank count."""
+    from nasbnn.config import RunConfig, load_config
+    from nasbnn.train.supernet import train_supernet
+
+    tiny = ["space.name=tiny", "data.name=synthetic", "data.holdout_per_class=8", "data.batch_size=16",
+            "data.synthetic.num_train=160", "data.synthetic.num_test=32", "train.epochs=1", "train.eval_images=32",
+            "device=cpu"]
+    search = ["search.population=12", "search.generations=2", "search.num_mutations=5", "search.num_crossovers=5",
+              "search.min_mops=0.002", "search.max_mops=0.012", "search.step_mops=0.002", "search.calib_batches=2",
+              "search.calib_batch_size=32"]
+    sup = tmp_path / "sup"
+    train_supernet(load_config(RunConfig, None, [*tiny, f"out={sup}"]), progress=False)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(HERE.parent))
+    ck = str(sup / "checkpoint.pt")
+    one = subprocess.run([sys.executable, "-m", "nasbnn", "search", *tiny, *search, f"out={tmp_path / 'one'}",
+                          "--checkpoint", ck, "--no-progress"], env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                          f"--master_port={_free_port()}", "-m", "nasbnn", "search", *tiny, *search,
+                          f"out={tmp_path / 'two'}", "--checkpoint", ck, "--no-progress"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a = (tmp_path / "one" / "search" / "pareto.json").read_text()
+    b = (tmp_path / "two" / "search" / "pareto.json").read_text()
+    assert a == b

@@ -73,20 +73,21 @@ def _data(cfg, state, space):  # type: ignore[no-untyped-def]
     return build_data(dcfg.data, resolution=space.resolution, seed=seed, run_dir=Path(cfg.out)), seed
 
 
-def _targets(args: argparse.Namespace, space) -> list[tuple[str, Any]]:  # type: ignore[no-untyped-def]
+def _targets(space, *, largest: bool = False, smallest: bool = False, upstream_arch: str | None = None,  # type: ignore[no-untyped-def]
+             family: str | None = None, arch: str | None = None) -> list[tuple[str, Any]]:
+    """(name, Arch) pairs selected by the export/eval options, all validated before anything runs."""
     from ..deploy import parse_family_spec, read_family
     from ..space import Arch
     from ..upstream import arch_from_upstream, parse_upstream_ints
 
-    if args.largest:
+    if largest:
         return [("largest", space.largest())]
-    if args.smallest:
+    if smallest:
         return [("smallest", space.smallest())]
-    if args.upstream_arch:
-        return [("upstream", arch_from_upstream(parse_upstream_ints(args.upstream_arch), space, nondecreasing=False))]
-    spec = args.family or args.arch
-    if args.family or (args.arch and ("@" in args.arch or args.arch.endswith(".json"))):
-        path, bucket = parse_family_spec(spec)
+    if upstream_arch:
+        return [("upstream", arch_from_upstream(parse_upstream_ints(upstream_arch), space, nondecreasing=False))]
+    if family or (arch and ("@" in arch or arch.endswith(".json"))):
+        path, bucket = parse_family_spec(family or arch or "")
         fam = read_family(path)
         if bucket is not None:
             fam = [f for f in fam if abs(float(f["bucket"]) - bucket) < 1e-9]
@@ -95,7 +96,9 @@ def _targets(args: argparse.Namespace, space) -> list[tuple[str, Any]]:  # type:
                                   + ", ".join(f"{float(f['bucket']):g}" for f in read_family(path)))
         return [(f"mops_{float(f['bucket']):g}", space.validate(Arch.parse(f["arch"]), nondecreasing=False))
                 for f in fam]
-    return [("arch", space.parse(args.arch))]
+    if not arch:
+        raise NasbnnError("give --arch, --largest, --smallest, --upstream-arch or --family")
+    return [("arch", space.parse(arch))]
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -103,7 +106,8 @@ def _export(args: argparse.Namespace) -> int:
 
     cfg, ckpt, model, state = _load(args)
     space = model.space
-    targets = _targets(args, space)  # validates every architecture before anything is written
+    targets = _targets(space, largest=args.largest, smallest=args.smallest, upstream_arch=args.upstream_arch,
+                       family=args.family, arch=args.arch)  # validated before anything is written
     root = Path(args.dest) if args.dest else Path(cfg.out) / "export"
     calib, test = None, None
     device = next(model.parameters()).device
@@ -164,14 +168,9 @@ def _eval(args: argparse.Namespace) -> int:
         source = {"bundle": args.bundle}
     else:
         cfg, ckpt, model, state = _load(args)
-        class _A:  # the --arch/--largest/--smallest selection
-            pass
-        sel = _A()
-        sel.largest, sel.smallest, sel.upstream_arch, sel.family, sel.arch = (
-            args.largest, args.smallest, None, None, args.arch)
         if not (args.largest or args.smallest or args.arch):
             raise NasbnnError("with --checkpoint, give --arch, --largest or --smallest")
-        _, arch = _targets(sel, model.space)[0]  # type: ignore[arg-type]
+        _, arch = _targets(model.space, largest=args.largest, smallest=args.smallest, arch=args.arch)[0]
         data, seed = _data(cfg, state, model.space)
         net = export_subnet(model, arch)
         calib = calibration_batches(data, cfg, next(model.parameters()).device, seed=seed)

@@ -18,20 +18,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_train)
 
 
-def load_run_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    """The config of a command: on --resume the run folder's saved config, then the overrides."""
+def load_run_config(args: argparse.Namespace, schema=None, config=None):  # type: ignore[no-untyped-def]
+    """The config of a command (``schema``, default ``RunConfig``): on --resume the run folder's saved
+    config, then the overrides."""
     from pathlib import Path
 
     from ..config import RunConfig, load_config
     from ..errors import NasbnnError
 
-    cfg = load_config(RunConfig, args.config, args.overrides)
+    schema = schema or RunConfig
+    cfg = load_config(schema, config if config is not None else args.config, args.overrides)
     if getattr(args, "resume", False):
         saved = Path(cfg.out) / "config.yaml"
         if not saved.is_file():
             raise NasbnnError(f"cannot resume: {str(saved)!r} does not exist (is out={cfg.out} a run folder?)")
         overrides = [o for o in args.overrides if not o.startswith("out=")]
-        cfg = load_config(RunConfig, saved, [*overrides, f"out={cfg.out}"])
+        cfg = load_config(schema, saved, [*overrides, f"out={cfg.out}"])
     return cfg
 
 

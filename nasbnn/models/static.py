@@ -30,7 +30,11 @@ class StaticBNN(nn.Module):
 
     @classmethod
     def build(cls, space: SearchSpace, arch: Arch) -> StaticBNN:
-        """Allocates a network of ``arch``'s exact shapes (weights zero, BN identity)."""
+        """Allocates a network of ``arch``'s exact shapes, to load weights into.
+
+        Placeholder values are deterministic (the global RNG is not used): binary latent weights
+        alternate in sign so that their standardisation is defined, the classifier is zero.
+        """
         geo = space.geometry(arch)
         g0 = geo[0]
         b0 = g0.block
@@ -54,7 +58,14 @@ class StaticBNN(nn.Module):
                 bn2=nn.BatchNorm2d(b.width),
                 rprelu2=RPReLU(b.width),
             ))
-        classifier = nn.Linear(arch.final_width, space.num_classes)
+        classifier = nn.Linear(arch.final_width, space.num_classes, device="meta").to_empty(device="cpu")
+        with torch.no_grad():
+            classifier.weight.zero_()
+            classifier.bias.zero_()
+            for block in blocks:
+                for conv in (block.conv_kxk, block.conv_1x1):
+                    w = conv.weight
+                    w.copy_((torch.arange(w.numel()).remainder(2) * 2 - 1).view_as(w).float())
         return cls(space, arch, stem, blocks, classifier)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -20,6 +20,7 @@ from ..cost import arch_cost
 from ..errors import NasbnnError, SearchError
 from ..models import SuperBNN
 from ..space import Arch, SearchSpace
+from ..train.distributed import barrier
 from ..utils.metrics import read_jsonl
 from ..utils.seeding import derive_seed
 from .evaluator import SupernetEvaluator
@@ -145,6 +146,7 @@ def run_search(cfg: RunConfig, *, checkpoint: str | Path, run_dir: str | Path | 
     elif hist_path.exists() and not force:
         raise SearchError(f"search results already exist in {str(out)!r}; pass --resume to continue or --force "
                           "to start over")
+    barrier(ctx.dist)  # every rank has read the folder before rank 0 writes to it
     if ctx.dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "meta.json", json.dumps(meta, indent=2) + "\n")
@@ -156,6 +158,7 @@ def run_search(cfg: RunConfig, *, checkpoint: str | Path, run_dir: str | Path | 
         else:  # drop a line a killed writer may have cut short
             atomic_write_text(hist_path, "".join(json.dumps(c.to_json()) + "\n" for c in history))
 
+    barrier(ctx.dist)
     scfg_cfg, split_seed = search_data_config(cfg, state)
     from ..data import build_data
 

@@ -17,22 +17,26 @@ class StepPlan:
 
 
 class SandwichSampler:
-    """Largest as teacher; smallest plus ``num_random`` random members as students.
+    """Largest as teacher; smallest plus ``num_random`` random members as students (optionally the
+    largest with binary weights too, which trains the top of the family directly).
 
     Random members come from a generator seeded by (seed, step), so every rank of a distributed run
     draws the same architectures without communicating, and a resumed run draws what an
     uninterrupted one would have.
     """
 
-    def __init__(self, space: SearchSpace, *, num_random: int = 2, seed: int = 0) -> None:
+    def __init__(self, space: SearchSpace, *, num_random: int = 2, seed: int = 0,
+                 largest_student: bool = False) -> None:
         self.space = space
         self.num_random = num_random
         self.seed = seed
+        self.largest_student = largest_student
         self._largest = space.largest()
         self._smallest = space.smallest()
 
     def plan(self, step: int) -> StepPlan:
         rng = derive_rng(self.seed, "sandwich", step)
-        students = [("smallest", self._smallest)]
+        students = [("largest", self._largest)] if self.largest_student else []
+        students.append(("smallest", self._smallest))
         students += [(f"random{i}", self.space.sample(rng)) for i in range(self.num_random)]
         return StepPlan(self._largest, tuple(students))

@@ -100,11 +100,15 @@ class SupernetTrainer:
             if name == "smallest":
                 out["loss_smallest"] = loss.detach()
                 out["smallest_top1"] = (logits.detach().argmax(1) == labels).float().mean() * 100
+            elif name == "largest":
+                out["loss_largest"] = loss.detach()
             else:
                 random_losses.append(loss.detach())
         if random_losses:
             out["loss_random"] = torch.stack(random_losses).mean()
         total = out["loss_teacher"] + out["loss_smallest"] + sum(random_losses, torch.zeros_like(loss_t))
+        if "loss_largest" in out:
+            total = total + out["loss_largest"]
         out["loss"] = total
         all_reduce_gradients(model, self.dist)
         if not bool(torch.isfinite(total)):
@@ -191,7 +195,8 @@ def train_supernet(cfg: RunConfig, *, run_dir: str | Path | None = None, resume:
     barrier(ctx.dist)
 
     autocast = ctx.autocast()
-    sampler = SandwichSampler(space, num_random=tcfg.num_random, seed=cfg.seed)
+    sampler = SandwichSampler(space, num_random=tcfg.num_random, seed=cfg.seed,
+                              largest_student=tcfg.largest_student)
     trainer = SupernetTrainer(model, tcfg, sampler, optimizer, scheduler, dist=ctx.dist, autocast=autocast)
     metrics = MetricsWriter(run, resume_step=step if resume else None) if ctx.dist.is_main else None
 

@@ -1,0 +1,412 @@
+"""Detector training and evaluation runs: the optimizer step, the resumable training loop around it
+(run folder, checkpoints, metrics, torchrun), and the COCO evaluation of a trained run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import atomic_write_text, config_to_dict, dump_config
+from ..data.augment import Normalize
+from ..errors import CheckpointError, DataError, NasbnnError
+from ..models.static import StaticBNN
+from ..space import Arch
+from ..train.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint, space_from_checkpoint
+from ..train.distributed import DistInfo, all_reduce_gradients, average_buffers, barrier
+from ..train.optim import build_scheduler, param_groups
+from ..train.supernet import TrainingDiverged
+from ..utils.seeding import derive_seed
+from .coco import CategoryMap, CocoSplit, load_coco_split
+from .config import DetectDataConfig, DetectRunConfig, DetectTrainConfig
+from .data import DetectionDataset, detection_batches
+from .evaluate import evaluate_detector
+from .fcos import fcos_losses, make_locations
+from .model import BinaryDetector
+
+__all__ = ["CHECKPOINT_KIND", "DetectorTrainer", "build_detector", "build_detector_optimizer", "evaluate_run",
+           "load_detector", "load_splits", "train_detector"]
+
+_logger = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_KIND = "detector"
+
+
+# ------------------------------------------------------------------------------------------- data
+def ensure_synthetic(cfg: DetectDataConfig) -> None:
+    """Generates the configured synthetic dataset into ``data.root`` unless it is already there.
+
+    Raises:
+        DataError: no ``data.root``, or the folder holds a synthetic dataset made with other settings.
+    """
+    syn = cfg.synthetic
+    if syn is None:
+        return
+    if cfg.root is None:
+        raise DataError("data.synthetic needs data.root (the folder to generate the dataset into)")
+    from .synthetic import generate_split
+
+    if cfg.train == cfg.val:
+        raise DataError(f"data.train and data.val are both {cfg.train!r}; a synthetic dataset needs two split names")
+    for which, split, n, first in (("train", cfg.train, syn.train_images, 1),
+                                   ("val", cfg.val, syn.val_images, syn.train_images + 1)):
+        ann, _ = cfg.split_paths(which)  # type: ignore[arg-type]
+        want = {"seed": syn.seed, "size": syn.size, "classes": syn.classes, "max_objects": syn.max_objects,
+                "images": n}
+        if ann.is_file():
+            try:
+                have = json.loads(ann.read_text()).get("info", {}).get("settings")
+            except (json.JSONDecodeError, OSError, AttributeError):
+                have = None
+            if have == want:
+                continue
+            raise DataError(f"{str(ann)!r} exists but was not generated with data.synthetic={want}; delete "
+                            f"{str(Path(cfg.root))!r} or choose another data.root")
+        _logger.info("generating %d synthetic %s images into %s", n, split, cfg.root)
+        generate_split(cfg.root, split, images=n, size=syn.size, seed=syn.seed, classes=syn.classes,
+                       max_objects=syn.max_objects, first_image_id=first)
+
+
+def load_splits(cfg: DetectDataConfig, *, train: bool = True) -> tuple[CocoSplit | None, CocoSplit]:
+    """The validated training (if ``train``) and evaluation splits, with limits applied.
+
+    Raises:
+        DataError: any problem of the files (see :func:`load_coco_split`), or splits whose categories differ.
+    """
+    val = load_coco_split(*cfg.split_paths("val"), skip_missing_images=cfg.skip_missing_images)
+    if cfg.limit_val is not None:
+        val = val.subset(cfg.limit_val)
+    if not train:
+        return None, val
+    tr = load_coco_split(*cfg.split_paths("train"), skip_missing_images=cfg.skip_missing_images)
+    if cfg.limit_train is not None:
+        tr = tr.subset(cfg.limit_train)
+    if tr.categories.ids != val.categories.ids:
+        raise DataError(f"the training split's category ids ({list(tr.categories.ids)[:10]}) differ from the "
+                        f"evaluation split's ({list(val.categories.ids)[:10]})")
+    return tr, val
+
+
+def _fill(cfg: DetectDataConfig, channels: int) -> tuple[int, ...]:
+    mean = cfg.mean if len(cfg.mean) == channels else (sum(cfg.mean) / len(cfg.mean),) * channels
+    return tuple(min(255, max(0, round(m * 255))) for m in mean)
+
+
+def _normalize(cfg: DetectDataConfig, channels: int) -> Normalize:
+    if len(cfg.mean) == channels:
+        return Normalize(tuple(cfg.mean), tuple(cfg.std))
+    return Normalize((sum(cfg.mean) / len(cfg.mean),), (sum(cfg.std) / len(cfg.std),))
+
+
+def make_dataset(split: CocoSplit, cfg: DetectDataConfig, in_channels: int) -> DetectionDataset:
+    return DetectionDataset(split, canvas=cfg.canvas, in_channels=in_channels, fill=_fill(cfg, in_channels))
+
+
+# ------------------------------------------------------------------------------------------ model
+def build_detector(backbone: StaticBNN, categories: CategoryMap, cfg: DetectRunConfig) -> BinaryDetector:
+    """The detector of ``cfg`` around ``backbone`` (used in place), frozen if configured."""
+    model = BinaryDetector(backbone, categories.num_classes, cfg.detect, cfg.data.canvas, seed=cfg.seed)
+    if cfg.detect.freeze_backbone:
+        model.freeze_backbone()
+    return model
+
+
+def _detector_extra(model: BinaryDetector, categories: CategoryMap, source: dict[str, Any]) -> dict[str, Any]:
+    return {"arch": str(model.backbone.arch), "categories": categories.to_list(), "canvas": model.canvas,
+            "in_channels": model.backbone.space.in_channels, "backbone_source": source}
+
+
+def config_of_checkpoint(state: dict[str, Any], path: str | Path) -> DetectRunConfig:
+    """The run config stored in a detector checkpoint.
+
+    Raises:
+        CheckpointError: the stored config does not validate (e.g. written by another nasbnn version).
+    """
+    from pydantic import ValidationError
+
+    try:
+        return DetectRunConfig.model_validate(state["config"])
+    except ValidationError as err:
+        e = err.errors()[0]
+        raise CheckpointError(f"the config stored in {str(path)!r} does not validate: "
+                              f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}") from None
+
+
+def load_detector(checkpoint: str | Path, device: torch.device | str = "cpu"
+                  ) -> tuple[BinaryDetector, CategoryMap, DetectRunConfig, dict[str, Any]]:
+    """A trained detector from a run's checkpoint (file or run folder), in eval mode.
+
+    Returns:
+        ``(model, categories, config, checkpoint)``.
+
+    Raises:
+        CheckpointError: not a detector checkpoint, or weights that do not fit its description.
+    """
+    state = load_checkpoint(checkpoint, kind=CHECKPOINT_KIND)
+    cfg = config_of_checkpoint(state, checkpoint)
+    extra = state["extra"]
+    space = space_from_checkpoint(state)
+    categories = CategoryMap.from_list(extra["categories"])
+    model = build_detector(StaticBNN.build(space, Arch.parse(extra["arch"])), categories, cfg)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint {str(checkpoint)!r} does not fit its detector: "
+                              f"{str(exc).splitlines()[0]}") from None
+    return model.to(device).eval(), categories, cfg, state
+
+
+def build_detector_optimizer(model: BinaryDetector, cfg: DetectTrainConfig) -> torch.optim.Optimizer:
+    """Adam with L2 on conv kernels only (the classification runs' policy, ``param_groups``); the neck and
+    head learn at ``lr``, the backbone at ``lr · backbone_lr_scale``. Frozen parameters are left out."""
+    groups = []
+    for part, scale in ((model.neck, 1.0), (model.head, 1.0), (model.backbone, cfg.backbone_lr_scale)):
+        for group in param_groups(part, cfg.weight_decay):
+            if group["params"]:
+                groups.append({**group, "lr": cfg.lr * scale})
+    return torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas)
+
+
+# ------------------------------------------------------------------------------------------- step
+class DetectorTrainer:
+    """One optimizer step of the detector; no logging, no I/O.
+
+    Raises (from :meth:`step`):
+        TrainingDiverged: the loss is not finite (the step is not applied).
+    """
+
+    def __init__(self, model: BinaryDetector, optimizer: torch.optim.Optimizer,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler, *, grad_clip: float | None = None,
+                 dist: DistInfo | None = None, autocast: AbstractContextManager | None = None) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.grad_clip = grad_clip
+        self.dist = dist or DistInfo()
+        self._autocast = autocast
+
+    def step(self, images: torch.Tensor, boxes: list[torch.Tensor], labels: list[torch.Tensor],
+             step: int) -> dict[str, torch.Tensor]:
+        model = self.model
+        model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast if self._autocast is not None else nullcontext():
+            out = model(images)
+        loc = make_locations(out.sizes, model.strides, model.cfg.range_scale, images.device)
+        losses = fcos_losses(out, loc, boxes, labels, model.cfg, self.dist)
+        losses["loss"].backward()
+        all_reduce_gradients(model, self.dist)
+        if not bool(torch.isfinite(losses["loss"].detach())):
+            raise TrainingDiverged(f"loss became {float(losses['loss'])} at step {step}")
+        if self.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], self.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        average_buffers(model, self.dist)
+        return {k: v.detach() for k, v in losses.items()}
+
+
+# -------------------------------------------------------------------------------------------- run
+def _write_eval(run: Path, split_name: str, stats: dict[str, float], results: list[dict[str, Any]],
+                info: dict[str, Any], json_out: str | Path | None = None) -> Path:
+    path = Path(json_out) if json_out is not None else run / "eval.json"
+    atomic_write_text(run / f"detections_{split_name}.json" if json_out is None
+                      else path.with_name(path.stem + "_detections.json"), json.dumps(results) + "\n")
+    atomic_write_text(path, json.dumps({**info, "split": split_name, "metrics": stats}, indent=2) + "\n")
+    return path
+
+
+def train_detector(cfg: DetectRunConfig, *, run_dir: str | Path | None = None, resume: bool = False,
+                   progress: bool = True, max_steps: int | None = None,
+                   model_out: list[BinaryDetector] | None = None) -> dict[str, Any]:
+    """Trains the configured detector; writes the run folder; returns the final metrics.
+
+    Args:
+        resume: continue from ``<run_dir>/checkpoint.pt``; the batches, flips and weights of the
+            continued run equal those of an uninterrupted one.
+        max_steps: stop after this global step (the schedule still spans ``train.epochs``).
+        model_out: if given, the trained in-memory detector is appended to it.
+
+    Raises:
+        DataError: unusable annotation files or images (found before training starts).
+        CheckpointError: ``resume`` without a usable checkpoint.
+        TrainingDiverged: a loss became NaN/inf (the last good checkpoint is kept).
+    """
+    from ..train.distributed import setup
+    from ..utils.device import autocast as make_autocast
+    from ..utils.device import configure_backends
+    from ..utils.metrics import MetricsWriter
+    from .backbone import build_backbone
+
+    dist_info, device = setup(cfg.device)
+    configure_backends(device)
+    run = Path(run_dir or cfg.out)
+    ckpt_path = run / CHECKPOINT_NAME
+    if resume and not ckpt_path.is_file():
+        raise NasbnnError(f"cannot resume: no checkpoint in {str(run)!r} (expected {CHECKPOINT_NAME})")
+    if dist_info.is_main:
+        run.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(run)
+        ensure_synthetic(cfg.data)
+    barrier(dist_info)
+    train_split, val_split = load_splits(cfg.data)
+    assert train_split is not None
+    categories = train_split.categories
+    dcfg, tcfg = cfg.data, cfg.train
+    world = dist_info.world_size
+    if len(train_split) < dcfg.batch_size:
+        raise NasbnnError(f"the training split has {len(train_split)} images, fewer than one batch of "
+                          f"{dcfg.batch_size}; lower data.batch_size")
+    steps_per_epoch = len(train_split) // dcfg.batch_size
+    total_steps = max(1, math.ceil(tcfg.epochs * steps_per_epoch))
+
+    state = None
+    if resume:
+        state = load_checkpoint(ckpt_path, kind=CHECKPOINT_KIND)
+        extra = state["extra"]
+        if extra.get("categories") != categories.to_list():
+            raise CheckpointError(f"{str(ckpt_path)!r} was trained on other categories than the configured data")
+        backbone = StaticBNN.build(space_from_checkpoint(state), Arch.parse(extra["arch"]))
+        source = extra.get("backbone_source", {})
+    else:
+        backbone, source = build_backbone(cfg.backbone, seed=cfg.seed)
+    model = build_detector(backbone, categories, cfg).to(device)
+    in_channels = model.backbone.space.in_channels
+    optimizer = build_detector_optimizer(model, cfg.train)
+    scheduler = build_scheduler(optimizer, total_steps=total_steps,
+                                warmup_steps=round(tcfg.warmup_epochs * steps_per_epoch),
+                                start_factor=tcfg.warmup_start_factor, min_lr=tcfg.min_lr)
+    step = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step = int(state["step"])
+        _logger.info("resumed from step %d", step)
+    elif dist_info.is_main:
+        dump_config(cfg, run / "config.yaml")
+    barrier(dist_info)
+
+    autocast = make_autocast(device, tcfg.amp)
+    norm = _normalize(dcfg, in_channels)
+    train_set = make_dataset(train_split, dcfg, in_channels)
+    val_set = make_dataset(val_split, dcfg, in_channels)
+    trainer = DetectorTrainer(model, optimizer, scheduler, grad_clip=tcfg.grad_clip, dist=dist_info,
+                              autocast=autocast)
+    metrics = MetricsWriter(run, resume_step=step if resume else None) if dist_info.is_main else None
+    extra_info = _detector_extra(model, categories, source)
+    data_seed = derive_seed(cfg.seed, "detect-data")
+
+    def evaluate() -> tuple[dict[str, float], list[dict[str, Any]]]:
+        batches = detection_batches(val_set, batch_size=dcfg.eval_batch_size, train=False, flip=False, seed=0,
+                                    device=device, workers=dcfg.workers, norm=norm)
+        return evaluate_detector(model, val_split, batches, cfg.eval, autocast)
+
+    eval_every = (None if tcfg.eval_every_epochs is None
+                  else max(1, round(tcfg.eval_every_epochs * steps_per_epoch)))
+    last_step = total_steps if max_steps is None else min(total_steps, max_steps)
+    bar = None
+    if progress and dist_info.is_main:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=last_step, initial=step, unit="step", desc="detector", dynamic_ncols=True)
+    last_eval: dict[str, float] = {}
+    t_last, n_last = time.perf_counter(), 0
+    try:
+        while step < last_step:
+            epoch, start = divmod(step, steps_per_epoch)
+            for batch in detection_batches(train_set, batch_size=dcfg.batch_size, train=True, flip=dcfg.flip,
+                                           seed=data_seed, epoch=epoch, start_batch=start, rank=dist_info.rank,
+                                           world_size=world, device=device, workers=dcfg.workers, norm=norm):
+                if step >= last_step:
+                    break
+                try:
+                    losses = trainer.step(batch.images, batch.boxes, batch.labels, step)
+                except TrainingDiverged as exc:
+                    kept = f"; the last good checkpoint is {str(ckpt_path)!r}" if ckpt_path.exists() else ""
+                    raise TrainingDiverged(f"{exc}{kept} (try a lower train.lr or train.grad_clip)") from None
+                step += 1
+                n_last += len(batch) * world
+                if bar is not None:
+                    bar.update(1)
+                if step % tcfg.log_every == 0 or step == last_step:
+                    now = time.perf_counter()
+                    rec = {"step": step, "epoch": round(step / steps_per_epoch, 4),
+                           "lr": optimizer.param_groups[0]["lr"],
+                           **{k: round(float(v), 5) for k, v in losses.items()},
+                           "images_per_s": round(n_last / max(now - t_last, 1e-9), 1)}
+                    t_last, n_last = now, 0
+                    if metrics is not None:
+                        metrics.write(rec)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{rec['loss']:.3f}", img_s=f"{rec['images_per_s']:.1f}")
+                if eval_every is not None and step % eval_every == 0 and step != last_step:
+                    if dist_info.is_main:
+                        last_eval, _ = evaluate()
+                        if metrics is not None:
+                            metrics.write({"step": step, "eval": last_eval})
+                    barrier(dist_info)
+                if (step % tcfg.checkpoint_every == 0 or step == last_step) and dist_info.is_main:
+                    save_checkpoint(ckpt_path, kind=CHECKPOINT_KIND, model_state=model.state_dict(),
+                                    space=model.backbone.space, config=config_to_dict(cfg), step=step,
+                                    optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                                    extra={**extra_info, "epochs": tcfg.epochs, "steps_per_epoch": steps_per_epoch,
+                                           "total_steps": total_steps, "eval": last_eval})
+        if dist_info.is_main:
+            last_eval, results = evaluate()
+            if metrics is not None:
+                metrics.write({"step": step, "eval": last_eval})
+            _write_eval(run, dcfg.val, last_eval, results,
+                        {"checkpoint": str(ckpt_path), "step": step, "images": len(val_split)})
+    finally:
+        if bar is not None:
+            bar.close()
+        if metrics is not None:
+            metrics.close()
+    summary = {"step": step, "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
+               "checkpoint": str(ckpt_path), "backbone": source, **last_eval}
+    if dist_info.is_main:
+        atomic_write_text(run / "train_summary.json", json.dumps(summary, indent=2) + "\n")
+    barrier(dist_info)
+    if model_out is not None:
+        model_out.append(model)
+    return summary
+
+
+def evaluate_run(checkpoint: str | Path, cfg: DetectRunConfig | None = None, *,
+                 json_out: str | Path | None = None) -> dict[str, Any]:
+    """COCO evaluation of a trained detector on its (or ``cfg``'s) evaluation split; writes JSON.
+
+    Args:
+        checkpoint: a detector checkpoint or run folder.
+        cfg: the data/eval settings to use (default: the run's own config).
+        json_out: where to write the metrics (default: ``eval.json`` beside the checkpoint).
+    """
+    from ..utils.device import autocast as make_autocast
+    from ..utils.device import resolve_device
+
+    ck = Path(checkpoint)
+    run = ck if ck.is_dir() else ck.parent
+    model, categories, saved_cfg, state = load_detector(ck)
+    cfg = cfg or saved_cfg
+    device = resolve_device(cfg.device)
+    model = model.to(device)
+    _, val_split = load_splits(cfg.data, train=False)
+    if val_split.categories.ids != categories.ids:
+        raise DataError(f"the evaluation split's category ids ({list(val_split.categories.ids)[:10]}) differ from "
+                        f"the detector's ({list(categories.ids)[:10]})")
+    in_channels = model.backbone.space.in_channels
+    batches = detection_batches(make_dataset(val_split, cfg.data, in_channels), batch_size=cfg.data.eval_batch_size,
+                                train=False, flip=False, seed=0, device=device, workers=cfg.data.workers,
+                                norm=_normalize(cfg.data, in_channels))
+    stats, results = evaluate_detector(model, val_split, batches, cfg.eval, make_autocast(device, cfg.train.amp))
+    info = {"checkpoint": str(ck), "step": int(state["step"]), "images": len(val_split)}
+    path = _write_eval(run, cfg.data.val, stats, results, info, json_out)
+    return {**info, "metrics": stats, "json": str(path)}
