@@ -43,3 +43,24 @@ def test_fused_tail_matches_plain_path(mode):
 def test_unknown_fusion_mode():
     with pytest.raises(ValueError, match="valid: compiled, eager"):
         set_fused(SuperBNN(create_space("tiny")), "triton")
+
+
+def test_training_falls_back_to_eager_when_compile_is_unusable(monkeypatch, tmp_path, caplog):
+    from nasbnn.config import RunConfig, load_config
+    from nasbnn.ops import fused
+    from nasbnn.train import supernet
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler found\nmore detail")
+
+    monkeypatch.setattr(fused, "_compiled", broken)
+    assert fused.compiled_tail_works("cpu") == "RuntimeError: no C++ compiler found"
+    seen = []
+    monkeypatch.setattr(supernet, "set_fused", lambda model, mode: seen.append(mode))
+    cfg = load_config(RunConfig, None, ["space.name=tiny", "data.name=synthetic", "data.batch_size=16",
+                                        "data.synthetic.num_train=64", "data.synthetic.num_test=32",
+                                        "data.holdout_per_class=2", "train.compile=true", "train.eval_images=16",
+                                        f"out={tmp_path}"])
+    with caplog.at_level("WARNING"):
+        supernet.train_supernet(cfg, progress=False, max_steps=1)
+    assert seen == [] and "training without fusion" in caplog.text

@@ -90,3 +90,34 @@ def test_bundle_errors(tmp_path):
     (tmp_path / "bundle.json").write_text('{"format": "nasbnn.bundle", "format_version": 99}')
     with pytest.raises(CheckpointError, match="format version 99"):
         load_bundle(tmp_path)
+
+
+def test_export_packed_and_onnx_formats_and_bench_a_bundle(run, tmp_path, capsys):
+    import numpy as np
+
+    from nasbnn.engine import BinaryEngine, PackedModel
+
+    ck = str(run / "checkpoint.pt")
+    dest = tmp_path / "packed"
+    assert main(["export", "--config", "tiny", "--checkpoint", ck, "--largest", "--to", str(dest),
+                 "--format", "packed", f"out={run}"]) == 0
+    assert "MB packed vs" in capsys.readouterr().out
+    net = load_bundle(dest)
+    packed = PackedModel.load(dest / "model.nbp")
+    assert str(packed.arch) == read_bundle_info(dest)["arch"]
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = net(x).numpy()
+    got = BinaryEngine(packed, threads=1)(x.numpy())
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * float(np.abs(ref).max()))
+    dest = tmp_path / "onnx"
+    assert main(["export", "--config", "tiny", "--checkpoint", ck, "--smallest", "--to", str(dest),
+                 "--format", "onnx", f"out={run}"]) == 0
+    assert (dest / "model.onnx").stat().st_size > 1000
+    capsys.readouterr()
+    assert main(["bench", "--bundle", str(dest), "--batch", "1", "--repeats", "2", "--warmup", "1", "--threads", "1",
+                 "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["weights"].startswith("trained") and res["end_to_end_speedup"] > 0
+    assert main(["bench", "--bundle", str(dest), "--largest"]) == 2
+    assert "not both" in capsys.readouterr().err

@@ -190,3 +190,36 @@ def test_search_bad_input_writes_nothing(trained, tmp_path, capsys):
         assert not (out / "search").exists()
     code = main(["search", *SEARCH, "--checkpoint", str(tmp_path / "nope.pt"), f"out={tmp_path / 'n'}"])
     assert code == 2 and "no checkpoint" in capsys.readouterr().err
+
+
+def test_search_with_latency_cost(trained, tmp_path):
+    from nasbnn.config import RunConfig, load_config
+    from nasbnn.engine.latency import LatencyModel, latency_cost_fn
+    from nasbnn.search.run import run_search
+
+    model = LatencyModel(a_ms_per_gbop=2.0, b_ms_per_gflop=50.0, c_ms_per_layer=0.01)
+    path = model.save(tmp_path / "lat.json")
+    space = create_space("tiny")
+    cost = latency_cost_fn(model, space)
+    lo, hi = cost(space.smallest()), cost(space.largest())
+    assert lo < hi
+    step = (hi - lo) / 4
+    cfg = load_config(RunConfig, None, [*TINY, *SEARCH, "search.cost=latency", f"search.latency_model={path}",
+                                        f"search.min_mops={lo}", f"search.max_mops={hi + 1e-9}",
+                                        f"search.step_mops={step}", f"out={tmp_path}"])
+    run_search(cfg, checkpoint=trained / "checkpoint.pt", progress=False)
+    hist = [json.loads(x) for x in (tmp_path / "search" / "history.jsonl").read_text().splitlines()]
+    assert hist
+    for h in hist:  # every candidate's cost is its predicted latency, inside the range
+        c = cost(space.parse(h["arch"]))
+        assert h["cost"] == pytest.approx(c) and lo - 1e-9 <= c <= hi + 1e-9
+    pareto = json.loads((tmp_path / "search" / "pareto.json").read_text())
+    assert pareto["cost"] == "latency" and pareto["budget"]["unit"] == "ms" and pareto["family"]
+
+
+def test_search_latency_cost_needs_a_model(trained, tmp_path, capsys):
+    from nasbnn.cli import main
+
+    code = main(["search", *TINY, *SEARCH, "search.cost=latency", f"out={tmp_path}", "--checkpoint",
+                 str(trained / "checkpoint.pt"), "--no-progress"])
+    assert code == 2 and "search.latency_model" in capsys.readouterr().err

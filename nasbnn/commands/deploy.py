@@ -138,11 +138,12 @@ def _write_other_format(net, folder: Path, fmt: str) -> str:  # type: ignore[no-
         path = folder / "model.onnx"
         export_onnx(net, path)
         return str(path)
-    from ..engine.pack import pack_static
+    from ..engine.packed import pack_model
 
     path = folder / "model.nbp"
-    pack_static(net).save(path)
-    return str(path)
+    packed = pack_model(net)
+    packed.save(path)
+    return f"{path} ({packed.nbytes / 1e6:.2f} MB packed vs {packed.float_bytes / 1e6:.2f} MB float)"
 
 
 def _eval(args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from .functions import approx_sign
 from .layers import match_residual
 
-__all__ = ["block_tail", "tail_impl"]
+__all__ = ["block_tail", "compiled_tail_works", "tail_impl"]
 
 
 def tail_impl(y: Tensor, residual: Tensor, weight: Tensor, bias: Tensor, running_mean: Tensor, running_var: Tensor,
@@ -42,6 +42,28 @@ def _compiled_tail() -> Callable[..., Any]:
     if _compiled is None:
         _compiled = torch.compile(tail_impl, dynamic=True)
     return _compiled
+
+
+def compiled_tail_works(device: torch.device | str = "cpu") -> str | None:
+    """Compiles and runs the tail once on ``device``; returns ``None`` when that works, else the reason.
+
+    ``torch.compile`` needs a C++ compiler on the CPU and Triton on CUDA; a machine without them
+    should train eagerly rather than fail mid-run.
+    """
+    try:
+        g = torch.Generator().manual_seed(0)
+        y = torch.randn(2, 4, 3, 3, generator=g).to(device)
+        ones, zeros = torch.ones(4, device=device), torch.zeros(4, device=device)
+        shift = torch.zeros(1, 4, 1, 1, device=device)
+        got, _ = _compiled_tail()(y, y, ones, zeros, zeros.clone(), ones.clone(), True, 0.1, 1e-5, shift,
+                                  ones, shift, shift)
+        want, _ = tail_impl(y, y, ones, zeros, zeros.clone(), ones.clone(), True, 0.1, 1e-5, shift, ones, shift,
+                            shift)
+        if not torch.allclose(got, want, atol=1e-5):
+            return "the compiled tail disagrees with the eager one"
+    except Exception as exc:  # any compiler failure means: run eagerly
+        return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    return None
 
 
 def block_tail(y: Tensor, residual: Tensor, bn: nn.Module, act: nn.Module, next_sign: nn.Module | None, *,

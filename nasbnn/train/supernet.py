@@ -23,6 +23,7 @@ from ..config import RunConfig, TrainConfig, atomic_write_text, config_to_dict, 
 from ..errors import NasbnnError
 from ..models import SuperBNN
 from ..models.blocks import set_fused
+from ..ops.fused import compiled_tail_works
 from ..space import Arch
 from ..utils.seeding import derive_seed
 from .bn import evaluate_top1, preserved_bn_state, recalibrate_bn
@@ -177,7 +178,11 @@ def train_supernet(cfg: RunConfig, *, run_dir: str | Path | None = None, resume:
     model = SuperBNN(space, seed=derive_seed(cfg.seed, "init"))
     model = move_model(model, ctx)
     if tcfg.compile:
-        set_fused(model, "compiled")
+        reason = compiled_tail_works(ctx.device)
+        if reason is None:
+            set_fused(model, "compiled")
+        else:
+            _logger.warning("train.compile: torch.compile is not usable here (%s); training without fusion", reason)
     optimizer = build_optimizer(model, lr=tcfg.lr, weight_decay=tcfg.weight_decay, betas=tcfg.betas)
     scheduler = build_scheduler(optimizer, total_steps=total_steps,
                                 warmup_steps=round(tcfg.warmup_epochs * steps_per_epoch),

@@ -1,0 +1,61 @@
+"""Real binary inference: the packed model format, the numba XOR-popcount CPU engine, benchmarks,
+a fitted latency model and ONNX export (see docs/engine.md).
+
+Names are imported on first use, so that the CLI can register its subcommands without loading numba.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = [
+    "FORMAT_VERSION",
+    "BinaryEngine",
+    "ConvSpec",
+    "InputError",
+    "LatencyModel",
+    "LayerTiming",
+    "PackedModel",
+    "benchmark",
+    "check_onnx",
+    "compare",
+    "export_onnx",
+    "fit_latency",
+    "format_bench",
+    "freeze",
+    "latency_cost_fn",
+    "pack_model",
+]
+
+_WHERE = {
+    "FORMAT_VERSION": "packed",
+    "ConvSpec": "packed",
+    "PackedModel": "packed",
+    "pack_model": "packed",
+    "BinaryEngine": "runtime",
+    "InputError": "runtime",
+    "LayerTiming": "runtime",
+    "benchmark": "bench",
+    "format_bench": "bench",
+    "LatencyModel": "latency",
+    "fit_latency": "latency",
+    "latency_cost_fn": "latency",
+    "export_onnx": "onnx_export",
+    "check_onnx": "onnx_export",
+    "compare": "verify",
+    "freeze": "frozen",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'nasbnn.engine' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,309 @@
+"""Latency benchmark of the binary engine against the same network in PyTorch float, per layer and end to end.
+
+:func:`benchmark` returns a plain dict (JSON-ready); :func:`format_bench` renders it as tables. Both
+sides run with the same thread count; the float side uses precomputed binarised weights
+(:func:`~nasbnn.engine.frozen.freeze`), so neither pays for weight standardisation per call.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import NasbnnError
+
+__all__ = ["benchmark", "format_bench", "machine_info", "random_static"]
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first value of each key of /proc/cpuinfo (empty where it does not exist)."""
+    out: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, sep, val = line.partition(":")
+                if sep and key.strip() not in out:
+                    out[key.strip()] = val.strip()
+    except OSError:
+        pass
+    return out
+
+
+def machine_info(threads: int | None = None) -> dict[str, Any]:
+    """CPU model, the SIMD flags that matter, core and thread counts, library versions, date (UTC)."""
+    import numba
+
+    from . import kernels
+
+    info = _cpuinfo()
+    flags = set(info.get("flags", "").split())
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel region has run yet
+        layer = numba.config.THREADING_LAYER
+    out = {
+        "cpu": info.get("model name") or platform.processor() or platform.machine(),
+        "cpu_family_model": f"{info.get('cpu family', '?')}/{info.get('model', '?')}",
+        "flags": {name: name in flags for name in ("popcnt", "avx2", "avx512f", "avx512_vpopcntdq")},
+        "logical_cpus": os.cpu_count(),
+        "numba": numba.__version__,
+        "numba_threading_layer": layer,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "vector_lanes": kernels.LANES,
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    if threads is not None:
+        out["threads"] = threads
+    return out
+
+
+@torch.no_grad()
+def random_static(space: Any, arch: Any, *, seed: int = 0) -> Any:
+    """A :class:`~nasbnn.models.StaticBNN` of ``arch`` with random weights and BN statistics.
+
+    For speed measurements without trained weights: latent weights are normal, the stem step is the
+    LSQ initial step, BN statistics, shifts and slopes are near their usual values.
+    """
+    from ..models.static import StaticBNN
+    from ..ops.layers import lsq_init_step
+
+    net = StaticBNN.build(space, arch)
+    g = torch.Generator().manual_seed(seed)
+    for name, p in net.named_parameters():
+        if name.endswith("step_size"):
+            continue
+        if p.ndim >= 2:
+            p.copy_(torch.randn(p.shape, generator=g) * (0.02 if name.startswith("classifier") else 1.0))
+        elif name.endswith("slope"):
+            p.copy_(0.25 + 0.05 * torch.randn(p.shape, generator=g))
+        elif name.endswith("bn1.weight") or name.endswith("bn2.weight") or name.endswith("bn.weight"):
+            p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
+        else:
+            p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    net.stem.conv.step_size.copy_(lsq_init_step(net.stem.conv.weight))
+    for name, b in net.named_buffers():
+        if name.endswith("running_mean"):
+            b.copy_(0.1 * torch.randn(b.shape, generator=g))
+        elif name.endswith("running_var"):
+            b.copy_(0.5 + torch.rand(b.shape, generator=g))
+    return net.eval()
+
+
+def _float_units(frozen: Any) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+    units: list[Callable[[torch.Tensor], torch.Tensor]] = [frozen.stem]
+    for block in frozen.blocks:
+        units += [block.unit_kxk, block.unit_1x1]
+    units.append(frozen.head)
+    return units
+
+
+@torch.no_grad()
+def _time_float_layers(units: Sequence[Callable[[torch.Tensor], torch.Tensor]], x: torch.Tensor) -> list[float]:
+    out = []
+    clock = time.perf_counter
+    for unit in units:
+        t0 = clock()
+        x = unit(x)
+        out.append(clock() - t0)
+    return out
+
+
+def _stats(values: Sequence[float]) -> dict[str, float]:
+    """min and median in milliseconds."""
+    return {"min": 1e3 * min(values), "median": 1e3 * statistics.median(values)}
+
+
+def benchmark(static: Any, *, batch_sizes: Sequence[int] = (1, 8), threads: int | None = None, repeats: int = 10,
+              warmup: int = 2, resolution: int | None = None, seed: int = 0) -> dict[str, Any]:
+    """Times the packed engine and the frozen float network on random images.
+
+    Args:
+        static: a :class:`~nasbnn.models.StaticBNN` (its eval-mode semantics are benchmarked).
+        batch_sizes: batch sizes to time; the speedups of the result are those of the first.
+        threads: threads for both engines (default: every core numba sees).
+        repeats: timed runs per measurement; both the best (min) and the median are reported.
+        warmup: untimed runs first (the engine's first call also compiles or loads its kernels).
+        resolution: input size (default: the space's).
+        seed: of the random images.
+
+    Returns:
+        A JSON-ready dict: ``machine``, ``threads``, sizes, ``batches`` (per batch size: end-to-end and
+        per-layer times, OPs per layer, speedups), ``end_to_end_speedup`` and ``binary_conv_speedup``
+        (float time / engine time at the first batch size, from the best runs; the binary conv figure sums
+        the binary conv layers only), ``agreement`` (engine vs StaticBNN logits, see
+        :func:`~nasbnn.engine.verify.compare`).
+
+    Raises:
+        NasbnnError: bad arguments.
+    """
+    import numba
+
+    from ..cost import layer_costs
+    from .frozen import freeze
+    from .packed import float_model_bytes, pack_model
+    from .runtime import BinaryEngine
+    from .verify import compare
+
+    if repeats < 1 or warmup < 0:
+        raise NasbnnError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
+    if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
+        raise NasbnnError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
+    limit = numba.config.NUMBA_NUM_THREADS
+    n_threads = limit if threads is None else int(threads)
+    if n_threads < 1:
+        raise NasbnnError(f"threads must be >= 1, got {n_threads}")
+    if n_threads > limit:
+        raise NasbnnError(f"threads={n_threads} exceeds the {limit} threads numba can use on this machine")
+    space, arch = static.space, static.arch
+    res = space.resolution if resolution is None else int(resolution)
+    if res < 1:
+        raise NasbnnError(f"resolution must be positive, got {res}")
+    static = static.cpu().eval()
+    packed = pack_model(static)
+    engine = BinaryEngine(packed, threads=n_threads)
+    frozen = freeze(static, channels_last=True)
+    units = _float_units(frozen)
+    costs = layer_costs(arch, space, res)
+    prev_threads = torch.get_num_threads()
+    torch.set_num_threads(n_threads)
+    gen = torch.Generator().manual_seed(seed)
+    engine(torch.zeros(1, space.in_channels, res, res).numpy())  # compiles or loads the kernels
+    result: dict[str, Any] = {
+        "machine": machine_info(n_threads),
+        "threads": n_threads,
+        "torch_threads": torch.get_num_threads(),
+        "space": space.name,
+        "arch": str(arch),
+        "resolution": res,
+        "repeats": repeats,
+        "warmup": warmup,
+        "packed_bytes": packed.nbytes,
+        "float_bytes": float_model_bytes(static),
+        "timing": "wall clock (time.perf_counter); 'min' is the best of the repeats, 'median' their median; "
+                  "speedups use the best runs",
+        "batches": {},
+    }
+    try:
+        for bs in batch_sizes:
+            bs = int(bs)
+            x = torch.randn(bs, space.in_channels, res, res, generator=gen)
+            xn = x.numpy()
+            xf = x.contiguous(memory_format=torch.channels_last)  # the float side's fastest layout
+            check = compare(static, engine, x)
+            agreement = {k: check[k] for k in ("images", "agree", "sign_ties", "unexplained", "max_rel_err")}
+            for _ in range(warmup):
+                engine(xn)
+                with torch.no_grad():
+                    frozen(xf)
+            e2e_engine, e2e_float = [], []
+            lay_engine: list[list[float]] = []
+            lay_float: list[list[float]] = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                engine(xn)
+                e2e_engine.append(time.perf_counter() - t0)
+                # An OpenMP threading layer of numba can change PyTorch's OpenMP thread count: re-pin it.
+                if torch.get_num_threads() != n_threads:
+                    torch.set_num_threads(n_threads)
+                with torch.no_grad():
+                    t0 = time.perf_counter()
+                    frozen(xf)
+                    e2e_float.append(time.perf_counter() - t0)
+                timings: list[Any] = []
+                engine.run(xn, timings=timings)
+                lay_engine.append([t.seconds for t in timings])
+                if torch.get_num_threads() != n_threads:
+                    torch.set_num_threads(n_threads)
+                lay_float.append(_time_float_layers(units, xf))
+            layers = []
+            bin_e = bin_f = bin_em = bin_fm = 0.0
+            for i, lc in enumerate(costs):
+                ev = [row[i] for row in lay_engine]
+                fv = [row[i] for row in lay_float]
+                es, fs = _stats(ev), _stats(fv)
+                layers.append({
+                    "name": lc.name, "engine_layer": timings[i].name, "kind": lc.kind,
+                    "in_channels": lc.in_channels, "out_channels": lc.out_channels, "kernel_size": lc.kernel_size,
+                    "groups": lc.groups, "stride": lc.stride, "out_resolution": lc.out_resolution,
+                    "mflops": lc.cost.mflops, "mbops": lc.cost.mbops, "mops": lc.cost.mops,
+                    "engine_ms": es, "float_ms": fs, "speedup": fs["min"] / es["min"],
+                })
+                if lc.kind == "binary conv":
+                    bin_e += es["min"]
+                    bin_f += fs["min"]
+                    bin_em += es["median"]
+                    bin_fm += fs["median"]
+            ee, fe = _stats(e2e_engine), _stats(e2e_float)
+            result["batches"][str(bs)] = {
+                "batch": bs,
+                "engine_ms": ee,
+                "float_ms": fe,
+                "end_to_end_speedup": fe["min"] / ee["min"],
+                "end_to_end_speedup_median": fe["median"] / ee["median"],
+                "binary_conv": {"engine_ms": bin_e, "float_ms": bin_f, "speedup": bin_f / bin_e if bin_e else None,
+                                "engine_ms_median": bin_em, "float_ms_median": bin_fm,
+                                "speedup_median": bin_fm / bin_em if bin_em else None},
+                "noise": {"engine_median_over_min": ee["median"] / ee["min"],
+                          "float_median_over_min": fe["median"] / fe["min"]},
+                "agreement": agreement,
+                "layers": layers,
+            }
+    finally:
+        torch.set_num_threads(prev_threads)
+    first = result["batches"][str(int(batch_sizes[0]))]
+    result["end_to_end_speedup"] = first["end_to_end_speedup"]
+    result["binary_conv_speedup"] = first["binary_conv"]["speedup"]
+    result["agreement"] = first["agreement"]
+    return result
+
+
+def format_bench(result: dict[str, Any]) -> str:
+    """The benchmark result as text: machine, per-batch layer tables and the speedups."""
+    from ..utils.table import format_table
+
+    m = result["machine"]
+    flags = ", ".join(k for k, v in m["flags"].items() if v) or "none"
+    lines = [
+        f"machine: {m['cpu']} ({m['logical_cpus']} logical CPUs; {flags}); numba {m['numba']}, torch {m['torch']}; "
+        f"{m['date']}",
+        f"space {result['space']!r}, resolution {result['resolution']}, threads {result['threads']} (both engines), "
+        f"{result['repeats']} timed runs after {result['warmup']} warm-up",
+        f"arch {result['arch']}",
+        f"packed model {result['packed_bytes'] / 1e6:.3f} MB vs float {result['float_bytes'] / 1e6:.3f} MB "
+        f"({result['float_bytes'] / max(result['packed_bytes'], 1):.1f}x smaller)",
+    ]
+    for key, b in result["batches"].items():
+        rows = []
+        for lay in b["layers"]:
+            rows.append([lay["name"], lay["kind"], f"{lay['in_channels']}->{lay['out_channels']}", lay["kernel_size"],
+                         lay["groups"], lay["stride"], lay["out_resolution"], lay["mops"], lay["engine_ms"]["min"],
+                         lay["float_ms"]["min"], lay["speedup"]])
+        lines.append("")
+        lines.append(f"batch {key}: best-of-{result['repeats']} per layer (ms)")
+        lines.append(format_table(["layer", "kind", "channels", "k", "groups", "stride", "out_res", "MOPs",
+                                   "engine ms", "float ms", "speedup"], rows, align="lllrrrrrrrr"))
+        bc = b["binary_conv"]
+        lines.append(f"binary convs (sum of the per-layer bests): engine {bc['engine_ms']:.3f} ms, float "
+                     f"{bc['float_ms']:.3f} ms, speedup {bc['speedup']:.2f}x (sums of medians: "
+                     f"{bc['speedup_median']:.2f}x)")
+        lines.append(f"end to end: engine {b['engine_ms']['min']:.3f} ms (median {b['engine_ms']['median']:.3f}), "
+                     f"float {b['float_ms']['min']:.3f} ms (median {b['float_ms']['median']:.3f}), "
+                     f"speedup {b['end_to_end_speedup']:.2f}x (median {b['end_to_end_speedup_median']:.2f}x)")
+        a = b["agreement"]
+        err = f"{a['max_rel_err']:.1e}" if a["max_rel_err"] is not None else "n/a"
+        lines.append(f"engine vs StaticBNN: {a['agree']}/{a['images']} images agree (relative error <= 1e-4, max "
+                     f"{err}, same top-1); {a['sign_ties']} differ through a sign tie (a binarised value within "
+                     f"float rounding of 0), {a['unexplained']} otherwise")
+    lines.append("")
+    lines.append(f"end_to_end_speedup {result['end_to_end_speedup']:.2f}x, "
+                 f"binary_conv_speedup {result['binary_conv_speedup']:.2f}x (batch {next(iter(result['batches']))})")
+    return "\n".join(lines)

@@ -1,0 +1,131 @@
+"""``nasbnn bench`` and ``nasbnn latency fit|predict``: the engine's command-line entry points."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..commands.common import add_arch_args, resolve_arch
+from ..errors import NasbnnError
+
+__all__ = ["register"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="latency of the bit-packed engine vs PyTorch float, per layer and end to end")
+    p.add_argument("--space", default="imagenet", help="preset name or space file (default: %(default)s)")
+    add_arch_args(p, required=False)
+    p.add_argument("--bundle", metavar="DIR", default=None,
+                   help="an exported network (nasbnn export) to time with its trained weights instead")
+    p.add_argument("--resolution", type=int, default=None, help="input resolution (default: the space's)")
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 8], metavar="N",
+                   help="batch sizes; speedups are reported for the first (default: 1 8)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads for both the engine and PyTorch (default: all cores)")
+    p.add_argument("--repeats", type=int, default=10, help="timed runs per measurement (default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed runs first (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and images")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
+    p.set_defaults(handler=_bench)
+
+    p = sub.add_parser("latency", help="fit or apply a latency model of the engine (ms from BOPs, FLOPs, layers)")
+    lsub = p.add_subparsers(dest="latency_command", metavar="ACTION", required=True)
+    f = lsub.add_parser("fit", help="measure sampled architectures and fit latency_ms = a·BOPs + b·FLOPs + c·layers")
+    f.add_argument("--space", default="fashion-mnist", help="preset name or space file (default: %(default)s)")
+    f.add_argument("--samples", type=int, default=30, help="architectures to measure (default: %(default)s)")
+    f.add_argument("--out", required=True, metavar="FILE", help="where to write the model (JSON)")
+    f.add_argument("--resolution", type=int, default=None, help="input resolution (default: the space's)")
+    f.add_argument("--threads", type=int, default=1, help="engine threads (default: %(default)s)")
+    f.add_argument("--repeats", type=int, default=5, help="timed runs per architecture (default: %(default)s)")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--report", metavar="FILE", default=None,
+                   help="also write the full report (measurements, correlations) as JSON")
+    f.add_argument("--json", action="store_true", help="print the report summary as JSON")
+    f.set_defaults(handler=_latency_fit)
+    q = lsub.add_parser("predict", help="predicted engine latency of an architecture")
+    q.add_argument("--model", required=True, metavar="FILE", help="a model written by 'nasbnn latency fit'")
+    q.add_argument("--space", default="fashion-mnist", help="preset name or space file (default: %(default)s)")
+    add_arch_args(q)
+    q.add_argument("--resolution", type=int, default=None)
+    q.set_defaults(handler=_latency_predict)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from ..cli import print_json
+    from ..presets import resolve_space
+    from .bench import benchmark, format_bench, random_static
+
+    if args.bundle:
+        if args.arch or args.largest or args.smallest or args.upstream_arch or args.arch_json:
+            raise NasbnnError("give either --bundle or an architecture (--arch, --largest, ...), not both")
+        from ..bundle import load_bundle
+
+        static, weights = load_bundle(args.bundle), f"trained ({args.bundle})"
+    else:
+        space = resolve_space(args.space)
+        arch = resolve_arch(args, space)
+        static, weights = random_static(space, arch, seed=args.seed), "random"
+    result = benchmark(static, batch_sizes=args.batch, threads=args.threads, repeats=args.repeats,
+                       warmup=args.warmup, resolution=args.resolution, seed=args.seed)
+    result["weights"] = weights
+    if args.json:
+        print_json(result)
+    else:
+        print(format_bench(result))
+    return 0
+
+
+def _latency_fit(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from ..cli import print_json
+    from ..config import atomic_write_text
+    from ..presets import resolve_space
+    from .latency import fit_latency
+
+    space = resolve_space(args.space)
+
+    show = not args.json and sys.stderr.isatty()
+
+    def progress(i: int, n: int) -> None:
+        if show:
+            print(f"\rmeasured {i}/{n} architectures", end="", file=sys.stderr, flush=True)
+
+    model, report = fit_latency(space, samples=args.samples, threads=args.threads, repeats=args.repeats,
+                                resolution=args.resolution, seed=args.seed, progress=progress)
+    if show:
+        print(file=sys.stderr)
+    model.save(args.out)
+    if args.report:
+        atomic_write_text(Path(args.report), json.dumps(report, indent=2) + "\n")
+    summary = {"model": model.to_dict(), "all": report["all"], "held_out": report["held_out"], "out": args.out}
+    if args.json:
+        print_json(summary)
+        return 0
+    a, ho = report["all"], report["held_out"]
+    print(f"space {space.name!r}: {a['n']} architectures, threads {args.threads}, batch 1")
+    print(f"latency_ms = {model.a_ms_per_gbop:.4g}·GBOPs + {model.b_ms_per_gflop:.4g}·GFLOPs + "
+          f"{model.c_ms_per_layer:.4g}·layers   (layer R^2 {model.meta['layer_r2']:.3f})")
+    print(f"one binary MAC costs {model.bop_cost_in_flops:.3g} float MACs here (the OPs model assumes 1/64 = 0.0156)")
+    print(f"rank correlation with measured latency, all {a['n']}: OPs spearman {a['ops']['spearman']:.3f} "
+          f"kendall {a['ops']['kendall']:.3f}; model spearman {a['model']['spearman']:.3f} "
+          f"kendall {a['model']['kendall']:.3f}")
+    print(f"held-out half ({ho['n']}, model fitted on the other half): OPs spearman {ho['ops']['spearman']:.3f} "
+          f"kendall {ho['ops']['kendall']:.3f}; model spearman {ho['model']['spearman']:.3f} "
+          f"kendall {ho['model']['kendall']:.3f}, mean |error| {ho['model']['mean_abs_rel_err']:.1%}")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _latency_predict(args: argparse.Namespace) -> int:
+    from ..presets import resolve_space
+    from .latency import LatencyModel
+
+    if args.resolution is not None and args.resolution < 1:
+        raise NasbnnError(f"resolution must be positive, got {args.resolution}")
+    model = LatencyModel.load(args.model)
+    space = resolve_space(args.space)
+    arch = resolve_arch(args, space)
+    print(f"{model.predict(arch, space, args.resolution):.4f} ms")
+    return 0

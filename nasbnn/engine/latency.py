@@ -1,0 +1,324 @@
+"""A fitted latency model of the binary engine: ``latency_ms ≈ a·BOPs + b·FLOPs + c·layers``.
+
+Per-layer engine times of sampled architectures are fitted by non-negative least squares;
+:func:`rank_correlations` compares how plain OPs and the fitted model rank architectures by measured
+end-to-end latency; :func:`latency_cost_fn` turns a model into a search cost (milliseconds).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from random import Random
+from typing import Any
+
+import numpy as np
+
+from ..errors import CheckpointError, NasbnnError
+from ..space import Arch, SearchSpace
+
+__all__ = [
+    "ArchLatency",
+    "LatencyModel",
+    "fit_latency",
+    "kendall_tau",
+    "latency_cost_fn",
+    "measure_latency",
+    "rank_correlations",
+    "spearman_rho",
+]
+
+LATENCY_FORMAT = "nasbnn-latency-model"
+LATENCY_VERSION = 1
+
+
+def _layer_features(arch: Arch, space: SearchSpace, resolution: int | None = None) -> np.ndarray:
+    """[layers, 3]: (BOPs, FLOPs, 1) of every engine layer; the stem counted as its real MACs."""
+    from ..cost import layer_costs
+
+    rows = [(lc.cost.bops, lc.cost.flops, 1.0) for lc in layer_costs(arch, space, resolution, "standard")]
+    return np.asarray(rows, dtype=np.float64)
+
+
+def _nnls(a: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Non-negative least squares for a handful of columns: the best of every support's LS solution."""
+    n = a.shape[1]
+    scale = np.maximum(np.abs(a).max(axis=0), 1e-300)
+    an = a / scale
+    best, best_err = np.zeros(n), float(np.sum(y**2))
+    for k in range(1, n + 1):
+        for cols in itertools.combinations(range(n), k):
+            sol, *_ = np.linalg.lstsq(an[:, cols], y, rcond=None)
+            if np.any(sol < 0):
+                continue
+            x = np.zeros(n)
+            x[list(cols)] = sol
+            err = float(np.sum((an @ x - y) ** 2))
+            if err < best_err - 1e-15 * max(best_err, 1.0):
+                best, best_err = x, err
+    return best / scale
+
+
+@dataclass
+class LatencyModel:
+    """``latency_ms = a_ms_per_gbop·GBOPs + b_ms_per_gflop·GFLOPs + c_ms_per_layer·layers``.
+
+    FLOPs count the stem as its real MACs (the ``standard`` convention of :mod:`nasbnn.cost`), BOPs
+    the binary MACs; one layer is the stem, each binary conv and the classifier.
+
+    Attributes:
+        a_ms_per_gbop, b_ms_per_gflop, c_ms_per_layer: the non-negative coefficients.
+        meta: where and how it was measured (machine, threads, space, resolution, fit quality).
+    """
+
+    a_ms_per_gbop: float
+    b_ms_per_gflop: float
+    c_ms_per_layer: float
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def fit(cls, rows: Sequence[Sequence[float]] | np.ndarray, *, meta: dict[str, Any] | None = None) -> LatencyModel:
+        """Fits the coefficients to per-layer measurements ``(BOPs, FLOPs, ms)`` (one row per layer).
+
+        Raises:
+            NasbnnError: fewer than 3 rows, or rows that are not finite triples.
+        """
+        data = np.asarray(rows, dtype=np.float64)
+        if data.ndim != 2 or data.shape[1] != 3 or data.shape[0] < 3 or not np.isfinite(data).all():
+            raise NasbnnError("latency fit needs at least 3 finite rows of (BOPs, FLOPs, milliseconds)")
+        a = np.column_stack([data[:, 0] / 1e9, data[:, 1] / 1e9, np.ones(len(data))])
+        coef = _nnls(a, data[:, 2])
+        pred = a @ coef
+        ss_res = float(np.sum((data[:, 2] - pred) ** 2))
+        ss_tot = float(np.sum((data[:, 2] - data[:, 2].mean()) ** 2))
+        info = {"layer_rows": len(data), "layer_r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0}
+        return cls(float(coef[0]), float(coef[1]), float(coef[2]), {**(meta or {}), **info})
+
+    def predict_counts(self, bops: float, flops: float, layers: float) -> float:
+        """Milliseconds for the given totals."""
+        return self.a_ms_per_gbop * bops / 1e9 + self.b_ms_per_gflop * flops / 1e9 + self.c_ms_per_layer * layers
+
+    def predict(self, arch: Arch, space: SearchSpace, resolution: int | None = None) -> float:
+        """Predicted end-to-end engine latency of ``arch`` in milliseconds (batch 1)."""
+        f = _layer_features(arch, space, resolution).sum(axis=0)
+        return self.predict_counts(float(f[0]), float(f[1]), float(f[2]))
+
+    @property
+    def bop_cost_in_flops(self) -> float:
+        """What one binary MAC costs in float MACs according to the fit (the OPs model assumes 1/64)."""
+        return self.a_ms_per_gbop / self.b_ms_per_gflop if self.b_ms_per_gflop > 0 else float("inf")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": LATENCY_FORMAT, "format_version": LATENCY_VERSION, **asdict(self)}
+
+    def save(self, path: str | Path) -> Path:
+        """Writes the model as JSON (atomically)."""
+        from ..config import atomic_write_text
+
+        p = Path(path)
+        atomic_write_text(p, json.dumps(self.to_dict(), indent=2) + "\n")
+        return p
+
+    @classmethod
+    def load(cls, path: str | Path) -> LatencyModel:
+        """Reads a model written by :meth:`save`.
+
+        Raises:
+            CheckpointError: missing file, not JSON, another format or version, bad coefficients.
+        """
+        p = Path(path)
+        if not p.is_file():
+            raise CheckpointError(f"latency model {str(p)!r} does not exist")
+        try:
+            data = json.loads(p.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise CheckpointError(f"{str(p)!r} is not a latency model (not JSON)") from None
+        if not isinstance(data, dict) or data.get("format") != LATENCY_FORMAT:
+            raise CheckpointError(f"{str(p)!r} is not a latency model (expected format {LATENCY_FORMAT!r}, "
+                                  "as written by LatencyModel.save)")
+        if data.get("format_version") != LATENCY_VERSION:
+            raise CheckpointError(f"{str(p)!r} is latency model version {data.get('format_version')}; this nasbnn "
+                                  f"reads version {LATENCY_VERSION}")
+        try:
+            coef = [float(data[k]) for k in ("a_ms_per_gbop", "b_ms_per_gflop", "c_ms_per_layer")]
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{str(p)!r}: missing or non-numeric coefficients") from None
+        if not all(np.isfinite(c) and c >= 0 for c in coef):
+            raise CheckpointError(f"{str(p)!r}: coefficients must be finite and non-negative, got {coef}")
+        meta = data.get("meta") if isinstance(data.get("meta"), dict) else {}
+        return cls(*coef, meta=meta)
+
+
+def latency_cost_fn(model: LatencyModel, space: SearchSpace) -> Callable[[Arch], float]:
+    """A search cost: the predicted latency of an architecture of ``space`` in milliseconds (memoised)."""
+    memo: dict[Arch, float] = {}
+
+    def cost(arch: Arch) -> float:
+        v = memo.get(arch)
+        if v is None:
+            v = model.predict(arch, space)
+            if len(memo) > 200_000:
+                memo.clear()
+            memo[arch] = v
+        return v
+
+    return cost
+
+
+# --------------------------------------------------------------------------------------------- measuring
+@dataclass
+class ArchLatency:
+    """Measured engine latency of one architecture (best of the repeats, milliseconds)."""
+
+    arch: str
+    total_ms: float
+    layer_ms: list[float]
+    bops: float
+    flops: float
+    layers: int
+    ops: float  # FLOPs + BOPs / 64 as the project counts them (upstream stem convention)
+
+
+def measure_latency(space: SearchSpace, archs: Sequence[Arch], *, threads: int = 1, repeats: int = 5,
+                    warmup: int = 1, resolution: int | None = None, seed: int = 0,
+                    progress: Callable[[int, int], None] | None = None) -> list[ArchLatency]:
+    """Per-layer and end-to-end engine latency (batch 1, random weights) of each architecture."""
+    import torch
+
+    from ..cost import arch_cost
+    from .bench import random_static
+    from .runtime import BinaryEngine
+
+    if repeats < 1 or warmup < 0 or threads < 1:
+        raise NasbnnError("repeats and threads must be >= 1 and warmup >= 0")
+    res = space.resolution if resolution is None else int(resolution)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, space.in_channels, res, res, generator=g).numpy()
+    out = []
+    for i, arch in enumerate(archs):
+        engine = BinaryEngine.from_static(random_static(space, arch, seed=seed + i), threads=threads)
+        for _ in range(warmup):
+            engine(x)
+        totals, layer_rows = [], []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            engine(x)
+            totals.append(time.perf_counter() - t0)
+            timings: list[Any] = []
+            engine.run(x, timings=timings)
+            layer_rows.append([t.seconds for t in timings])
+        feats = _layer_features(arch, space, res)
+        cost = arch_cost(arch, space, res)
+        out.append(ArchLatency(str(arch), 1e3 * min(totals), [1e3 * v for v in np.min(layer_rows, axis=0)],
+                               float(feats[:, 0].sum()), float(feats[:, 1].sum()), len(feats), cost.ops))
+        if progress is not None:
+            progress(i + 1, len(archs))
+    return out
+
+
+def _ranks(v: np.ndarray) -> np.ndarray:
+    order = np.argsort(v, kind="mergesort")
+    ranks = np.empty(len(v))
+    ranks[order] = np.arange(len(v), dtype=np.float64)
+    sv = v[order]
+    i = 0
+    while i < len(v):  # ties share their mean rank
+        j = i
+        while j + 1 < len(v) and sv[j + 1] == sv[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2
+        i = j + 1
+    return ranks
+
+
+def spearman_rho(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman rank correlation (ties get mean ranks)."""
+    rx, ry = _ranks(np.asarray(x, float)), _ranks(np.asarray(y, float))
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    den = float(np.sqrt((rx**2).sum() * (ry**2).sum()))
+    return float((rx * ry).sum() / den) if den > 0 else 0.0
+
+
+def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
+    """Kendall's tau-b rank correlation."""
+    a, b = np.asarray(x, float), np.asarray(y, float)
+    dx = np.sign(a[:, None] - a[None, :])
+    dy = np.sign(b[:, None] - b[None, :])
+    iu = np.triu_indices(len(a), 1)
+    sx, sy = dx[iu], dy[iu]
+    num = float((sx * sy).sum())
+    den = float(np.sqrt((sx != 0).sum() * (sy != 0).sum()))
+    return num / den if den > 0 else 0.0
+
+
+def rank_correlations(measured: Sequence[ArchLatency], model: LatencyModel | None = None,
+                      space: SearchSpace | None = None, resolution: int | None = None) -> dict[str, Any]:
+    """How well OPs (and the model, if given) rank the architectures by measured latency."""
+    y = [m.total_ms for m in measured]
+    ops = [m.ops for m in measured]
+    out: dict[str, Any] = {"n": len(measured),
+                           "ops": {"spearman": spearman_rho(ops, y), "kendall": kendall_tau(ops, y)}}
+    if model is not None:
+        pred = [model.predict_counts(m.bops, m.flops, m.layers) for m in measured]
+        err = np.abs(np.asarray(pred) - np.asarray(y)) / np.asarray(y)
+        out["model"] = {"spearman": spearman_rho(pred, y), "kendall": kendall_tau(pred, y),
+                        "mean_abs_rel_err": float(err.mean()), "max_abs_rel_err": float(err.max())}
+    return out
+
+
+def fit_latency(space: SearchSpace, *, samples: int = 30, threads: int = 1, repeats: int = 5, warmup: int = 1,
+                resolution: int | None = None, seed: int = 0,
+                progress: Callable[[int, int], None] | None = None) -> tuple[LatencyModel, dict[str, Any]]:
+    """Measures ``samples`` architectures (the largest, the smallest and random members), fits a model.
+
+    Returns:
+        The model fitted on every layer of every sample, and a report with the rank correlations of OPs
+        and of the model against measured end-to-end latency, over all samples and on a held-out half
+        (a model fitted on the other half), plus the measurements.
+    """
+    from .bench import machine_info
+
+    if samples < 4:
+        raise NasbnnError(f"a latency fit needs at least 4 sampled architectures, got {samples}")
+    rng = Random(seed)
+    archs: list[Arch] = [space.largest(), space.smallest()]
+    seen = set(archs)
+    tries = 0
+    while len(archs) < samples and tries < 100 * samples:
+        a = space.sample(rng)
+        tries += 1
+        if a not in seen:
+            seen.add(a)
+            archs.append(a)
+    measured = measure_latency(space, archs, threads=threads, repeats=repeats, warmup=warmup,
+                               resolution=resolution, seed=seed, progress=progress)
+    res = space.resolution if resolution is None else int(resolution)
+
+    def rows_of(ms: Sequence[ArchLatency]) -> np.ndarray:
+        out = []
+        for m in ms:
+            feats = _layer_features(Arch.parse(m.arch), space, res)
+            out += [(f[0], f[1], t) for f, t in zip(feats, m.layer_ms)]
+        return np.asarray(out)
+
+    meta = {"machine": machine_info(threads), "space": space.name, "resolution": res, "batch": 1,
+            "samples": len(measured), "repeats": repeats}
+    model = LatencyModel.fit(rows_of(measured), meta=meta)
+    order = list(range(len(measured)))
+    Random(seed + 1).shuffle(order)
+    half = len(order) // 2
+    train = [measured[i] for i in order[:half]]
+    test = [measured[i] for i in order[half:]]
+    held = LatencyModel.fit(rows_of(train))
+    report = {
+        "all": rank_correlations(measured, model),
+        "held_out": rank_correlations(test, held),
+        "model": model.to_dict(),
+        "measurements": [asdict(m) for m in measured],
+    }
+    model.meta["rank_correlation"] = {k: report["all"][k] for k in ("ops", "model")}
+    return model, report

@@ -1,0 +1,416 @@
+"""The CPU inference engine: runs a :class:`~nasbnn.engine.packed.PackedModel` with the numba kernels.
+
+:class:`BinaryEngine` lays the packed weights out for the kernels once, then runs any batch and
+resolution: the stem, every binary conv unit (conv, output transform, shortcut, RPReLU and the next
+layer's packing fused), global average pooling and the classifier.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import NasbnnError
+from ..space import conv_out_size
+from . import kernels as K
+from .packed import PackedModel, words_per_group
+
+__all__ = ["BinaryEngine", "InputError", "LayerTiming"]
+
+#: Elements after every float work buffer and shift vector that the packing kernels may read.
+SLACK = 64
+
+#: Serialises kernel launches of all engines: numba's workqueue thread pool is not re-entrant.
+LAUNCH_LOCK = threading.Lock()
+
+#: Layers with less work than this (output elements × gathered words) run without the thread pool:
+#: about 0.1 ms of popcounts, against 10-15 µs to wake the pool's threads.
+PARALLEL_MIN_WORK = 2_000_000
+
+
+class InputError(NasbnnError):
+    """An input the engine cannot run (shape, dtype or values)."""
+
+
+@dataclass(frozen=True)
+class LayerTiming:
+    """Wall time of one engine layer of one call."""
+
+    name: str
+    kind: str
+    seconds: float
+
+
+@dataclass
+class _Unit:
+    """One binary conv unit in kernel layout."""
+
+    name: str
+    cin: int
+    cout: int
+    k: int
+    s: int
+    groups: int
+    cg: int
+    wg: int
+    merge: bool  # pairs the taps' half-filled last words (see kernels._gather_group)
+    cog: int
+    wt: np.ndarray  # [groups, row words, npad], see _kernel_weights
+    wpk: np.ndarray  # [cout, K, K, wg] as stored
+    dbase: np.ndarray  # [ncfg, cout] int32, see _border_table
+    tp: np.ndarray  # [5, cout]: mul, bias, RPReLU shift_in, slope, shift_out
+    shift: np.ndarray  # RSign shift of the input [cin + SLACK] (zero slack)
+    rix: np.ndarray  # shortcut channel per output channel
+    rsame: bool
+    pack_offsets: tuple[np.ndarray, np.ndarray] = (np.zeros(1, np.int64), np.zeros(1, np.int64))
+
+
+def _merges(cg: int, k: int) -> bool:
+    """Whether a conv pairs its taps' last words: the last word of a group holds at most 32 channels."""
+    return k > 1 and 0 < cg % 64 <= 32
+
+
+def _kernel_weights(wpk: np.ndarray, groups: int, merge: bool) -> np.ndarray:
+    """[C_out, K, K, wg] -> [groups, row words, npad]: the gathered-row layout, output channels innermost.
+
+    Rows follow ``kernels._gather_group``: per tap its words, or with ``merge`` every tap's full words
+    and then the last words of tap pairs side by side (low, high 32 bits). Output channels are
+    zero-padded to a multiple of the vector width.
+    """
+    cout, k, _, wg = wpk.shape
+    cog = cout // groups
+    npad = -(-cog // K.TILE_N) * K.TILE_N
+    return _layout(wpk.reshape(groups, cog, k * k, wg), npad, merge=merge)
+
+
+def _layout(taps: np.ndarray, npad: int, *, merge: bool) -> np.ndarray:
+    """Lays out [groups, cog, taps, wg] weights as gathered rows [groups, row words, npad]."""
+    groups, cog, nt, wg = taps.shape
+    if merge:
+        full = taps[..., : wg - 1].reshape(groups, cog, nt * (wg - 1))
+        last = taps[..., wg - 1]
+        if nt % 2:
+            last = np.concatenate([last, np.zeros((groups, cog, 1), np.uint64)], axis=2)
+        halves = last[..., 0::2] | (last[..., 1::2] << np.uint64(32))
+        rows = np.concatenate([full, halves], axis=2)
+    else:
+        rows = taps.reshape(groups, cog, nt * wg)
+    out = np.zeros((groups, rows.shape[2], npad), np.uint64)
+    out[:, :, :cog] = rows.transpose(0, 2, 1)
+    return out
+
+
+def _popcount(a: np.ndarray) -> np.ndarray:
+    """Set bits per uint64 element (``np.bitwise_count`` where numpy has it, numpy >= 2)."""
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(a)
+    bits = np.unpackbits(np.ascontiguousarray(a).view(np.uint8)).reshape(*a.shape, 64)
+    return bits.sum(axis=-1, dtype=np.int64)
+
+
+def _border_table(wpk: np.ndarray, cg: int) -> np.ndarray:
+    """[ncfg, C_out]: ``valid taps · cg + 2 · popcount(weight words of the taps outside the image)``.
+
+    The conv kernel gathers zero words (+1 activations) for taps outside the image; their popcount
+    is ``popcount(w)``. With this table the exact zero-padded dot product is ``table - 2·popcount``.
+    A border case is (top, bottom, left, right) = how many kernel rows/columns fall outside, each
+    0..(K-1)/2, indexed ``((t·(p+1) + b)·(p+1) + l)·(p+1) + r``.
+    """
+    cout, k, _, _ = wpk.shape
+    p = (k - 1) // 2
+    tap = _popcount(wpk).sum(axis=-1, dtype=np.int64)  # [cout, K, K]
+    n = p + 1
+    table = np.zeros((n**4, cout), np.int64)
+    ky = np.arange(k)[:, None]
+    kx = np.arange(k)[None, :]
+    for t in range(n):
+        for b in range(n):
+            for lf in range(n):
+                for r in range(n):
+                    outside = (ky < t) | (ky >= k - b) | (kx < lf) | (kx >= k - r)
+                    valid = (k - t - b) * (k - lf - r)
+                    idx = ((t * n + b) * n + lf) * n + r
+                    table[idx] = valid * cg + 2 * (tap[:, outside].sum(axis=1) if outside.any() else 0)
+    return table.astype(np.int32)
+
+
+class BinaryEngine:
+    """Bit-packed XOR-popcount inference of a packed binary network on the CPU.
+
+    Args:
+        model: the packed network (see :func:`~nasbnn.engine.pack_model`).
+        threads: worker threads (default: all cores numba sees). Changed per call with ``threads=``.
+
+    Calls are serialised (a lock shared by all engines): one call uses all the threads it is given.
+
+    Example:
+        >>> engine = BinaryEngine(pack_model(static))
+        >>> logits = engine(images)           # images: [B, C, H, W] float array or tensor
+    """
+
+    def __init__(self, model: PackedModel, *, threads: int | None = None) -> None:
+        self.model = model
+        self.space = model.space
+        self.arch = model.arch
+        self.threads = threads
+        self._work: dict[str, np.ndarray] = {}
+        t = model.tensors
+        stem = model.layers[0]
+        self.in_channels = stem.in_channels
+        self.num_classes = model.space.num_classes
+        g0 = stem.groups
+        o = stem.out_channels
+        wq = t["stem.weight"].astype(np.float32) * t["stem.scale"][:, None, None, None]  # [O, K, K, Cin_g]
+        k0 = stem.kernel_size
+        og = o // g0
+        npad = -(-og // K.STEM_TILE_N) * K.STEM_TILE_N
+        self._stem_w = np.zeros((g0, k0 * k0 * (stem.in_channels // g0), npad), np.float32)
+        self._stem_w[:, :, :og] = wq.reshape(g0, og, -1).transpose(0, 2, 1)
+        self._stem_og = og
+        self._stem = stem
+        self._stem_tp = np.stack([t[f"stem.{n}"] for n in ("mul", "bias", "act.shift_in", "act.slope",
+                                                           "act.shift_out")]).astype(np.float32)
+        self._units: list[_Unit] = []
+        for spec in model.layers[1:]:
+            pre, conv = spec.name.rsplit(".", 1)
+            sign, act = ("rsign1", "rprelu1") if conv == "conv_kxk" else ("rsign2", "rprelu2")
+            wpk = np.ascontiguousarray(t[f"{spec.name}.weight"])
+            cr = spec.in_channels
+            rix = np.arange(spec.out_channels, dtype=np.int64) % cr
+            self._units.append(_Unit(
+                name=spec.name, cin=spec.in_channels, cout=spec.out_channels, k=spec.kernel_size, s=spec.stride,
+                groups=spec.groups, cg=spec.in_channels // spec.groups,
+                wg=words_per_group(spec.in_channels, spec.groups), cog=spec.out_channels // spec.groups,
+                merge=_merges(spec.in_channels // spec.groups, spec.kernel_size),
+                wt=_kernel_weights(wpk, spec.groups, _merges(spec.in_channels // spec.groups, spec.kernel_size)),
+                wpk=wpk,
+                dbase=_border_table(wpk, spec.in_channels // spec.groups),
+                tp=np.stack([t[f"{spec.name}.mul"], t[f"{spec.name}.bias"], t[f"{pre}.{act}.shift_in"],
+                             t[f"{pre}.{act}.slope"], t[f"{pre}.{act}.shift_out"]]).astype(np.float32),
+                shift=np.concatenate([t[f"{pre}.{sign}.shift"], np.zeros(SLACK, np.float32)]), rix=rix,
+                rsame=spec.out_channels == cr,
+            ))
+        for i, u in enumerate(self._units):
+            u.pack_offsets = self._pack_offsets(self._units[i + 1] if i + 1 < len(self._units) else None, u.cout)
+        self._cls_w = np.ascontiguousarray(t["classifier.weight"].T)
+        self._cls_b = t["classifier.bias"]
+
+    # ------------------------------------------------------------------ construction helpers
+    @classmethod
+    def from_static(cls, static: Any, *, threads: int | None = None) -> BinaryEngine:
+        """Packs a :class:`~nasbnn.models.StaticBNN` and builds an engine for it."""
+        from .packed import pack_model
+
+        return cls(pack_model(static), threads=threads)
+
+    @classmethod
+    def load(cls, path: Any, *, threads: int | None = None) -> BinaryEngine:
+        """An engine for a packed model file (see :meth:`PackedModel.load`)."""
+        return cls(PackedModel.load(path), threads=threads)
+
+    # ------------------------------------------------------------------ running
+    def __call__(self, x: Any, *, threads: int | None = None) -> np.ndarray:
+        return self.run(x, threads=threads)
+
+    def run(self, x: Any, *, threads: int | None = None, timings: list[LayerTiming] | None = None,
+            trace: Callable[[str, np.ndarray], None] | None = None) -> np.ndarray:
+        """Logits [B, num_classes] (float32) of images ``x`` [B, C, H, W].
+
+        Args:
+            x: numpy array or torch tensor of a real dtype; any resolution >= 1.
+            threads: worker threads for this call (default: the engine's).
+            timings: if given, one :class:`LayerTiming` per layer is appended.
+            trace: if given, called as ``trace(layer_name, output)`` after the stem and every binary conv
+                layer with its float output [B, H, W, C] (a view of a work buffer: copy it to keep it).
+
+        Raises:
+            InputError: ``x`` is not 4-D, has the wrong channel count, a non-numeric dtype, or
+                non-finite values.
+        """
+        xa = self._check_input(x)
+        import numba
+
+        n = threads if threads is not None else self.threads
+        limit = numba.config.NUMBA_NUM_THREADS
+        if n is None:
+            n = limit
+        if not isinstance(n, (int, np.integer)) or n < 1:
+            raise NasbnnError(f"threads must be a positive integer, got {n!r}")
+        n = min(int(n), limit)
+        with LAUNCH_LOCK:
+            prev = numba.get_num_threads()
+            numba.set_num_threads(n)
+            try:
+                return self._forward(xa, n, timings, trace)
+            finally:
+                numba.set_num_threads(prev)
+
+    def _check_input(self, x: Any) -> np.ndarray:
+        try:
+            import torch
+
+            if isinstance(x, torch.Tensor):
+                if x.is_complex() or x.dtype == torch.bool:
+                    raise InputError(f"input dtype {x.dtype} is not supported; pass float32 images")
+                x = x.detach().to("cpu", torch.float32).numpy()
+        except ImportError:  # pragma: no cover
+            pass
+        if not isinstance(x, np.ndarray):
+            try:
+                x = np.asarray(x)
+            except Exception:
+                raise InputError(f"input of type {type(x).__name__} is not an array") from None
+        if x.dtype.kind not in "fiu":
+            raise InputError(f"input dtype {x.dtype} is not supported; pass float32 (or float64/integer) images")
+        if x.ndim != 4:
+            raise InputError(f"input must be 4-D [batch, {self.in_channels}, height, width]; got shape "
+                             f"{tuple(x.shape)}")
+        b, c, h, w = x.shape
+        if c != self.in_channels:
+            raise InputError(f"input has {c} channels; this network takes {self.in_channels} "
+                             f"(shape [batch, {self.in_channels}, height, width])")
+        if b < 1 or h < 1 or w < 1:
+            raise InputError(f"input shape {tuple(x.shape)} has an empty dimension")
+        xa = np.ascontiguousarray(x, dtype=np.float32)
+        if not np.isfinite(xa).all():
+            raise InputError("input contains NaN or infinite values")
+        return xa
+
+    def _buffer(self, key: str, size: int, dtype: Any) -> np.ndarray:
+        """A reused work buffer of ``size`` elements, followed by 64 readable elements of slack.
+
+        The packing kernels read whole 64-channel windows (see ``kernels._pack_pixel``).
+        """
+        buf = self._work.get(key)
+        if buf is None or buf.size < size + SLACK or buf.dtype != dtype:
+            buf = np.zeros(size + SLACK, dtype)
+            self._work[key] = buf
+        return buf[:size]
+
+    @staticmethod
+    def _jobs(npix: int, threads: int, row_words: int = 0) -> int:
+        """Output pixels per parallel job: a multiple of the block, about 4 jobs per thread.
+
+        At most 256, and few enough that the job's gathered words (``row_words`` per pixel) stay
+        within 32 KiB, so that they are read from the L1 cache.
+        """
+        blk = K.BLOCK
+        per = -(-npix // (4 * threads))
+        cap = 256 if row_words == 0 else max(blk, min(256, 4096 // row_words) // blk * blk)
+        return int(min(cap, max(blk, -(-per // blk) * blk)))
+
+    def _forward(self, x: np.ndarray, threads: int, timings: list[LayerTiming] | None, trace: Any) -> np.ndarray:
+        """Runs the layers; see :meth:`run`."""
+        clock = time.perf_counter
+        b_, _, h, w = x.shape
+        units = self._units
+        # --- stem
+        st = self._stem
+        ho, wo = conv_out_size(h, st.stride), conv_out_size(w, st.stride)
+        c = st.out_channels
+        t0 = clock()
+        f_cur = self._buffer("f0", b_ * ho * wo * c, np.float32).reshape(b_ * ho * wo, c)
+        nxt = units[0] if units else None
+        ppj = self._jobs(b_ * ho * wo, threads, st.kernel_size**2 * st.in_channels // 2)
+        p_cur, zcount = self._pack_target("p0", b_ * ho * wo, nxt, ppj)
+        parallel = self._parallel(threads, b_ * ho * wo * c * st.kernel_size**2)
+        stem = K.stem_forward if parallel else K.stem_forward_serial
+        stem(x, self._stem_w, st.kernel_size, st.stride, (st.kernel_size - 1) // 2, st.groups,
+             self._stem_og, self._stem_tp, f_cur, ho, wo, nxt is not None, *self._next_args(nxt, p_cur), ppj, zcount)
+        zc_next = self._zero_fix(zcount, f_cur, nxt, b_, ho, wo)
+        if timings is not None:
+            timings.append(LayerTiming(st.name, st.kind, clock() - t0))
+        if trace is not None:
+            trace(st.name, f_cur.reshape(b_, ho, wo, c))
+        h, w = ho, wo
+        # --- binary conv units. Work buffers "f0"/"p0" and "f1"/"p1" alternate, so that a kernel never
+        # writes what it reads; the K×K unit's shortcut is the block input, the 1×1 unit's the K×K output.
+        f_block, hb, wb = f_cur, h, w
+        cur_key = "0"
+        for i, u in enumerate(units):
+            t0 = clock()
+            ho, wo = conv_out_size(h, u.s), conv_out_size(w, u.s)
+            npix = b_ * ho * wo
+            is_kxk = i % 2 == 0
+            out_key = "1" if cur_key == "0" else "0"
+            nxt = units[i + 1] if i + 1 < len(units) else None
+            f_out = self._buffer("f" + out_key, npix * u.cout, np.float32).reshape(npix, u.cout)
+            ppj = self._jobs(npix, threads, 0 if u.k == 1 and u.s == 1 else u.wt.shape[1])
+            p_out, zcount = self._pack_target("p" + out_key, npix, nxt, ppj)
+            res = f_block.reshape(b_, hb, wb, u.cin) if is_kxk else f_cur.reshape(b_, h, w, u.cin)
+            zc, has_zc = (zc_next, True) if zc_next is not None else (self._dummy_zc(), False)
+            conv = K.bconv_forward if self._parallel(threads, npix * u.cout * u.wt.shape[1]) else K.bconv_forward_serial
+            conv(p_cur, b_, h, w, u.k, u.s, (u.k - 1) // 2, u.groups, u.wg, u.cg, u.merge, u.wt, u.cog, u.dbase, u.tp,
+                 res, is_kxk and u.s != 1, u.rix, u.rsame, f_out, ho, wo, nxt is not None,
+                 *self._next_args(nxt, p_out), *u.pack_offsets, zc, has_zc, ppj, zcount)
+            zc_next = self._zero_fix(zcount, f_out, nxt, b_, ho, wo)
+            if timings is not None:
+                timings.append(LayerTiming(u.name, "binary conv", clock() - t0))
+            if trace is not None:
+                trace(u.name, f_out.reshape(b_, ho, wo, u.cout))
+            f_cur, p_cur, cur_key = f_out, p_out, out_key
+            h, w = ho, wo
+            if not is_kxk:
+                f_block, hb, wb = f_out, ho, wo
+        # --- global average pool + classifier
+        t0 = clock()
+        logits = np.empty((b_, self.num_classes), np.float32)
+        head = K.pool_classify if self._parallel(threads, self._cls_w.size * b_) else K.pool_classify_serial
+        head(f_cur, b_, h * w, self._cls_w, self._cls_b, logits)
+        if timings is not None:
+            timings.append(LayerTiming("classifier", "fp linear", clock() - t0))
+        return logits
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _parallel(threads: int, work: int) -> bool:
+        """Whether a layer of ``work`` element-words is worth the thread pool."""
+        return threads > 1 and work >= PARALLEL_MIN_WORK
+
+    def _pack_target(self, key: str, npix: int, nxt: _Unit | None, ppj: int) -> tuple[np.ndarray, np.ndarray]:
+        """The packed output buffer for the next conv (a dummy when there is none) and the zero counters."""
+        words = nxt.groups * nxt.wg if nxt is not None else 1
+        p_out = self._buffer(key, npix * words if nxt is not None else 1, np.uint64)
+        p_out = p_out.reshape(npix if nxt is not None else 1, words)
+        zcount = np.zeros(-(-npix // ppj), np.int64)
+        return p_out, zcount
+
+    @staticmethod
+    def _next_args(nxt: _Unit | None, p_out: np.ndarray) -> tuple[Any, ...]:
+        if nxt is None:
+            return (np.zeros(SLACK + 1, np.float32), 1, 1, 1, p_out)
+        return (nxt.shift, nxt.groups, nxt.cg, nxt.wg, p_out)
+
+    @staticmethod
+    def _pack_offsets(nxt: _Unit | None, cout: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per vector of FLOAT_LANES output channels: the next layer's word index and bit offset."""
+        n = max(1, cout // K.FLOAT_LANES)
+        if nxt is None:
+            return np.zeros(n, np.int64), np.zeros(n, np.int64)
+        c = np.arange(n, dtype=np.int64) * K.FLOAT_LANES
+        within = c % nxt.cg
+        return (c // nxt.cg) * nxt.wg + within // 64, within % 64
+
+    def _dummy_zc(self) -> np.ndarray:
+        z = self._work.get("zc_dummy")
+        if z is None:
+            z = np.zeros((1, 1), np.int64)
+            self._work["zc_dummy"] = z
+        return z
+
+    @staticmethod
+    def _zero_fix(zcount: np.ndarray, f: np.ndarray, nxt: _Unit | None, b_: int, h: int,
+                  w: int) -> np.ndarray | None:
+        """The sign(0) = 0 correction for the next conv, or None when its input has no exact zeros."""
+        if nxt is None or not zcount.any():
+            return None
+        ho, wo = conv_out_size(h, nxt.s), conv_out_size(w, nxt.s)
+        zc = np.zeros((b_ * ho * wo, nxt.cout), np.int64)
+        K.zero_corrections(f, nxt.shift, b_, h, w, nxt.k, nxt.s, (nxt.k - 1) // 2, nxt.groups, nxt.cg, nxt.wg,
+                           nxt.wpk, nxt.cog, ho, wo, zc)
+        return zc

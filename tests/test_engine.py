@@ -1,0 +1,401 @@
+"""The bit-packed engine computes the StaticBNN's logits; packed files, ONNX export, latency model, CLI."""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import randomize_
+
+from nasbnn.cli import main
+from nasbnn.engine import BinaryEngine, InputError, PackedModel, pack_model
+from nasbnn.engine import runtime as runtime_mod
+from nasbnn.engine.verify import compare, explain_divergence
+from nasbnn.errors import CheckpointError, NasbnnError
+from nasbnn.export import export_subnet
+from nasbnn.models import StaticBNN, SuperBNN
+from nasbnn.ops.layers import shortcut_add
+from nasbnn.presets import create_space
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+TOL = 1e-4
+
+
+# --------------------------------------------------------------------------------------------- helpers
+_NETS: dict[str, SuperBNN] = {}
+
+
+def supernet(name: str) -> SuperBNN:
+    """A randomised supernet per preset (non-identity BN statistics, shifts, slopes), built once."""
+    if name not in _NETS:
+        _NETS[name] = randomize_(SuperBNN(create_space(name), seed=1), seed=2).eval()
+    return _NETS[name]
+
+
+def check_engine(static: StaticBNN, engine: BinaryEngine, x: torch.Tensor) -> int:
+    """Engine logits equal the StaticBNN's up to rounding: same top-1 and relative error <= 1e-4 per image.
+
+    An image may diverge only through a sign tie: at the first layer whose binarisation differs, the
+    StaticBNN's sign argument is within float rounding of zero (see nasbnn.engine.verify). Such ties
+    are rare (about 1 image in 1000 at these sizes); returns how many occurred.
+    """
+    res = compare(static, engine, x, tol=TOL)
+    assert res["unexplained"] == 0, res["diverging"]
+    assert res["sign_ties"] <= max(1, len(x) // 50), res["diverging"]
+    assert res["agree"] + res["sign_ties"] == len(x)
+    if res["agree"]:
+        assert res["max_rel_err"] <= TOL
+    return res["sign_ties"]
+
+
+def images(space, n: int, h: int, w: int | None = None, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, space.in_channels, h, w or h, generator=torch.Generator().manual_seed(seed))
+
+
+# --------------------------------------------------------------------------------------------- correctness
+CASES = {
+    # preset: (resolutions, random architectures besides largest and smallest, batch)
+    "tiny": ([(16, 16), (15, 15), (17, 9), (1, 1)], 3, 4),
+    "fashion-mnist": ([(28, 28), (29, 27)], 2, 4),
+    "cifar": ([(32, 32)], 1, 2),
+    "imagenet": ([(48, 48), (37, 29)], 1, 2),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_engine_matches_static(name):
+    space = create_space(name)
+    net = supernet(name)
+    sizes, n_random, batch = CASES[name]
+    rng = random.Random(7)
+    archs = [space.largest(), space.smallest()] + [space.sample(rng) for _ in range(n_random)]
+    if name in ("cifar", "imagenet"):
+        archs = archs[1:]  # their largest member (the same stage table) has its own test below
+    for i, arch in enumerate(archs):
+        static = export_subnet(net, arch).eval()
+        engine = BinaryEngine(pack_model(static))
+        h, w = sizes[i % len(sizes)]
+        check_engine(static, engine, images(space, batch, h, w, seed=i))
+
+
+def test_imagenet_largest_at_reduced_resolution():
+    space = create_space("imagenet")
+    static = export_subnet(supernet("imagenet"), space.largest()).eval()
+    engine = BinaryEngine(pack_model(static))
+    check_engine(static, engine, images(space, 2, 40, seed=3))
+
+
+def test_tiny_every_dimension_and_thread_counts():
+    """1x1 groups, odd channel counts, stride 2 on odd sizes, one or two threads give identical logits."""
+    space = create_space("tiny")
+    arch = space.parse("c8k3g1.1|c16k3g1.1,c16k3g1.1|c32k5g2.2,c32k3g2.2")
+    static = export_subnet(supernet("tiny"), arch).eval()
+    engine = BinaryEngine(pack_model(static))
+    x = images(space, 3, 13, 11, seed=4)
+    check_engine(static, engine, x)
+    assert np.array_equal(engine(x, threads=1), engine(x, threads=2))
+
+
+def test_odd_channel_counts_pad_bits():
+    """Channels that do not fill a word (12, 24, 48 per group) in a user space."""
+    from nasbnn.space import SearchSpace, StageSpec
+
+    space = SearchSpace("odd", [StageSpec(widths=(12,), stride=2),
+                                StageSpec(widths=(24,), depths=(2,), kernel_sizes=(3,), groups=(2,), stride=1),
+                                StageSpec(widths=(72,), depths=(1,), kernel_sizes=(5,), groups=(1,), stride=2)],
+                        in_channels=2, num_classes=7, resolution=15)
+    net = randomize_(SuperBNN(space, seed=3), seed=4).eval()
+    static = export_subnet(net, space.largest()).eval()
+    engine = BinaryEngine(pack_model(static))
+    check_engine(static, engine, images(space, 4, 15, seed=5))
+
+
+def _fashion_images(n: int) -> np.ndarray:
+    with gzip.open(FASHION / "t10k-images-idx3-ubyte.gz") as f:
+        raw = f.read()
+    magic, count, rows, cols = (int.from_bytes(raw[i:i + 4], "big") for i in range(0, 16, 4))
+    assert magic == 2051 and count >= n
+    pix = np.frombuffer(raw, np.uint8, count=n * rows * cols, offset=16).reshape(n, 1, rows, cols)
+    return ((pix.astype(np.float32) / 255.0) - 0.286) / 0.353
+
+
+@pytest.mark.skipif(not (FASHION / "t10k-images-idx3-ubyte.gz").is_file(), reason="Fashion-MNIST not installed")
+def test_real_fashion_mnist_images():
+    space = create_space("fashion-mnist")
+    rng = random.Random(11)
+    static = export_subnet(supernet("fashion-mnist"), space.sample(rng)).eval()
+    engine = BinaryEngine(pack_model(static))
+    check_engine(static, engine, torch.from_numpy(_fashion_images(128)))
+
+
+def test_float_baseline_is_the_static_network():
+    from nasbnn.engine.frozen import freeze
+
+    space = create_space("fashion-mnist")
+    static = export_subnet(supernet("fashion-mnist"), space.largest()).eval()
+    x = images(space, 3, 28)
+    with torch.no_grad():
+        a, b = static(x), freeze(static)(x)
+    assert float((a - b).norm() / b.norm()) <= 1e-5
+
+
+def _zero_network() -> tuple[StaticBNN, torch.Tensor]:
+    """A tiny network whose binary convs see exact zeros (sign(x + shift) = 0) in some channels."""
+    space = create_space("tiny")
+    static = export_subnet(supernet("tiny"), space.parse("c8k3g1.1|c16k3g1.1,c16k3g1.1|c32k5g2.2,c32k3g1.1"))
+    static = static.eval()
+    v = 0.5
+    with torch.no_grad():
+        st = static.stem
+        for c in (1, 6):  # stem channel c is the constant v everywhere
+            st.conv.weight[c] = 0
+            st.bn.running_mean[c] = 0
+            st.bn.bias[c] = 0
+            st.act.shift_in[0, c] = 0
+            st.act.shift_out[0, c] = v
+        blk = static.blocks[0]
+        blk.rsign1.shift[0, [1, 6]] = -v  # the 3x3 conv binarises exact zeros in channels 1 and 6
+        blk.bn1.weight[1] = 0  # 3x3 output channel 1 is 0 + shortcut v -> v
+        blk.bn1.bias[1] = 0
+        blk.bn1.running_mean[1] = 0
+        blk.rprelu1.shift_in[0, 1] = 0
+        blk.rprelu1.shift_out[0, 1] = 0
+        blk.rsign2.shift[0, 1] = -v  # the 1x1 conv binarises exact zeros in channel 1
+    return static, images(space, 3, 12, 10, seed=6)
+
+
+def test_sign_zero_activations_count_zero(monkeypatch):
+    static, x = _zero_network()
+    with torch.no_grad():
+        h = static.stem(x)
+        assert (static.blocks[0].rsign1(h) == 0).sum() > 0
+        o1 = static.blocks[0].rprelu1(shortcut_add(static.blocks[0].bn1(
+            static.blocks[0].conv_kxk(static.blocks[0].rsign1(h))), h))
+        assert (static.blocks[0].rsign2(o1) == 0).sum() > 0
+    engine = BinaryEngine(pack_model(static))
+    assert check_engine(static, engine, x) == 0
+    # Without the correction the zeros would count as +1 and the logits would differ.
+    monkeypatch.setattr(runtime_mod.BinaryEngine, "_zero_fix", staticmethod(lambda *a: None))
+    with torch.no_grad():
+        ref = static(x)
+    out = torch.from_numpy(engine(x))
+    assert float((out - ref).norm() / ref.norm()) > TOL
+
+
+def test_divergence_is_detected_not_excused(tiny_static):
+    """A real mismatch (a wrong weight bit in the packed model) is reported as such, never as a tie."""
+    packed = pack_model(tiny_static)
+    bad = dict(packed.tensors)
+    w = bad["blocks.1.conv_kxk.weight"].copy()
+    w[3] ^= np.uint64(0b101)
+    bad["blocks.1.conv_kxk.weight"] = w
+    engine = BinaryEngine(PackedModel(packed.space, packed.arch, bad))
+    x = images(tiny_static.space, 2, 16)
+    res = compare(tiny_static, engine, x)
+    assert res["unexplained"] == 2 and res["sign_ties"] == 0
+    assert {d["layer"] for d in res["diverging"]} == {"stage1.block1.conv3x3"}
+    assert explain_divergence(tiny_static, BinaryEngine(packed), x[:1])["kind"] == "none"
+
+
+# --------------------------------------------------------------------------------------------- packed files
+@pytest.fixture(scope="module")
+def tiny_static() -> StaticBNN:
+    space = create_space("tiny")
+    return export_subnet(supernet("tiny"), space.largest()).eval()
+
+
+def test_pack_save_load_roundtrip(tmp_path, tiny_static):
+    packed = pack_model(tiny_static)
+    path = packed.save(tmp_path / "m.nbp")
+    loaded = PackedModel.load(path)
+    assert loaded.arch == tiny_static.arch and loaded.space == tiny_static.space
+    assert set(loaded.tensors) == set(packed.tensors)
+    for k, v in packed.tensors.items():
+        assert np.array_equal(loaded.tensors[k], v), k
+    assert loaded.float_bytes == packed.float_bytes > 8 * packed.nbytes
+    x = images(tiny_static.space, 2, 16)
+    assert np.array_equal(BinaryEngine(loaded)(x), BinaryEngine(packed)(x))
+    meta = loaded.metadata()
+    assert meta["format"] == "nasbnn-packed" and meta["format_version"] == 1
+    w = packed.tensors["blocks.0.conv_kxk.weight"]
+    assert w.dtype == np.uint64 and w.shape == (8, 3, 3, 1)
+
+
+def _rewrite_header(src: Path, dst: Path, edit) -> None:  # type: ignore[no-untyped-def]
+    blob = src.read_bytes()
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + n])
+    edit(header)
+    new = json.dumps(header).encode()
+    new += b" " * ((-len(new)) % 8)
+    dst.write_bytes(len(new).to_bytes(8, "little") + new + blob[8 + n:])
+
+
+def test_bad_packed_files(tmp_path, tiny_static):
+    good = pack_model(tiny_static).save(tmp_path / "good.nbp")
+    blob = good.read_bytes()
+    cases = {
+        "missing": (tmp_path / "nope.nbp", "does not exist"),
+        "empty": (tmp_path / "empty.nbp", "empty or truncated"),
+        "short": (tmp_path / "short.nbp", "truncated"),
+        "torch": (tmp_path / "model.pt", "not a nasbnn packed model"),
+        "plain": (tmp_path / "plain.safetensors", "not a nasbnn packed model"),
+        "version": (tmp_path / "v2.nbp", "format version 2"),
+        "shape": (tmp_path / "shape.nbp", "expected"),
+    }
+    (tmp_path / "empty.nbp").write_bytes(b"")
+    (tmp_path / "short.nbp").write_bytes(blob[: len(blob) - 100])
+    torch.save(tiny_static.state_dict(), tmp_path / "model.pt")
+    from safetensors.numpy import save_file
+
+    save_file({"w": np.zeros(3, np.float32)}, str(tmp_path / "plain.safetensors"))
+
+    def bump(h):  # type: ignore[no-untyped-def]
+        h["__metadata__"]["format_version"] = "2"
+
+    _rewrite_header(good, tmp_path / "v2.nbp", bump)
+
+    def reshape(h):  # type: ignore[no-untyped-def]
+        h["classifier.bias"]["shape"] = [1, h["classifier.bias"]["shape"][0]]
+
+    _rewrite_header(good, tmp_path / "shape.nbp", reshape)
+    for label, (path, text) in cases.items():
+        with pytest.raises(CheckpointError, match=text) as info:
+            PackedModel.load(path)
+        assert "\n" not in str(info.value), label
+
+
+def test_padding_bits_and_uninitialised_networks(tiny_static):
+    packed = pack_model(tiny_static)
+    bad = dict(packed.tensors)
+    w = bad["blocks.0.conv_kxk.weight"].copy()
+    w[0, 0, 0, 0] |= np.uint64(1 << 63)  # 8 channels per word: bit 63 is padding
+    bad["blocks.0.conv_kxk.weight"] = w
+    with pytest.raises(CheckpointError, match="padding bits"):
+        PackedModel(packed.space, packed.arch, bad)
+    const = copy.deepcopy(tiny_static)
+    with torch.no_grad():
+        const.blocks[0].conv_kxk.weight[2] = 0.5  # a constant filter: standardisation divides by 0
+    with pytest.raises(NasbnnError, match="not finite"):
+        pack_model(const)
+    tie = copy.deepcopy(tiny_static)
+    with torch.no_grad():
+        w = tie.blocks[1].conv_1x1.weight
+        w[0] = 0
+        w[0, 0] = 1
+        w[0, 1] = -1  # the other weights of filter 0 equal its mean: sign 0
+    with pytest.raises(NasbnnError, match="sign 0"):
+        pack_model(tie)
+    with pytest.raises(NasbnnError, match="StaticBNN"):
+        pack_model(torch.nn.Linear(2, 2))
+
+
+def test_input_validation(tiny_static):
+    engine = BinaryEngine(pack_model(tiny_static))
+    x = images(tiny_static.space, 2, 16)
+    ref = engine(x)
+    assert np.allclose(engine(x.numpy().astype(np.float64)), ref)
+    assert np.array_equal(engine(np.asfortranarray(x.numpy())), ref)  # non-contiguous input is copied
+    assert np.array_equal(engine(x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)), ref)
+    bad = {
+        "4-D": x[0],
+        "channels": torch.randn(2, 4, 16, 16),
+        "empty": torch.randn(0, 3, 16, 16),
+        "dtype": np.zeros((1, 3, 16, 16), np.complex64),
+        "NaN": torch.full((1, 3, 16, 16), float("nan")),
+    }
+    for label, value in bad.items():
+        with pytest.raises(InputError, match=label if label != "dtype" else "dtype") as info:
+            engine(value)
+        assert "\n" not in str(info.value)
+    with pytest.raises(InputError):
+        engine(np.array([["a"]]))
+    with pytest.raises(NasbnnError, match="threads"):
+        engine(x, threads=0)
+
+
+# --------------------------------------------------------------------------------------------- ONNX
+@pytest.mark.parametrize("name", ["tiny", "fashion-mnist"])
+def test_onnx_export_matches_pytorch(tmp_path, name):
+    pytest.importorskip("onnxruntime")
+    from nasbnn.engine.onnx_export import check_onnx, export_onnx
+
+    space = create_space(name)
+    for i, arch in enumerate([space.largest(), space.sample(random.Random(2))]):
+        static = export_subnet(supernet(name), arch).eval()
+        path = export_onnx(static, tmp_path / f"{name}{i}.onnx")
+        assert check_onnx(static, path, images(space, 3, space.resolution, seed=i)) <= TOL
+
+
+# --------------------------------------------------------------------------------------------- latency model
+def test_latency_model_recovers_coefficients(tmp_path):
+    from nasbnn.engine.latency import LatencyModel
+
+    rng = np.random.default_rng(0)
+    bops = rng.uniform(0, 3e9, 200)
+    flops = rng.uniform(0, 5e7, 200)
+    ms = 0.6 * bops / 1e9 + 9.0 * flops / 1e9 + 0.02 + rng.normal(0, 1e-4, 200)
+    model = LatencyModel.fit(np.column_stack([bops, flops, ms]))
+    assert model.a_ms_per_gbop == pytest.approx(0.6, rel=1e-2)
+    assert model.b_ms_per_gflop == pytest.approx(9.0, rel=2e-2)
+    assert model.c_ms_per_layer == pytest.approx(0.02, rel=2e-2)
+    # A negative true coefficient is clamped to 0 (non-negative least squares).
+    neg = LatencyModel.fit(np.column_stack([bops, flops, 0.5 * bops / 1e9 - 2.0 * flops / 1e9 + 0.1]))
+    assert neg.b_ms_per_gflop == 0.0 and neg.a_ms_per_gbop > 0
+    path = model.save(tmp_path / "lat.json")
+    again = LatencyModel.load(path)
+    assert again == model
+    space = create_space("tiny")
+    assert again.predict(space.largest(), space) > again.predict(space.smallest(), space) > 0
+    (tmp_path / "bad.json").write_text("{\"format\": \"other\"}")
+    with pytest.raises(CheckpointError, match="not a latency model"):
+        LatencyModel.load(tmp_path / "bad.json")
+    with pytest.raises(NasbnnError):
+        LatencyModel.fit([[1.0, 2.0, 3.0]])
+
+
+def test_latency_cost_fn_and_rank_correlations():
+    stats = pytest.importorskip("scipy.stats")
+    from nasbnn.engine.latency import LatencyModel, kendall_tau, latency_cost_fn, spearman_rho
+
+    space = create_space("fashion-mnist")
+    cost = latency_cost_fn(LatencyModel(1.0, 10.0, 0.01), space)
+    assert isinstance(cost(space.largest()), float) and cost(space.largest()) > cost(space.smallest())
+    rng = np.random.default_rng(1)
+    a, b = rng.integers(0, 5, 30).astype(float), rng.normal(size=30)
+    assert spearman_rho(a, b) == pytest.approx(stats.spearmanr(a, b)[0])
+    assert kendall_tau(a, b) == pytest.approx(stats.kendalltau(a, b)[0])
+
+
+# --------------------------------------------------------------------------------------------- CLI
+def test_bench_cli_json(capsys):
+    assert main(["bench", "--space", "tiny", "--largest", "--json", "--repeats", "1", "--warmup", "0",
+                 "--batch", "1", "2", "--threads", "1"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    for key in ("end_to_end_speedup", "binary_conv_speedup", "machine", "threads", "batches", "packed_bytes"):
+        assert key in res
+    assert res["threads"] == 1 and set(res["batches"]) == {"1", "2"}
+    layers = res["batches"]["1"]["layers"]
+    assert layers[0]["name"] == "stem.conv" and layers[-1]["name"] == "classifier"
+    assert all("mops" in lay and lay["engine_ms"]["min"] > 0 for lay in layers)
+    assert res["agreement"]["unexplained"] == 0
+    assert main(["bench", "--space", "tiny", "--smallest", "--repeats", "1", "--warmup", "0", "--batch", "1"]) == 0
+    assert "speedup" in capsys.readouterr().out
+    assert main(["bench", "--space", "tiny", "--largest", "--threads", "999"]) == 2
+    assert "threads" in capsys.readouterr().err
+
+
+def test_latency_cli(tmp_path, capsys):
+    out = tmp_path / "lat.json"
+    assert main(["latency", "fit", "--space", "tiny", "--samples", "4", "--repeats", "1", "--out", str(out),
+                 "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["all"]["n"] == 4 and "spearman" in summary["all"]["ops"]
+    assert main(["latency", "predict", "--model", str(out), "--space", "tiny", "--largest"]) == 0
+    assert capsys.readouterr().out.strip().endswith("ms")
