@@ -23,28 +23,8 @@ from nasbnn.search.evaluator import SupernetEvaluator
 from nasbnn.search.run import load_supernet, search_data_config
 from nasbnn.utils.device import autocast, resolve_device
 from nasbnn.utils.seeding import derive_rng, derive_seed
+from nasbnn.utils.stats import kendall_tau
 from nasbnn.utils.sysinfo import machine_info
-
-
-def kendall_tau(a: list[float], b: list[float]) -> float:
-    """Kendall's tau-b (ties in either ranking handled)."""
-    n = len(a)
-    conc = disc = ties_a = ties_b = 0
-    for i in range(n):
-        for j in range(i + 1, n):
-            da, db = a[i] - a[j], b[i] - b[j]
-            if da == 0 and db == 0:
-                continue
-            if da == 0:
-                ties_a += 1
-            elif db == 0:
-                ties_b += 1
-            elif (da > 0) == (db > 0):
-                conc += 1
-            else:
-                disc += 1
-    denom = ((conc + disc + ties_a) * (conc + disc + ties_b)) ** 0.5
-    return (conc - disc) / denom if denom else 0.0
 
 
 def main() -> None:

@@ -76,7 +76,7 @@ def measure(space_name: str, device: str, batch: int, steps: int, warmup: int, a
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name(),
         "threads": torch.get_num_threads(),
         "batch": batch,
-        "amp": amp if dev.type == "cuda" else "off",
+        "amp": "bf16" if amp == "bf16" or (amp == "auto" and dev.type == "cuda") else "off",
         "channels_last": cl,
         "fused_tail": fused or "off",
         "warmup_seconds": round(warmup_s, 1),

@@ -35,11 +35,18 @@ def tail_impl(y: Tensor, residual: Tensor, weight: Tensor, bias: Tensor, running
 
 
 _compiled: Callable[..., Any] | None = None
+_VARIANTS = 32
 
 
 def _compiled_tail() -> Callable[..., Any]:
     global _compiled
     if _compiled is None:
+        import torch._dynamo.config as dynamo_config
+
+        # One graph per (grad mode, train/eval, with/without the next RSign, parameters or plain
+        # tensors): more variants than dynamo's default of 8 per function, after which it would
+        # silently run the rest eagerly.
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, _VARIANTS)
         _compiled = torch.compile(tail_impl, dynamic=True)
     return _compiled
 
