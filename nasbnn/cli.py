@@ -75,6 +75,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"nasbnn {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """Under torchrun, leaves the process group before the interpreter exits: letting gloo's threads
+    die with the process can abort it ("terminate called without an active exception")."""
+    if "torch" not in sys.modules:
+        return
+    from .train.distributed import teardown
+
+    teardown()
 
 
 def print_json(obj: object) -> None:
