@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import time
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,15 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True, log=print) -> dict[st
 
     run = Path(cfg.out)
     ckpt = run / "checkpoint.pt"
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal t0
+        now = time.perf_counter()
+        seconds[stage] = round(now - t0, 1)
+        t0 = now
+
     # 1. supernet
     if _supernet_done(run):
         log(f"[1/4] supernet: reusing the finished checkpoint {ckpt}")
@@ -80,6 +90,7 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True, log=print) -> dict[st
         log(f"[1/4] supernet: {'resuming' if resume else 'training'} ({cfg.train.epochs:g} epochs of "
             f"{cfg.data.name}) -> {run}")
         train_supernet(cfg, run_dir=run, resume=resume, progress=progress)
+    lap("supernet")
     # 2. search
     search_dir = run / "search"
     resume_search = (search_dir / "meta.json").is_file() and (search_dir / "history.jsonl").is_file()
@@ -93,6 +104,7 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True, log=print) -> dict[st
             res = run_search(cfg, checkpoint=ckpt, run_dir=run, force=True, progress=progress)
         else:
             raise
+    lap("search")
     # 3. family export + test evaluation; 4. random baseline per bucket
     ctx = make_context(cfg, run)
     model, state = load_supernet(ckpt, ctx.device)
@@ -121,6 +133,7 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True, log=print) -> dict[st
         fam_out.append({"bucket": f["bucket"], "arch": f["arch"], "mflops": f["mflops"], "mbops": f["mbops"],
                         "mops": f["mops"], "top1": top1["top1"], "top5": top1["top5"], "search_val_top1": f["top1"],
                         "bundle": str(folder)})
+    lap("family")
     k = cfg.search.random_baseline
     gaps = []
     if k > 0:
@@ -140,6 +153,7 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True, log=print) -> dict[st
                 f["random_median_top1"] = med
                 f["gap_over_random_median"] = f["top1"] - med
                 gaps.append(f["top1"] - med)
+    lap("random_baseline")
     largest_member = max(fam_out, key=lambda f: f["mops"]) if fam_out else None
     summary = {
         "dataset": data.name,
@@ -153,6 +167,7 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True, log=print) -> dict[st
         "pareto_json": res["pareto"],
         "plot": res["plot"],
         "supernet": str(ckpt),
+        "seconds": seconds,
     }
     atomic_write_text(run / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
@@ -172,6 +187,10 @@ def format_summary(summary: dict[str, Any]) -> str:
     if summary.get("gap_over_random_median") is not None:
         lines.append(f"family vs random (median per bucket): {summary['gap_over_random_median']:+.2f} points on "
                      f"average over {summary['buckets_compared']} buckets")
+    secs = summary.get("seconds") or {}
+    if secs:
+        parts = ", ".join(f"{k.replace('_', ' ')} {v / 60:.1f}" for k, v in secs.items())
+        lines.append(f"minutes: {parts} (total {sum(secs.values()) / 60:.1f})")
     lines.append(f"plot: {summary['plot']}")
     lines.append(f"bundles: {Path(summary['supernet']).parent / 'family'!s}/")
     lines.append(f"summary: {Path(summary['supernet']).parent / 'summary.json'!s}")

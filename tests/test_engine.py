@@ -361,7 +361,8 @@ def test_latency_model_recovers_coefficients(tmp_path):
 
 
 def test_latency_cost_fn_and_rank_correlations():
-    stats = pytest.importorskip("scipy.stats")
+    from scipy import stats
+
     from nasbnn.engine.latency import LatencyModel, kendall_tau, latency_cost_fn, spearman_rho
 
     space = create_space("fashion-mnist")

@@ -29,6 +29,8 @@ def test_summary_has_the_required_keys(run):
     gaps = [f["gap_over_random_median"] for f in s["family"] if "gap_over_random_median" in f]
     assert s["gap_over_random_median"] == pytest.approx(sum(gaps) / len(gaps))
     assert Path(s["plot"]).is_file()
+    assert set(s["seconds"]) == {"supernet", "search", "family", "random_baseline"}
+    assert all(v >= 0 for v in s["seconds"].values())
     for name in ("history.jsonl", "pareto.json", "family.csv", "pareto.png"):
         assert (run / "search" / name).is_file()
 

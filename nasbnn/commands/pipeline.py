@@ -6,7 +6,7 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="the whole NAS-BNN pipeline (default: Fashion-MNIST, ~15 min on 2 CPU cores)",
+    p = sub.add_parser("run", help="the whole NAS-BNN pipeline (default: Fashion-MNIST, about 18 min on 2 CPU cores)",
                        description="Train a supernet, search it, export the family and evaluate it against random "
                                    "architectures. Without arguments: Fashion-MNIST in ./nasbnn-run.")
     p.add_argument("--config", default=None, metavar="FILE",
