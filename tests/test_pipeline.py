@@ -114,7 +114,7 @@ def test_export_packed_and_onnx_formats_and_bench_a_bundle(run, tmp_path, capsys
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * float(np.abs(ref).max()))
     dest = tmp_path / "onnx"
     assert main(["export", "--config", "tiny", "--checkpoint", ck, "--smallest", "--to", str(dest),
-                 "--format", "onnx", f"out={run}"]) == 0
+                 "export.format=onnx", f"out={run}"]) == 0  # the format from the config
     assert (dest / "model.onnx").stat().st_size > 1000
     capsys.readouterr()
     assert main(["bench", "--bundle", str(dest), "--batch", "1", "--repeats", "2", "--warmup", "1", "--threads", "1",

@@ -76,8 +76,9 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path, mo
 
     monkeypatch.setattr(sn, "smooth_cross_entropy", poisoned)
     cfg = tiny_cfg(tmp_path / "nan", "train.epochs=2")
-    with pytest.raises(TrainingDiverged, match="at step 3"):
+    with pytest.raises(TrainingDiverged, match="at step 3") as err:
         train_supernet(cfg, progress=False)
+    assert f"the last good checkpoint is '{tmp_path / 'nan' / 'checkpoint.pt'}'" in str(err.value)
     ck = load_checkpoint(tmp_path / "nan" / "checkpoint.pt")
     assert ck["step"] == 2
     assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())

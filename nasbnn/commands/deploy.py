@@ -26,7 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--family", metavar="PARETO", help="every family member of a search's pareto.json")
     p.add_argument("--to", dest="dest", default=None, metavar="DIR",
                    help="output folder (default: <out>/export/<name>)")
-    p.add_argument("--format", choices=("bundle", "onnx", "packed"), default="bundle")
+    p.add_argument("--format", choices=("bundle", "onnx", "packed"), default=None,
+                   help="bundle only, or a bundle plus model.onnx / model.nbp (default: the config's export.format, "
+                        "bundle)")
     p.add_argument("--no-recalibrate", action="store_true", help="keep the supernet's shared BN statistics")
     p.add_argument("--evaluate", action="store_true", help="also evaluate each export on the test split")
     p.set_defaults(handler=_export)
@@ -119,13 +121,12 @@ def _export(args: argparse.Namespace) -> int:
             test = list(data.test.loader(batch_size=cfg.data.eval_batch_size, train=False, seed=0, device=device))
     from ..config import config_to_dict
 
+    fmt = args.format or cfg.export.format
     for name, arch in targets:
         folder = root if len(targets) == 1 and args.dest else root / name
         net, metrics = export_arch(model, arch, folder, calib=calib, config=config_to_dict(cfg),
                                    source={"checkpoint": str(ckpt), "step": int(state.get("step", 0))}, test=test)
-        extra = ""
-        if args.format != "bundle":
-            extra = " + " + _write_other_format(net, folder, args.format)
+        extra = "" if fmt == "bundle" else " + " + _write_other_format(net, folder, fmt)
         acc = f", test top-1 {metrics['test_top1']:.2f}%" if "test_top1" in metrics else ""
         print(f"{name}: {arch} -> {folder}{extra}{acc}")
     return 0

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -242,7 +241,7 @@ def train_detector(cfg: DetectRunConfig, *, run_dir: str | Path | None = None, r
     from ..train.distributed import setup
     from ..utils.device import autocast as make_autocast
     from ..utils.device import configure_backends
-    from ..utils.metrics import MetricsWriter
+    from ..utils.metrics import MetricsWriter, Throughput, step_record
     from .backbone import build_backbone
 
     dist_info, device = setup(cfg.device)
@@ -318,7 +317,7 @@ def train_detector(cfg: DetectRunConfig, *, run_dir: str | Path | None = None, r
 
         bar = tqdm(total=last_step, initial=step, unit="step", desc="detector", dynamic_ncols=True)
     last_eval: dict[str, float] = {}
-    t_last, n_last = time.perf_counter(), 0
+    speed = Throughput()
     try:
         while step < last_step:
             epoch, start = divmod(step, steps_per_epoch)
@@ -330,19 +329,13 @@ def train_detector(cfg: DetectRunConfig, *, run_dir: str | Path | None = None, r
                 try:
                     losses = trainer.step(batch.images, batch.boxes, batch.labels, step)
                 except TrainingDiverged as exc:
-                    kept = f"; the last good checkpoint is {str(ckpt_path)!r}" if ckpt_path.exists() else ""
-                    raise TrainingDiverged(f"{exc}{kept} (try a lower train.lr or train.grad_clip)") from None
+                    raise exc.naming_checkpoint(ckpt_path) from None
                 step += 1
-                n_last += len(batch) * world
+                speed.add(len(batch) * world)
                 if bar is not None:
                     bar.update(1)
                 if step % tcfg.log_every == 0 or step == last_step:
-                    now = time.perf_counter()
-                    rec = {"step": step, "epoch": round(step / steps_per_epoch, 4),
-                           "lr": optimizer.param_groups[0]["lr"],
-                           **{k: round(float(v), 5) for k, v in losses.items()},
-                           "images_per_s": round(n_last / max(now - t_last, 1e-9), 1)}
-                    t_last, n_last = now, 0
+                    rec = step_record(step, steps_per_epoch, optimizer.param_groups[0]["lr"], losses, speed.read())
                     if metrics is not None:
                         metrics.write(rec)
                     if bar is not None:

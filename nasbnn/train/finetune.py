@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ def finetune(cfg: RunConfig, *, bundle: str | Path, run_dir: str | Path, resume:
     """Fine-tunes the network of ``bundle``; writes ``<run_dir>/bundle`` and returns final metrics."""
     from ..context import make_context, move_model
     from ..data import build_data
-    from ..utils.metrics import MetricsWriter
+    from ..utils.metrics import MetricsWriter, Throughput
 
     info = read_bundle_info(bundle)
     ctx = make_context(cfg, run_dir)
@@ -85,7 +84,7 @@ def finetune(cfg: RunConfig, *, bundle: str | Path, run_dir: str | Path, resume:
 
         bar = tqdm(total=last_step, initial=step, unit="step", desc="finetune", dynamic_ncols=True)
     result: dict[str, Any] = {}
-    t0, n0 = time.perf_counter(), 0
+    speed = Throughput()
     try:
         while step < last_step:
             epoch, start = divmod(step, steps_per_epoch)
@@ -108,15 +107,12 @@ def finetune(cfg: RunConfig, *, bundle: str | Path, run_dir: str | Path, resume:
                 scheduler.step()
                 average_buffers(net, ctx.dist)
                 step += 1
-                n0 += images.shape[0] * ctx.dist.world_size
+                speed.add(images.shape[0] * ctx.dist.world_size)
                 if bar is not None:
                     bar.update(1)
                 if metrics is not None and (step % fcfg.log_every == 0 or step == last_step):
-                    now = time.perf_counter()
                     metrics.write({"step": step, "loss": round(float(loss.detach()), 5),
-                                   "lr": optimizer.param_groups[0]["lr"],
-                                   "images_per_s": round(n0 / max(now - t0, 1e-9), 1)})
-                    t0, n0 = now, 0
+                                   "lr": optimizer.param_groups[0]["lr"], "images_per_s": speed.read()})
                 end_of_epoch = step % steps_per_epoch == 0 or step == last_step
                 if end_of_epoch and ctx.dist.is_main:
                     result = {f"test_{k}": v for k, v in evaluate_top1(net, test, autocast=autocast).items()}

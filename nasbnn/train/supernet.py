@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,11 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 class TrainingDiverged(NasbnnError):
     """A loss became NaN or infinite; the run stopped before applying that step."""
+
+    def naming_checkpoint(self, ckpt_path: Path) -> TrainingDiverged:
+        """The same error, telling the user which checkpoint holds the last good state and what to try."""
+        kept = f"; the last good checkpoint is {str(ckpt_path)!r}" if ckpt_path.exists() else ""
+        return TrainingDiverged(f"{self}{kept} (try a lower train.lr or train.grad_clip)")
 
 
 class SupernetTrainer:
@@ -156,7 +160,7 @@ def train_supernet(cfg: RunConfig, *, run_dir: str | Path | None = None, resume:
         TrainingDiverged: a loss became NaN/inf (the last good checkpoint is kept).
     """
     from ..context import build_data_and_space, make_context, move_model
-    from ..utils.metrics import MetricsWriter
+    from ..utils.metrics import MetricsWriter, Throughput, step_record
 
     ctx = make_context(cfg, run_dir)
     run = ctx.run_dir
@@ -225,7 +229,7 @@ def train_supernet(cfg: RunConfig, *, run_dir: str | Path | None = None, resume:
 
         bar = tqdm(total=last_step, initial=step, unit="step", desc="supernet", dynamic_ncols=True)
     last_eval: dict[str, float] = {}
-    t_last, n_last = time.perf_counter(), 0
+    speed = Throughput()
     try:
         while step < last_step:
             epoch, start = divmod(step, steps_per_epoch)
@@ -238,19 +242,13 @@ def train_supernet(cfg: RunConfig, *, run_dir: str | Path | None = None, resume:
                 try:
                     losses = trainer.step(images, labels, step)
                 except TrainingDiverged as exc:
-                    kept = f"; the last good checkpoint is {str(ckpt_path)!r}" if ckpt_path.exists() else ""
-                    raise TrainingDiverged(f"{exc}{kept} (try a lower train.lr or train.grad_clip)") from None
+                    raise exc.naming_checkpoint(ckpt_path) from None
                 step += 1
-                n_last += images.shape[0] * world
+                speed.add(images.shape[0] * world)
                 if bar is not None:
                     bar.update(1)
                 if step % tcfg.log_every == 0 or step == last_step:
-                    now = time.perf_counter()
-                    rec = {"step": step, "epoch": round(step / steps_per_epoch, 4),
-                           "lr": optimizer.param_groups[0]["lr"],
-                           **{k: round(float(v), 5) for k, v in losses.items()},
-                           "images_per_s": round(n_last / max(now - t_last, 1e-9), 1)}
-                    t_last, n_last = now, 0
+                    rec = step_record(step, steps_per_epoch, optimizer.param_groups[0]["lr"], losses, speed.read())
                     if metrics is not None:
                         metrics.write(rec)
                     if bar is not None:

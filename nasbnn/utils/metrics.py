@@ -4,12 +4,38 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 from ..config import atomic_write_text
 
 _logger = logging.getLogger(__name__)
+
+
+class Throughput:
+    """Images per second between successive readings (the ``images_per_s`` of training logs)."""
+
+    def __init__(self) -> None:
+        self._t = time.perf_counter()
+        self._n = 0
+
+    def add(self, images: int) -> None:
+        self._n += images
+
+    def read(self) -> float:
+        """The rate since the previous reading (or construction), rounded to 0.1; restarts the count."""
+        now = time.perf_counter()
+        rate = round(self._n / max(now - self._t, 1e-9), 1)
+        self._t, self._n = now, 0
+        return rate
+
+
+def step_record(step: int, steps_per_epoch: int, lr: float, losses: dict[str, Any], images_per_s: float,
+                ) -> dict[str, Any]:
+    """One training-log line: step, fractional epoch, learning rate, the named losses and throughput."""
+    return {"step": step, "epoch": round(step / steps_per_epoch, 4), "lr": lr,
+            **{k: round(float(v), 5) for k, v in losses.items()}, "images_per_s": images_per_s}
 
 
 class MetricsWriter:
