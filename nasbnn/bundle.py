@@ -14,11 +14,11 @@ from typing import Any
 import torch
 
 from . import __version__
-from .config import atomic_write_bytes, atomic_write_text
 from .cost import arch_cost
 from .errors import CheckpointError
 from .models.static import StaticBNN
 from .space import Arch, SearchSpace
+from .utils.io import atomic_write_bytes, atomic_write_text
 
 __all__ = ["BUNDLE_FORMAT", "load_bundle", "read_bundle_info", "save_bundle"]
 

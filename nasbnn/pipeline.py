@@ -15,10 +15,11 @@ from typing import Any
 
 import torch
 
-from .config import RunConfig, atomic_write_text, config_to_dict, load_config
+from .config import RunConfig, config_to_dict, load_config
 from .cost import arch_cost
 from .errors import NasbnnError
 from .space import Arch, SearchSpace
+from .utils.io import atomic_write_text
 from .utils.seeding import derive_rng
 
 __all__ = ["DEFAULT_CONFIG", "random_in_bucket", "run_pipeline"]

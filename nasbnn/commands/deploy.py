@@ -148,9 +148,10 @@ def _write_other_format(net, folder: Path, fmt: str) -> str:  # type: ignore[no-
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from ..config import RunConfig, atomic_write_text, load_config
+    from ..config import RunConfig, load_config
     from ..deploy import calibration_batches, evaluate_network
     from ..export import export_subnet
+    from ..utils.io import atomic_write_text
 
     if args.bundle:
         from ..bundle import load_bundle, read_bundle_info

@@ -17,7 +17,16 @@ import torch
 from ..errors import DataError
 from .augment import Augment, Normalize, derive_seed, draw_params, hflip, random_crop
 
-__all__ = ["Batches", "DataBundle", "EpochPlan", "Split", "TensorSplit", "holdout_split", "move_to_device"]
+__all__ = [
+    "Batches",
+    "DataBundle",
+    "EpochPlan",
+    "Split",
+    "TensorSplit",
+    "holdout_split",
+    "move_to_device",
+    "require_one_batch",
+]
 
 
 # ------------------------------------------------------------------------------------------- plans
@@ -70,6 +79,8 @@ class EpochPlan:
                             f"ranks; choose data.batch_size as a multiple of {world_size}")
         if drop_last is None:
             drop_last = train
+        if drop_last:
+            require_one_batch(n, batch_size)
         num_batches = n // batch_size if drop_last else math.ceil(n / batch_size)
         if not 0 <= start_batch <= num_batches:
             raise DataError(f"start batch {start_batch} is outside this epoch of {num_batches} batches (was the "
@@ -98,6 +109,17 @@ class EpochPlan:
         lo, hi = self.batch_bounds(i)
         per = math.ceil((hi - lo) / self.world_size)
         return min(lo + self.rank * per, hi), min(lo + (self.rank + 1) * per, hi)
+
+
+def require_one_batch(n: int, batch_size: int, *, key: str = "the batch size") -> None:
+    """Refuses a training split smaller than one batch: its epochs would have no step, and a loop over
+    them would spin forever without a word.
+
+    Raises:
+        DataError: ``n < batch_size``.
+    """
+    if n < batch_size:
+        raise DataError(f"the training split has {n} images, fewer than one batch of {batch_size}; lower {key}")
 
 
 def move_to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..config import DataConfig, atomic_write_text
+from ..config import DataConfig
 from ..errors import DataError
+from ..utils.io import atomic_write_text
 from .augment import Normalize, center_crop_resize, derive_seed, hflip, random_resized_crop_box
 from .base import Batches, DataBundle, EpochPlan, Split, as_index, finish_images, move_to_device
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from ..config import atomic_write_bytes, atomic_write_text
 from ..errors import DataError
+from ..utils.io import atomic_write_bytes, atomic_write_text
 from ..utils.seeding import derive_seed
 
 __all__ = ["SHAPES", "generate_split", "generate_synthetic_coco"]

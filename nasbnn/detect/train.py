@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ..config import atomic_write_text, config_to_dict, dump_config
+from ..config import config_to_dict, dump_config
 from ..data.augment import Normalize
 from ..errors import CheckpointError, DataError, NasbnnError
 from ..models.static import StaticBNN
@@ -21,6 +21,7 @@ from ..train.checkpoint import load_checkpoint, remove_stale_temporaries, save_c
 from ..train.distributed import DistInfo, all_reduce_gradients, average_buffers, barrier
 from ..train.optim import build_scheduler, param_groups
 from ..train.supernet import TrainingDiverged
+from ..utils.io import atomic_write_text, ensure_dir
 from ..utils.seeding import derive_seed
 from .coco import CategoryMap, CocoSplit, load_coco_split
 from .config import DetectDataConfig, DetectRunConfig, DetectTrainConfig
@@ -251,7 +252,7 @@ def train_detector(cfg: DetectRunConfig, *, run_dir: str | Path | None = None, r
     if resume and not ckpt_path.is_file():
         raise NasbnnError(f"cannot resume: no checkpoint in {str(run)!r} (expected {CHECKPOINT_NAME})")
     if dist_info.is_main:
-        run.mkdir(parents=True, exist_ok=True)
+        ensure_dir(run)
         remove_stale_temporaries(run)
         ensure_synthetic(cfg.data)
     barrier(dist_info)

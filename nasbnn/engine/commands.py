@@ -80,8 +80,8 @@ def _latency_fit(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..cli import print_json
-    from ..config import atomic_write_text
     from ..presets import resolve_space
+    from ..utils.io import atomic_write_text
     from .latency import fit_latency
 
     space = resolve_space(args.space)

@@ -118,7 +118,7 @@ class LatencyModel:
 
     def save(self, path: str | Path) -> Path:
         """Writes the model as JSON (atomically)."""
-        from ..config import atomic_write_text
+        from ..utils.io import atomic_write_text
 
         p = Path(path)
         atomic_write_text(p, json.dumps(self.to_dict(), indent=2) + "\n")

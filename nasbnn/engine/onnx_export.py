@@ -32,7 +32,7 @@ def export_onnx(static: Any, path: str | Path, *, opset: int = 17, resolution: i
     Raises:
         NasbnnError: the onnx package is missing or the opset is too old.
     """
-    from ..config import atomic_write_bytes
+    from ..utils.io import atomic_write_bytes
     from .frozen import freeze
 
     if opset < 11:

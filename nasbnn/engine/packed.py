@@ -153,7 +153,7 @@ class PackedModel:
         """Writes the model to ``path`` (safetensors, atomically); returns the path."""
         from safetensors.numpy import save
 
-        from ..config import atomic_write_bytes
+        from ..utils.io import atomic_write_bytes
 
         meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION),
                 "model": json.dumps(self.metadata(), separators=(",", ":"))}

@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import atomic_write_text
 from ..errors import SearchError
 from ..space import Arch
+from ..utils.io import atomic_write_text, ensure_dir
 
 __all__ = ["Budget", "Candidate", "family_from", "pareto_front", "write_results"]
 
@@ -113,7 +113,7 @@ def write_results(folder: str | Path, *, frontier: dict[float, Candidate], histo
     resumed search writes the same file as an uninterrupted one.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    ensure_dir(folder)
     fam = family_from(frontier)
     front = pareto_front(history)
     doc = {

@@ -15,12 +15,13 @@ from typing import Any
 
 import torch
 
-from ..config import RunConfig, atomic_write_text
+from ..config import RunConfig
 from ..cost import arch_cost
 from ..errors import NasbnnError, SearchError
 from ..models import SuperBNN
 from ..space import Arch, SearchSpace
 from ..train.distributed import barrier
+from ..utils.io import atomic_write_text, ensure_dir
 from ..utils.metrics import read_jsonl
 from ..utils.seeding import derive_seed
 from .evaluator import SupernetEvaluator
@@ -148,7 +149,7 @@ def run_search(cfg: RunConfig, *, checkpoint: str | Path, run_dir: str | Path | 
                           "to start over")
     barrier(ctx.dist)  # every rank has read the folder before rank 0 writes to it
     if ctx.dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+        ensure_dir(out)
         atomic_write_text(out / "meta.json", json.dumps(meta, indent=2) + "\n")
         if not resume:
             for name in ("history.jsonl", "generations.jsonl"):

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 
 from .. import __version__
-from ..config import atomic_write_bytes
 from ..errors import CheckpointError
 from ..space import SearchSpace
+from ..utils.io import atomic_write_bytes
 
 FORMAT = "nasbnn.checkpoint"
 FORMAT_VERSION = 1

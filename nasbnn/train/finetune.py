@@ -16,8 +16,10 @@ import torch
 import torch.nn.functional as F
 
 from ..bundle import load_bundle, read_bundle_info, save_bundle
-from ..config import RunConfig, atomic_write_text, config_to_dict, dump_config
+from ..config import RunConfig, config_to_dict, dump_config
+from ..data.base import require_one_batch
 from ..errors import NasbnnError
+from ..utils.io import atomic_write_text, ensure_dir
 from ..utils.seeding import derive_seed
 from .bn import evaluate_top1
 from .checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
@@ -54,6 +56,7 @@ def finetune(cfg: RunConfig, *, bundle: str | Path, run_dir: str | Path, resume:
                           f"{data.num_classes}")
     fcfg = cfg.finetune
     batch = fcfg.batch_size or cfg.data.batch_size
+    require_one_batch(len(data.train), batch, key="finetune.batch_size" if fcfg.batch_size else "data.batch_size")
     steps_per_epoch = max(1, len(data.train) // batch)
     total_steps = max(1, math.ceil(fcfg.epochs * steps_per_epoch))
     net = move_model(net, ctx).train()
@@ -62,7 +65,7 @@ def finetune(cfg: RunConfig, *, bundle: str | Path, run_dir: str | Path, resume:
                                 warmup_steps=round(fcfg.warmup_epochs * steps_per_epoch))
     step = 0
     if ctx.dist.is_main:
-        run.mkdir(parents=True, exist_ok=True)
+        ensure_dir(run)
         remove_stale_temporaries(run)
     if resume:
         state = load_checkpoint(ckpt_path, kind="finetune", space=space)

@@ -18,12 +18,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..config import RunConfig, TrainConfig, atomic_write_text, config_to_dict, dump_config
+from ..config import RunConfig, TrainConfig, config_to_dict, dump_config
+from ..data.base import require_one_batch
 from ..errors import NasbnnError
 from ..models import SuperBNN
 from ..models.blocks import set_fused
 from ..ops.fused import compiled_tail_works
 from ..space import Arch
+from ..utils.io import atomic_write_text, ensure_dir
 from ..utils.seeding import derive_seed
 from .bn import evaluate_top1, preserved_bn_state, recalibrate_bn
 from .checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
@@ -168,14 +170,14 @@ def train_supernet(cfg: RunConfig, *, run_dir: str | Path | None = None, resume:
     if resume and not ckpt_path.is_file():
         raise NasbnnError(f"cannot resume: no checkpoint in {str(run)!r} (expected {CHECKPOINT_NAME})")
     if ctx.dist.is_main:
-        run.mkdir(parents=True, exist_ok=True)
+        ensure_dir(run)
         remove_stale_temporaries(run)
     data, space = build_data_and_space(cfg, run)
     tcfg = cfg.train
     world = ctx.dist.world_size
-    if data.train is None or len(data.train) < cfg.data.batch_size:
-        raise NasbnnError(f"training split has {len(data.train)} images, fewer than one batch of "
-                          f"{cfg.data.batch_size}; lower data.batch_size")
+    if data.train is None:
+        raise NasbnnError(f"dataset {data.name!r} has no training split")
+    require_one_batch(len(data.train), cfg.data.batch_size, key="data.batch_size")
     steps_per_epoch = len(data.train) // cfg.data.batch_size
     total_steps = max(1, math.ceil(tcfg.epochs * steps_per_epoch))
 

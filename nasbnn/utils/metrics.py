@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..config import atomic_write_text
+from ..utils.io import atomic_write_text
 
 _logger = logging.getLogger(__name__)
 

@@ -1,0 +1,79 @@
+"""File-system helpers: atomic writes with the user's file modes, and output folders with clear errors.
+
+Every file nasbnn writes (checkpoints, bundles, search results, ONNX and packed models) goes through
+:func:`atomic_write_bytes`: the data lands in a temporary file beside the target, which is then renamed
+over it, so a reader never sees half a file and a killed writer never damages what was there. Temporary
+files are created private (mode 0600); before the rename the file gets the mode an ordinary ``open``
+would have given it (0666 less the umask), so a bundle copied into a shared model folder stays readable.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from pathlib import Path
+
+from ..errors import NasbnnError
+
+__all__ = ["atomic_write_bytes", "atomic_write_text", "ensure_dir", "umask"]
+
+
+def umask() -> int:
+    """The process's umask, read without changing it where the OS allows (Linux ≥ 4.7)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)  # no way to read it without setting it elsewhere
+    os.umask(old)
+    return old
+
+
+def ensure_dir(path: str | Path, *, what: str = "output folder") -> Path:
+    """Creates ``path`` (and its parents) as a folder, or raises a one-line :class:`NasbnnError` saying why
+    it cannot be used: a file is in the way, the file system is read-only, permission is denied."""
+    p = Path(path)
+    for part in (p, *p.parents):
+        if part.exists() and not part.is_dir():
+            raise NasbnnError(f"{what} {str(p)!r} cannot be created: {str(part)!r} is a file, not a folder")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = {errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+                  errno.EPERM: "operation not permitted", errno.ENOSPC: "no space left"}.get(exc.errno or 0)
+        raise NasbnnError(f"{what} {str(p)!r} cannot be created: {reason or exc.strerror or exc}") from None
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise NasbnnError(f"{what} {str(p)!r} is not writable")
+    return p
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Writes ``data`` to ``path`` atomically (temporary file beside it, fsync, rename)."""
+    path = Path(path)
+    ensure_dir(path.parent, what="folder")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise NasbnnError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fchmod(f.fileno(), 0o666 & ~umask())
+            os.fsync(f.fileno())
+        if path.is_dir():
+            raise NasbnnError(f"cannot write {str(path)!r}: it is a folder")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Writes ``text`` (UTF-8) to ``path`` atomically."""
+    atomic_write_bytes(path, text.encode())

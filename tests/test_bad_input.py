@@ -1,0 +1,71 @@
+"""User mistakes in the commands that write run folders: a one-line error, exit status 2, nothing damaged."""
+
+from __future__ import annotations
+
+import pytest
+
+from nasbnn.bundle import save_bundle
+from nasbnn.cli import main
+from nasbnn.export import export_subnet
+from nasbnn.models import SuperBNN
+from nasbnn.presets import create_space
+from nasbnn.train.checkpoint import save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def tiny_files(tmp_path_factory):
+    """A random tiny supernet checkpoint and a bundle of its smallest member."""
+    root = tmp_path_factory.mktemp("files")
+    space = create_space("tiny")
+    supernet = SuperBNN(space, seed=3)
+    save_checkpoint(root / "super.pt", kind="supernet", model_state=supernet.state_dict(), space=space,
+                    config={}, step=0)
+    save_bundle(export_subnet(supernet, space.smallest()), root / "bundle")
+    return root
+
+
+def _one_line_error(capsys, argv, *needles):
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def test_finetune_batch_larger_than_the_split_is_refused_before_writing(tiny_files, tmp_path, capsys):
+    dest = tmp_path / "ft"
+    _one_line_error(capsys, ["finetune", "--config", "tiny", "--bundle", str(tiny_files / "bundle"), "--to", str(dest),
+                             "finetune.batch_size=100000", "--no-progress"],
+                    "fewer than one batch of 100000", "finetune.batch_size")
+    assert not dest.exists()
+
+
+def test_train_batch_larger_than_the_split(tmp_path, capsys):
+    out = tmp_path / "run"
+    _one_line_error(capsys, ["train-supernet", "--config", "tiny", f"out={out}", "data.batch_size=4096",
+                             "--no-progress"], "fewer than one batch of 4096", "data.batch_size")
+
+
+@pytest.mark.parametrize("command", ["train-supernet", "run"])
+def test_a_file_where_the_run_folder_belongs(tmp_path, capsys, command):
+    blocker = tmp_path / "taken"
+    blocker.write_text("precious")
+    argv = [command, "--config", "tiny", "--no-progress"]
+    argv += ["--out", str(blocker / "run")] if command == "run" else [f"out={blocker / 'run'}"]
+    _one_line_error(capsys, argv, "is a file, not a folder")
+    assert blocker.read_text() == "precious"
+
+
+def test_export_to_a_file(tiny_files, tmp_path, capsys):
+    blocker = tmp_path / "taken"
+    blocker.write_text("precious")
+    _one_line_error(capsys, ["export", "--config", "tiny", "--checkpoint", str(tiny_files / "super.pt"),
+                             "--smallest", "--no-recalibrate", "--to", str(blocker)], "not a folder")
+    assert blocker.read_text() == "precious"
+
+
+def test_finetune_into_a_read_only_file_system(tiny_files, capsys):
+    _one_line_error(capsys, ["finetune", "--config", "tiny", "--bundle", str(tiny_files / "bundle"),
+                             "--to", "/sys/nasbnn-ft", "--no-progress"], "cannot be created")
