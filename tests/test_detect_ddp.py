@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,12 +16,6 @@ from nasbnn.train.checkpoint import load_checkpoint
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_ranks_match_one_process(tmp_path):
     generate_synthetic_coco(tmp_path / "data", images=32, val_images=8, size=64, seed=0)
@@ -32,8 +25,9 @@ def test_two_ranks_match_one_process(tmp_path):
             "data.train=train", "data.val=val", "data.canvas=64", "data.batch_size=8", "data.synthetic=null",
             "train.epochs=1", "detect.freeze_backbone=true", "detect.neck_width=16", "detect.gn_groups=4"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    ddp = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
-           f"--master_port={_free_port()}", "-m", "nasbnn", *args, f"out={tmp_path / 'ddp'}"]
+    # --standalone: torchrun picks a free rendezvous port itself (no probe-then-bind race).
+    ddp = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "nasbnn", *args, f"out={tmp_path / 'ddp'}"]
     single = [sys.executable, "-m", "nasbnn", *args, f"out={tmp_path / 'single'}"]
     for cmd in (ddp, single):
         res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
