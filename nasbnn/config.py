@@ -144,7 +144,6 @@ class FinetuneConfig(Strict):
 class EvalConfig(Strict):
     """BN recalibration before deployment evaluation (upstream test.py: 10 batches of 2048)."""
 
-    recalibrate: bool = True
     calib_batches: int = Field(10, ge=0)
     calib_batch_size: int = Field(2048, ge=1)
 

@@ -56,10 +56,6 @@ def build_data_and_space(cfg: RunConfig, run_dir: Path | None = None) -> tuple[A
     return data, space
 
 
-def space_for_config(cfg: RunConfig, *, num_classes: int, in_channels: int) -> SearchSpace:
-    return base_space(cfg).with_overrides(num_classes=num_classes, in_channels=in_channels)
-
-
 def move_model(model: torch.nn.Module, ctx: RunContext) -> torch.nn.Module:
     model = model.to(ctx.device)
     if ctx.channels_last:

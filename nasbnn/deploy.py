@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .bundle import save_bundle
-from .config import RunConfig, config_to_dict
+from .config import RunConfig
 from .errors import NasbnnError
 from .export import export_subnet
 from .models import StaticBNN, SuperBNN
@@ -90,6 +90,3 @@ def parse_family_spec(spec: str) -> tuple[str, float | None]:
             raise NasbnnError(f"bad bucket {bucket!r} in {spec!r}; expected e.g. pareto.json@57") from None
     return spec, None
 
-
-def run_config_dict(cfg: RunConfig) -> dict[str, Any]:
-    return config_to_dict(cfg)

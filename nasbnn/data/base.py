@@ -282,12 +282,6 @@ class TensorSplit(Split):
     def labels(self) -> torch.Tensor:
         return self._labels
 
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """``(C, H, W)`` of the images."""
-        c, h, w = self._images.shape[1:]
-        return int(c), int(h), int(w)
-
     def subset(self, indices: Sequence[int] | torch.Tensor) -> TensorSplit:
         idx = as_index(indices, len(self))
         base = idx if self._index is None else self._index[idx]

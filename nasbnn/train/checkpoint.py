@@ -42,7 +42,6 @@ def save_checkpoint(path: str | Path, *, kind: str, model_state: dict[str, torch
         "space": space.to_dict(),
         "space_fingerprint": space.fingerprint,
         "config": config,
-        "rng": {"torch": torch.random.get_rng_state()},
         "extra": extra or {},
     }
     buf = io.BytesIO()
