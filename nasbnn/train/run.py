@@ -56,7 +56,7 @@ class TrainingDiverged(NasbnnError):
 def check_finite(loss: torch.Tensor, step: int) -> None:
     """Raises :class:`TrainingDiverged` when ``loss`` is NaN or infinite (call before the optimizer step)."""
     if not bool(torch.isfinite(loss)):
-        raise TrainingDiverged(f"loss became {float(loss)} at step {step}")
+        raise TrainingDiverged(f"loss became {float(loss.detach())} at step {step}")
 
 
 @dataclass(frozen=True)
