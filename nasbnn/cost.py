@@ -16,7 +16,8 @@ Binary convs contribute BOPs only: K²·(C_in/g)·C_in·H_out·W_out for the K×
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 from typing import Literal
 
 from .errors import NasbnnError
@@ -130,8 +131,8 @@ def arch_cost(arch: Arch, space: SearchSpace, resolution: int | None = None,
     """Total FLOPs and BOPs of ``arch`` at ``resolution`` (default: the space's). Memoized per space."""
     res = space.resolution if resolution is None else int(resolution)
     key = (arch, res, convention)
-    cache = space._cost_cache
-    hit = cache.get(key)
+    memo = _memo(space)
+    hit = memo.archs.get(key)
     if hit is not None:
         return hit
     _check_convention(convention)
@@ -139,7 +140,7 @@ def arch_cost(arch: Arch, space: SearchSpace, resolution: int | None = None,
     bops = 0
     in_ch = space.in_channels
     stages = space.stages
-    block_cache = cache.setdefault("__blocks__", {})
+    block_cache = memo.blocks
     for s, stage in enumerate(arch.stages):
         stride0 = stages[s].stride
         for j, b in enumerate(stage.blocks):
@@ -160,11 +161,29 @@ def arch_cost(arch: Arch, space: SearchSpace, resolution: int | None = None,
             res = res_out
     flops += space.num_classes * (in_ch + 1)
     cost = Cost(flops, float(bops))
-    if len(cache) > _ARCH_MEMO_SIZE:
+    if len(memo.archs) >= _ARCH_MEMO_SIZE:
         # A bounded memo: millions of retained architectures would make the garbage collector,
         # not the counting, the bottleneck of sampling loops. Block costs stay memoized.
-        blocks = cache["__blocks__"]
-        cache.clear()
-        cache["__blocks__"] = blocks
-    cache[key] = cost
+        memo.archs.clear()
+    memo.archs[key] = cost
     return cost
+
+
+@dataclass
+class _CostMemo:
+    """Memoized costs of one space: whole architectures (bounded) and blocks (few distinct ones)."""
+
+    archs: dict[tuple[Arch, int, str], Cost] = field(default_factory=dict)
+    blocks: dict[tuple[bool, int, BlockArch, int, str], tuple[float, int]] = field(default_factory=dict)
+
+
+_MEMOS: dict[int, _CostMemo] = {}
+
+
+def _memo(space: SearchSpace) -> _CostMemo:
+    """The memo of ``space``, kept while the space lives (keyed by identity: hashing a space is not free)."""
+    memo = _MEMOS.get(id(space))
+    if memo is None:
+        memo = _MEMOS[id(space)] = _CostMemo()
+        weakref.finalize(space, _MEMOS.pop, id(space), None)
+    return memo

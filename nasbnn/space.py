@@ -291,7 +291,6 @@ class SearchSpace:
              for (s2, in_ch, _w) in self._block_tables if s2 == s}
             for s, spec in enumerate(self.stages)
         ]
-        self._cost_cache: dict[Any, Any] = {}
         largest, smallest = self.largest(), self.smallest()
         for label, arch in (("largest", largest), ("smallest", smallest)):
             problems = self.check(arch)

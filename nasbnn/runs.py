@@ -1,0 +1,166 @@
+"""Reading runs back: the supernet of a checkpoint, the data splits exactly as that run had them, the
+calibration and evaluation batches, and architectures from any user spec.
+
+Search, export, evaluation, fine-tuning, detection and the main job all start from a finished run; they
+go through this module so that each rebuilds the same split, the same calibration images and the same
+architecture from the same words.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import RunConfig, SyntheticDataConfig
+from .errors import CheckpointError, NasbnnError
+from .models import SuperBNN
+from .space import Arch, SearchSpace
+from .utils.seeding import derive_seed
+
+__all__ = [
+    "CARRIED_DATA_KEYS",
+    "calibration_batches",
+    "eval_batches",
+    "explicit_override",
+    "load_supernet",
+    "resolve_archs",
+    "run_data",
+    "trained_data_config",
+]
+
+#: The data settings a run's split depends on: later stages take them from the checkpoint's config so
+#: they rebuild the very split the supernet trained on (only the dataset's location may differ).
+CARRIED_DATA_KEYS = ("name", "holdout_per_class", "limit_train", "synthetic")
+
+
+def explicit_override(overrides: Sequence[str] | None, key: str) -> str | None:
+    """The value the command line gave ``key`` (``key=value``), or ``None``."""
+    for item in overrides or ():
+        k, _, v = item.partition("=")
+        if k.strip() == key:
+            return v.strip()
+    return None
+
+
+def load_supernet(checkpoint: str | Path, device: torch.device | str = "cpu", *,
+                  expect_space: str | None = None) -> tuple[SuperBNN, dict[str, Any]]:
+    """A trained supernet from a checkpoint (file or run folder), in eval mode, and the checkpoint.
+
+    Args:
+        expect_space: a space name the user asked for explicitly; a checkpoint of another space is refused
+            rather than silently winning.
+
+    Raises:
+        CheckpointError: not a supernet checkpoint, or one of another space than ``expect_space``.
+    """
+    from .train.checkpoint import load_checkpoint, space_from_checkpoint
+
+    state = load_checkpoint(checkpoint, kind="supernet")
+    space = space_from_checkpoint(state)
+    if expect_space is not None and expect_space != space.name:
+        raise CheckpointError(f"{str(checkpoint)!r} holds a supernet of space {space.name!r}, but space.name="
+                              f"{expect_space} was asked for; drop the override or use a checkpoint of that space")
+    model = SuperBNN(space)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), state
+
+
+def trained_data_config(cfg: RunConfig, state: dict[str, Any]) -> tuple[RunConfig, int]:
+    """``cfg`` with the data settings of the run that made ``state`` (:data:`CARRIED_DATA_KEYS`), and its seed."""
+    trained = state.get("config", {}) or {}
+    tdata = trained.get("data", {}) or {}
+    update = {k: tdata[k] for k in CARRIED_DATA_KEYS if k in tdata}
+    if isinstance(update.get("synthetic"), dict):
+        update["synthetic"] = SyntheticDataConfig(**update["synthetic"])
+    seed = int(trained.get("seed", cfg.seed))
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update=update)}), seed
+
+
+def run_data(cfg: RunConfig, state: dict[str, Any], space: SearchSpace, *, run_dir: str | Path | None = None,
+             ) -> tuple[Any, int]:
+    """The dataset split as the run of ``state`` split it, and that run's seed."""
+    from .data import build_data
+
+    dcfg, seed = trained_data_config(cfg, state)
+    data = build_data(dcfg.data, resolution=space.resolution, seed=seed, run_dir=run_dir)
+    if data.num_classes != space.num_classes:
+        raise NasbnnError(f"the network classifies {space.num_classes} classes but dataset {data.name!r} has "
+                          f"{data.num_classes}")
+    return data, seed
+
+
+def calibration_batches(data: Any, cfg: RunConfig, device: torch.device | str, *, seed: int,
+                        channels_last: bool = False) -> list[torch.Tensor]:
+    """``cfg.eval.calib_batches`` batches of ``cfg.eval.calib_batch_size`` training images (train augmentation,
+    as upstream's test.py), drawn once from ``seed``: the images that recalibrate BatchNorm before deployment."""
+    s = derive_seed(seed, "deploy-calibration")
+    loader = data.train.loader(batch_size=min(cfg.eval.calib_batch_size, len(data.train)), train=True, seed=s,
+                               device=torch.device(device), channels_last=channels_last, drop_last=False,
+                               workers=cfg.data.workers)
+    return [x for _, (x, _y) in zip(range(cfg.eval.calib_batches), loader)]
+
+
+def eval_batches(split: Any, cfg: RunConfig, device: torch.device | str, *, channels_last: bool = False,
+                 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Every image of ``split`` in file order, without augmentation, in ``data.eval_batch_size`` batches."""
+    return list(split.loader(batch_size=cfg.data.eval_batch_size, train=False, seed=0, device=torch.device(device),
+                             channels_last=channels_last, workers=cfg.data.workers))
+
+
+def resolve_archs(space: SearchSpace, spec: str) -> list[tuple[str, Arch]]:
+    """``(name, arch)`` pairs from any architecture spec, all validated against ``space``:
+
+    ``largest``, ``smallest``, an architecture string, a ``pareto.json`` (its whole family) or
+    ``pareto.json@BUCKET`` (one member), ``upstream:INTS`` (the official code's integer encoding) or a JSON
+    file holding an architecture dict.
+
+    Raises:
+        InvalidArch: an architecture outside ``space``.
+        NasbnnError: a missing file, a bucket the family lacks.
+    """
+    from .deploy import read_family
+
+    spec = spec.strip()
+    if spec in ("largest", "smallest"):
+        return [(spec, space.largest() if spec == "largest" else space.smallest())]
+    if spec.startswith("upstream:"):
+        from .upstream import arch_from_upstream, parse_upstream_ints
+
+        return [("upstream", arch_from_upstream(parse_upstream_ints(spec[9:]), space, nondecreasing=False))]
+    path, _, bucket = spec.rpartition("@") if "@" in spec else (spec, "", "")
+    if path.endswith(".json") or Path(path).is_dir():
+        if Path(path).is_file() and path.endswith(".json") and "family" not in _read_json(path):
+            data = _read_json(path)
+            return [("arch", space.validate(Arch.from_dict(data.get("arch", data)), nondecreasing=False))]
+        return _family_members(space, read_family(path), path, bucket)
+    return [("arch", space.parse(spec))]
+
+
+def _family_members(space: SearchSpace, family: list[dict[str, Any]], path: str, bucket: str,
+                    ) -> list[tuple[str, Arch]]:
+    if bucket:
+        try:
+            want = float(bucket)
+        except ValueError:
+            raise NasbnnError(f"bad bucket {bucket!r} in {path}@{bucket}; expected e.g. pareto.json@57") from None
+        chosen = [f for f in family if abs(float(f["bucket"]) - want) < 1e-9]
+        if not chosen:
+            raise NasbnnError(f"no family member in bucket {want:g}; buckets: "
+                              + ", ".join(f"{float(f['bucket']):g}" for f in family))
+        family = chosen
+    return [(f"mops_{float(f['bucket']):g}", space.validate(Arch.parse(f["arch"]), nondecreasing=False))
+            for f in family]
+
+
+def _read_json(path: str | Path) -> Any:
+    p = Path(path)
+    if not p.is_file():
+        raise NasbnnError(f"{str(p)!r} does not exist")
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise NasbnnError(f"{str(p)!r} is not valid JSON: {exc.msg}") from None
