@@ -6,7 +6,6 @@ User mistakes (bad architecture, unknown key, missing file...) print one line an
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -23,8 +22,8 @@ _COMMAND_MODULES = (
     "nasbnn.commands.search",
     "nasbnn.commands.deploy",
     "nasbnn.commands.pipeline",
-    "nasbnn.engine.commands",
-    "nasbnn.detect.commands",
+    "nasbnn.commands.engine",
+    "nasbnn.commands.detect",
 )
 
 
@@ -87,10 +86,6 @@ def _leave_process_group() -> None:
     from .train.distributed import teardown
 
     teardown()
-
-
-def print_json(obj: object) -> None:
-    print(json.dumps(obj, indent=2, sort_keys=False))
 
 
 if __name__ == "__main__":  # pragma: no cover

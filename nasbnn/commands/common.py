@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
 
 from ..errors import NasbnnError
@@ -49,3 +50,8 @@ def resolve_arch(args: argparse.Namespace, space: Any) -> Any:
     if getattr(args, "arch", None):
         return space.parse(args.arch)
     raise NasbnnError("no architecture given; use --arch, --largest, --smallest or --upstream-arch")
+
+
+def print_json(obj: object) -> None:
+    """Prints ``obj`` as indented JSON on standard output (the ``--json`` output of the commands)."""
+    print(json.dumps(obj, indent=2, sort_keys=False))

@@ -30,10 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _spaces(args: argparse.Namespace) -> int:
-    from ..cli import print_json
     from ..cost import arch_cost
     from ..presets import create_space, list_spaces
     from ..utils.table import format_table
+    from .common import print_json
 
     if args.json:
         print_json({n: create_space(n).to_dict() for n in list_spaces()})
@@ -65,9 +65,9 @@ def cost_table(arch, space, resolution=None, convention="upstream") -> str:  # t
 
 
 def _cost(args: argparse.Namespace) -> int:
-    from ..cli import print_json
     from ..cost import arch_cost, layer_costs
     from ..presets import resolve_space
+    from .common import print_json
 
     space = resolve_space(args.space, num_classes=args.num_classes, resolution=args.resolution)
     arch = resolve_arch(args, space)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..commands.common import add_arch_args, resolve_arch
 from ..errors import NasbnnError
+from .common import add_arch_args, resolve_arch
 
 __all__ = ["register"]
 
@@ -51,9 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from ..cli import print_json
+    from ..engine.bench import benchmark, format_bench, random_static
     from ..presets import resolve_space
-    from .bench import benchmark, format_bench, random_static
+    from .common import print_json
 
     if args.bundle:
         if args.arch or args.largest or args.smallest or args.upstream_arch or args.arch_json:
@@ -79,10 +79,10 @@ def _latency_fit(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from ..cli import print_json
+    from ..engine.latency import fit_latency
     from ..presets import resolve_space
     from ..utils.io import atomic_write_text
-    from .latency import fit_latency
+    from .common import print_json
 
     space = resolve_space(args.space)
 
@@ -119,8 +119,8 @@ def _latency_fit(args: argparse.Namespace) -> int:
 
 
 def _latency_predict(args: argparse.Namespace) -> int:
+    from ..engine.latency import LatencyModel
     from ..presets import resolve_space
-    from .latency import LatencyModel
 
     if args.resolution is not None and args.resolution < 1:
         raise NasbnnError(f"resolution must be positive, got {args.resolution}")

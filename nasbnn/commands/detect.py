@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..commands.common import add_config_args
 from ..errors import NasbnnError
+from .common import add_config_args
 
 DEFAULT_CONFIG = "detect-synthetic"
 
@@ -75,8 +75,8 @@ def _add_backbone_args(q: argparse.ArgumentParser) -> None:
 
 def _load(args: argparse.Namespace, config: str | Path | None = None):  # type: ignore[no-untyped-def]
     """The config of a command (on --resume: the run's saved config), with the backbone flags applied."""
-    from ..commands.train import load_run_config
-    from .config import DetectRunConfig
+    from ..detect.config import DetectRunConfig
+    from .train import load_run_config
 
     cfg = load_run_config(args, DetectRunConfig, config)
     update: dict[str, Any] = {}
@@ -102,7 +102,7 @@ def _load(args: argparse.Namespace, config: str | Path | None = None):  # type: 
 def _synth(args: argparse.Namespace) -> int:
     import json
 
-    from .synthetic import generate_synthetic_coco
+    from ..detect.synthetic import generate_synthetic_coco
 
     paths = generate_synthetic_coco(args.out, images=args.images, val_images=args.val_images, size=args.size,
                                     seed=args.seed, classes=args.classes, max_objects=args.max_objects)
@@ -117,7 +117,7 @@ def _synth(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     import logging
 
-    from .train import train_detector
+    from ..detect.train import train_detector
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = _load(args)
@@ -133,9 +133,9 @@ def _train(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from ..config import load_config
+    from ..detect.config import DetectRunConfig
+    from ..detect.train import evaluate_run
     from ..utils.table import format_table
-    from .config import DetectRunConfig
-    from .train import evaluate_run
 
     if args.checkpoint is not None:
         ckpt = Path(args.checkpoint)
@@ -158,13 +158,13 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _cost(args: argparse.Namespace) -> int:
-    from ..cli import print_json
-    from .cost import detector_cost, detector_cost_table, detector_layer_costs
+    from ..detect.cost import detector_cost, detector_cost_table, detector_layer_costs
+    from .common import print_json
 
     if args.checkpoint is not None:
+        from ..detect.train import CHECKPOINT_KIND, config_of_checkpoint
         from ..space import Arch
         from ..train.checkpoint import load_checkpoint, space_from_checkpoint
-        from .train import CHECKPOINT_KIND, config_of_checkpoint
 
         state = load_checkpoint(args.checkpoint, kind=CHECKPOINT_KIND)
         cfg = config_of_checkpoint(state, args.checkpoint)
@@ -172,7 +172,7 @@ def _cost(args: argparse.Namespace) -> int:
         num_classes = len(state["extra"]["categories"])
         canvas = args.canvas or cfg.data.canvas
     else:
-        from .backbone import backbone_geometry
+        from ..detect.backbone import backbone_geometry
 
         cfg = _load(args)
         space, arch = backbone_geometry(cfg.backbone)
@@ -201,7 +201,7 @@ def _cost(args: argparse.Namespace) -> int:
 def _num_classes(cfg) -> int:  # type: ignore[no-untyped-def]
     if cfg.data.synthetic is not None:
         return cfg.data.synthetic.classes
-    from .coco import read_annotation_json
+    from ..detect.coco import read_annotation_json
 
     for split in ("val", "train"):
         ann, _ = cfg.data.split_paths(split)
