@@ -19,6 +19,8 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from random import Random
 
@@ -76,24 +78,49 @@ def loader_pass(split: FolderSplit, batch: int, epoch: int) -> None:
         assert x.shape[1:] == (3, RES, RES)
 
 
+def children_cpu_s() -> float:
+    """CPU seconds used so far by this process' live children (the loader workers), from /proc."""
+    me, total = os.getpid(), 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == me:
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def timed(run: Callable[[], None], images: int) -> tuple[float, float, float]:
+    """(images/s, CPU ms per image in this process, CPU ms per image in the workers) of one pass."""
+    wall, cpu, kids = time.perf_counter(), time.process_time(), children_cpu_s()
+    run()
+    wall, cpu, kids = time.perf_counter() - wall, time.process_time() - cpu, children_cpu_s() - kids
+    return images / wall, cpu / images * 1e3, kids / images * 1e3
+
+
 def throughput(root: Path, files: list[str], workers: list[int], batch: int, rounds: int) -> dict:
     labels = torch.tensor([int(f.split("/")[1][1:]) for f in files])
     splits = {n: FolderSplit(root, files, labels, resolution=RES, workers=n) for n in workers}
-    runs: dict[str, list[float]] = {"reference": [], **{f"workers_{n}": [] for n in workers}}
+    runs: dict[str, list[tuple[float, float, float]]] = {"reference": [], **{f"workers_{n}": [] for n in workers}}
     images = len(files) // batch * batch
     for split in splits.values():  # warm-up: page cache, persistent workers started
         loader_pass(split, batch, 0)
     reference_pass(root, files[:batch], 0)
     for r in range(1, rounds + 1):
-        t = time.perf_counter()
-        reference_pass(root, files[:images], r)
-        runs["reference"].append(images / (time.perf_counter() - t))
+        runs["reference"].append(timed(partial(reference_pass, root, files[:images], r), images))
         for n, split in splits.items():
-            t = time.perf_counter()
-            loader_pass(split, batch, r)
-            runs[f"workers_{n}"].append(images / (time.perf_counter() - t))
-    return {k: {"median": round(statistics.median(v), 1), "min": round(min(v), 1), "max": round(max(v), 1)}
-            for k, v in runs.items()}
+            runs[f"workers_{n}"].append(timed(partial(loader_pass, split, batch, r), images))
+
+    def summary(v: list[tuple[float, float, float]]) -> dict:
+        rate = [x[0] for x in v]
+        return {"median": round(statistics.median(rate), 1), "min": round(min(rate), 1), "max": round(max(rate), 1),
+                "cpu_ms_per_image_main": round(statistics.median(x[1] for x in v), 2),
+                "cpu_ms_per_image_workers": round(statistics.median(x[2] for x in v), 2)}
+
+    return {k: summary(v) for k, v in runs.items()}
 
 
 def draft_effect(root: Path, files: list[str], repeats: int = 3) -> dict:
@@ -129,7 +156,11 @@ def main() -> None:
     p.add_argument("--size", default="500x375", help="image size of the throughput folder")
     p.add_argument("--large", default="1200x900", help="a large photo size for the draft-mode comparison")
     p.add_argument("--root", default=None, help="folder for the generated JPEGs (default: a temporary one)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads of the main process, which only normalises the batches here (on a GPU it "
+                        "does not even do that); idle OpenMP threads would spin on the workers' cores")
     a = p.parse_args()
+    torch.set_num_threads(a.threads)
     workers = [int(w) for w in a.workers.split(",")]
     width, height = (int(v) for v in a.size.split("x"))
     lw, lh = (int(v) for v in a.large.split("x"))
@@ -149,7 +180,7 @@ def main() -> None:
         "load_average_before": [round(v, 2) for v in load_before],
         "load_average_after": [round(v, 2) for v in os.getloadavg()],
         "images": {"count": len(files), "size": a.size, "mean_kb": round(kb, 1)},
-        "resolution": RES, "batch": a.batch, "rounds": a.rounds,
+        "resolution": RES, "batch": a.batch, "rounds": a.rounds, "main_threads": a.threads,
         "images_per_s": rates,
         "one_worker_vs_reference": round(one / rates["reference"]["median"], 2) if one else None,
         "two_vs_one_worker": round(two / one, 2) if one and two else None,

@@ -412,7 +412,7 @@ class FolderSplit(Split):
         dataset = _DecodeDataset(self.root, self.files, self.resolution, augment, sampler.seed, self.draft)
         extra: dict[str, Any] = {}
         if workers > 0:
-            extra = {"persistent_workers": keep, "prefetch_factor": 4 if cuda else 2}
+            extra = {"persistent_workers": keep, "prefetch_factor": 4}
         loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=_Collate(self.resolution),
                             pin_memory=cuda,
                             # An explicit generator keeps the loader from drawing its base seed from the global RNG.
