@@ -103,6 +103,16 @@ def test_batches_equal_for_any_workers_with_kept_and_concurrent_loaders(tmp_path
         return [x for x, _ in s.loader(batch_size=4, train=True, seed=3, epoch=e, **kw)]
 
     expected = [epoch(ref, e) for e in range(2)]
+    staged = []
+
+    def source():  # type: ignore[no-untyped-def]
+        for i in range(3):
+            staged.append(i)
+            yield i
+
+    ahead = imf._one_ahead(source())
+    assert next(ahead) == 0 and staged == [0, 1]  # the next item is pulled before the first is handed out
+    assert list(ahead) == [1, 2] and list(imf._one_ahead(iter(()))) == []
     rec = Recorder(tmp_path / "decoded.txt", monkeypatch)
     for e in range(2):
         assert all(torch.equal(u, v) for u, v in zip(epoch(split, e), expected[e], strict=True))
@@ -114,6 +124,10 @@ def test_batches_equal_for_any_workers_with_kept_and_concurrent_loaders(tmp_path
     assert torch.equal(head, expected[0][0])
     assert all(torch.equal(u, v) for u, v in zip(second, expected[0], strict=True))
     assert all(torch.equal(x, v) for (x, _), v in zip(first, expected[0][1:], strict=True))
+    # A pass left early lets its workers go; a complete one keeps them.
+    assert split._kept is not None
+    partial = [x for _, (x, _) in zip(range(1), split.loader(batch_size=4, train=True, seed=3, epoch=1))]
+    assert torch.equal(partial[0], expected[1][0]) and split._kept is None
     # An explicit count wins over the split's own; eval batches do not depend on it either.
     assert all(torch.equal(u, v) for u, v in zip(epoch(split, 1, workers=0), expected[1], strict=True))
     ev = [x for x, _ in split.loader(batch_size=5, train=False, seed=0)]

@@ -467,13 +467,19 @@ class _FolderBatches(Batches):
                                          keep=self.persistent)
         if kept is not None:
             kept.busy = True
+        finished = False
         try:
             moved = self._moved(loader)
             for x, y in _one_ahead(moved) if cuda else moved:
                 yield finish_images(x, split.norm, self.channels_last, split._norm_cache), y
+            finished = True
         finally:
             if kept is not None:
                 kept.busy = False
+                if not finished and split._kept is kept:
+                    # A pass left early (a few calibration batches, the last training step): its workers would
+                    # only sit idle, so let them go.
+                    split._kept = None
 
     def _moved(self, loader: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         split, plan = self.split, self.plan
