@@ -202,8 +202,8 @@ def _draft_for_crop(img: Any, box: tuple[int, int, int, int], resolution: int) -
     """Asks the JPEG decoder for a 1/2, 1/4 or 1/8 scale that keeps the crop at least ``resolution`` wide and
     high, and returns the same crop region in the drafted image's coordinates.
 
-    libjpeg scales in the DCT domain, skipping most of the inverse transform, so a large photo decodes several
-    times faster; the crop covers the same part of the picture and is still only ever downscaled.
+    libjpeg scales in the DCT domain, skipping most of the inverse transform, so a large photo costs less to
+    decode; the crop covers the same part of the picture and is still only ever downscaled.
     """
     left, top, right, bottom = box
     w, h = img.size
