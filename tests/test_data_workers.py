@@ -183,3 +183,13 @@ def test_warns_once_when_workers_exceed_the_cores(monkeypatch, caplog):
         assert wk.check_workers(3) == 3
         assert len(caplog.records) == 1 and "per process x 2 processes" in caplog.text
         assert "at most 2" in caplog.text
+
+
+def test_unreadable_training_image_in_a_worker_names_the_file(tmp_path):
+    root = jpeg_folder(tmp_path / "data", train=3, val=1)
+    (root / "train" / "bee" / "001.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    files = sorted(p.relative_to(root).as_posix() for p in (root / "train").rglob("*.jpg"))
+    split = FolderSplit(root, files, torch.zeros(len(files), dtype=torch.int64), resolution=16, workers=2)
+    with pytest.raises(imf.DataError, match=r"cannot decode image .*train/bee/001\.jpg .*remove or replace"):
+        list(split.loader(batch_size=3, train=True, seed=0))
+    assert split._kept is None  # the failed pass did not keep its workers
