@@ -198,7 +198,7 @@ class _Failure:
     reason: str
 
 
-def _draft_for_crop(img: Any, box: tuple[int, int, int, int], resolution: int) -> tuple[float, ...]:
+def _draft_for_crop(img: Any, box: tuple[int, int, int, int], resolution: int) -> tuple[float, float, float, float]:
     """Asks the JPEG decoder for a 1/2, 1/4 or 1/8 scale that keeps the crop at least ``resolution`` wide and
     high, and returns the same crop region in the drafted image's coordinates.
 
@@ -226,9 +226,8 @@ def decode_train(path: Path, resolution: int, rng: Random, *, flip: bool, draft:
     from PIL import Image
 
     with Image.open(path) as opened:
-        box: tuple[float, ...] = random_resized_crop_box(rng, *opened.size)
-        if draft:
-            box = _draft_for_crop(opened, box, resolution)  # type: ignore[arg-type]
+        crop = random_resized_crop_box(rng, *opened.size)
+        box = _draft_for_crop(opened, crop, resolution) if draft else crop
         img = opened if opened.mode == "RGB" else opened.convert("RGB")
         out = img.resize((resolution, resolution), Image.Resampling.BILINEAR, box=box)
     if flip:

@@ -144,7 +144,7 @@ def detection_batches(dataset: DetectionDataset, *, batch_size: int, train: bool
         flips = flip_draws(seed, epoch, positions) if (train and flip) else [False] * (hi - lo)
         keys.append(list(zip(positions.tolist(), flips)))
     cuda = device.type == "cuda" and torch.cuda.is_available()
-    extra = {"prefetch_factor": 4} if check_workers(workers) > 0 else {}
+    extra: dict[str, Any] = {"prefetch_factor": 4} if check_workers(workers) > 0 else {}
     loader = DataLoader(dataset, batch_sampler=keys, num_workers=workers, collate_fn=_collate,
                         persistent_workers=False, pin_memory=cuda, **extra)
     cache: dict[tuple[str, int, bool], tuple] = {}
