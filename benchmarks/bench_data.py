@@ -3,7 +3,7 @@ with 0, 1 and 2 workers, beside a plain PIL decode + random-resized-crop loop on
 cost and pixel change of JPEG draft decoding. Prints one JSON object.
 
     python benchmarks/bench_data.py                       # 0, 1, 2 workers, generated 500x375 JPEGs
-    python benchmarks/bench_data.py --workers 0,1,2,4,8,16 --images 1024 --batch 64   # a larger node
+    python benchmarks/bench_data.py --workers all --images 1024 --batch 64   # every core of a larger node
 
 The JPEGs (about 500x375 and 100 KB, like ImageNet's typical photo) are generated with a fixed seed in a
 temporary folder (or ``--root``, reused when it already holds them). Timings interleave the configurations
@@ -151,7 +151,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=256, help="images per timed pass")
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--workers", default="0,1,2", help="comma-separated worker counts")
+    p.add_argument("--workers", default="0,1,2", help="comma-separated worker counts, or 'all' (0, 1, 2, 4, ... "
+                                                     "up to the available cores)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--size", default="500x375", help="image size of the throughput folder")
     p.add_argument("--large", default="1200x900", help="a large photo size for the draft-mode comparison")
@@ -161,7 +162,11 @@ def main() -> None:
                         "does not even do that); idle OpenMP threads would spin on the workers' cores")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    workers = [int(w) for w in a.workers.split(",")]
+    if a.workers == "all":  # 0, 1, 2, 4, ... up to the cores this process may use
+        cores = available_cores()
+        workers = sorted({0, 1, cores} | {2**k for k in range(1, cores.bit_length()) if 2**k < cores})
+    else:
+        workers = [int(w) for w in a.workers.split(",")]
     width, height = (int(v) for v in a.size.split("x"))
     lw, lh = (int(v) for v in a.large.split("x"))
     load_before = os.getloadavg()
