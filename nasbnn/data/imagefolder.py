@@ -405,20 +405,18 @@ class FolderSplit(Split):
         same settings and is idle, so its persistent workers carry over from epoch to epoch."""
         key = (augment, sampler.seed, workers, cuda)
         kept = self._kept
-        if keep and kept is not None and kept.key == key and not kept.busy:
+        if keep and kept is not None and kept.busy:
+            keep = False  # another pass is still running on the kept loader: this one gets its own, not kept
+        if keep and kept is not None and kept.key == key:
             kept.sampler.plan, kept.sampler.epoch = sampler.plan, sampler.epoch
             return kept.loader, kept
         dataset = _DecodeDataset(self.root, self.files, self.resolution, augment, sampler.seed, self.draft)
-        extra: dict[str, Any] = {}
-        if workers > 0:
-            extra = {"persistent_workers": keep, "prefetch_factor": 4}
+        extra: dict[str, Any] = {"persistent_workers": keep, "prefetch_factor": 4} if workers > 0 else {}
         loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=_Collate(self.resolution),
                             pin_memory=cuda,
                             # An explicit generator keeps the loader from drawing its base seed from the global RNG.
                             generator=torch.Generator().manual_seed(0), **extra)
         if not keep:
-            return loader, None
-        if kept is not None and kept.busy:  # another pass is still running on the kept loader: leave it
             return loader, None
         self._kept = _KeptLoader(key, loader, sampler)  # replaces (and so shuts down) the previous one
         return loader, self._kept
@@ -448,7 +446,6 @@ class _FolderBatches(Batches):
     def __init__(self, split: FolderSplit, plan: EpochPlan, *, train: bool, seed: int, epoch: int,
                  device: torch.device, workers: int, channels_last: bool, persistent: bool) -> None:
         super().__init__(plan)
-        self.persistent = persistent
         self.split = split
         self.augment = train
         self.seed = seed
@@ -456,6 +453,7 @@ class _FolderBatches(Batches):
         self.device = device
         self.workers = workers
         self.channels_last = channels_last
+        self.persistent = persistent
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         split, plan = self.split, self.plan
