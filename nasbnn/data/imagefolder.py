@@ -221,7 +221,7 @@ def decode_train(path: Path, resolution: int, rng: Random, *, flip: bool, draft:
     """One training view: RandomResizedCrop (box drawn from ``rng`` on the file's size), optional mirror.
 
     Returns:
-        uint8 [resolution, resolution, 3] (read-only).
+        uint8 [resolution, resolution, 3] (read-only; mirrored as a negative-stride view).
     """
     from PIL import Image
 
@@ -230,9 +230,8 @@ def decode_train(path: Path, resolution: int, rng: Random, *, flip: bool, draft:
         box = _draft_for_crop(opened, crop, resolution) if draft else crop
         img = opened if opened.mode == "RGB" else opened.convert("RGB")
         out = img.resize((resolution, resolution), Image.Resampling.BILINEAR, box=box)
-    if flip:
-        out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return np.asarray(out)
+    pixels = np.asarray(out)
+    return pixels[:, ::-1] if flip else pixels  # a view: the batch copy mirrors it for free
 
 
 def decode_eval(path: Path, resolution: int) -> np.ndarray:
