@@ -69,7 +69,8 @@ class DataConfig(Strict):
     root: str | None = Field(None, description="dataset folder; fashion-mnist/mnist default to the Debian package")
     batch_size: int = Field(256, ge=1, description="global batch size (divided across ranks)")
     eval_batch_size: int = Field(1000, ge=1)
-    workers: int = Field(0, ge=0, description="data-loading worker processes (imagefolder)")
+    workers: int = Field(0, ge=0, description="data-loading worker processes per process (imagefolder): every "
+                                              "loader of the run decodes with this many")
     holdout_per_class: int = Field(500, ge=0)
     augment: bool = True
     crop_padding: int | None = Field(None, ge=0, description="random-crop padding; default: the dataset's")
@@ -77,6 +78,8 @@ class DataConfig(Strict):
     resolution: int | None = Field(None, ge=8, description="imagefolder crop size; default: the space's")
     limit_train: int | None = Field(None, ge=1, description="use only this many training images (quick runs)")
     manifest: str | None = Field(None, description="imagefolder split manifest; default: <run>/split.json")
+    jpeg_draft: bool = Field(True, description="imagefolder training crops: decode a JPEG at 1/2, 1/4 or 1/8 scale "
+                                               "when the crop stays at least the output size (faster, see docs)")
     synthetic: SyntheticDataConfig = Field(default_factory=SyntheticDataConfig)
 
 

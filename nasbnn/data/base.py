@@ -201,7 +201,7 @@ class Split(ABC):
         world_size: int = 1,
         device: torch.device | str = "cpu",
         drop_last: bool | None = None,
-        workers: int = 0,
+        workers: int | None = None,
         channels_last: bool = False,
     ) -> Batches:
         """One epoch of batches.
@@ -219,7 +219,8 @@ class Split(ABC):
                 the last ranks may get smaller or empty (B = 0) shards, and all ranks yield the same count.
             device: where the batches go (copied with ``non_blocking=True``; augmentation runs there).
             drop_last: drop a final partial batch; default: True when training, else False.
-            workers: decoding worker processes (image folders only; in-memory sets never use any).
+            workers: decoding worker processes (image folders only; in-memory sets never use any); None: the
+                split's own setting (``data.workers``).
             channels_last: return images in ``torch.channels_last`` memory format.
 
         Returns:
@@ -299,7 +300,7 @@ class TensorSplit(Split):
         world_size: int = 1,
         device: torch.device | str = "cpu",
         drop_last: bool | None = None,
-        workers: int = 0,
+        workers: int | None = None,
         channels_last: bool = False,
     ) -> Batches:
         plan = EpochPlan.make(len(self), batch_size=batch_size, train=train, seed=seed, epoch=epoch,

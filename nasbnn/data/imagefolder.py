@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -18,15 +19,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from ..config import DataConfig
 from ..errors import DataError
 from ..utils.io import atomic_write_text
-from .augment import Normalize, center_crop_resize, derive_seed, hflip, random_resized_crop_box
+from .augment import Normalize, center_crop_resize, derive_seed, random_resized_crop_box
 from .base import Batches, DataBundle, EpochPlan, Split, as_index, finish_images, move_to_device
+from .workers import check_workers
 
-__all__ = ["IMAGE_EXTENSIONS", "MANIFEST_FORMAT", "FolderSplit", "build_imagefolder", "list_class_images"]
+__all__ = ["IMAGE_EXTENSIONS", "MANIFEST_FORMAT", "FolderSplit", "build_imagefolder", "decode_eval", "decode_train",
+           "list_class_images"]
 
 log = logging.getLogger(__name__)
 
@@ -196,79 +199,143 @@ class _Failure:
     reason: str
 
 
-class _DecodeDataset(Dataset):
-    """Decodes ``(file index, epoch position)`` items to uint8 [3, res, res] tensors (runs in workers)."""
+def _draft_for_crop(img: Any, box: tuple[int, int, int, int], resolution: int) -> tuple[float, float, float, float]:
+    """Asks the JPEG decoder for a 1/2, 1/4 or 1/8 scale that keeps the crop at least ``resolution`` wide and
+    high, and returns the same crop region in the drafted image's coordinates.
 
-    def __init__(self, root: Path, files: list[str], resolution: int, random_crop: bool, seed: int, epoch: int) -> None:
+    libjpeg scales in the DCT domain, skipping most of the inverse transform, so a large photo costs less to
+    decode; the crop covers the same part of the picture and is still only ever downscaled.
+    """
+    left, top, right, bottom = box
+    w, h = img.size
+    want = (math.ceil(w * resolution / (right - left)), math.ceil(h * resolution / (bottom - top)))
+    if 2 * want[0] > w or 2 * want[1] > h:
+        return box  # no reduction possible: leave the decoder alone (the exact full decode)
+    drafted = img.draft("RGB", want)
+    if drafted is None:  # not a JPEG
+        return box
+    scale = w / drafted[1][2]
+    return left / scale, top / scale, right / scale, bottom / scale
+
+
+def decode_train(path: Path, resolution: int, rng: Random, *, flip: bool, draft: bool) -> np.ndarray:
+    """One training view: RandomResizedCrop (box drawn from ``rng`` on the file's size), optional mirror.
+
+    Returns:
+        uint8 [resolution, resolution, 3] (read-only; mirrored as a negative-stride view).
+    """
+    from PIL import Image
+
+    with Image.open(path) as opened:
+        crop = random_resized_crop_box(rng, *opened.size)
+        box = _draft_for_crop(opened, crop, resolution) if draft else crop
+        img = opened if opened.mode == "RGB" else opened.convert("RGB")
+        out = img.resize((resolution, resolution), Image.Resampling.BILINEAR, box=box)
+    pixels = np.asarray(out)
+    return pixels[:, ::-1] if flip else pixels  # a view: the batch copy mirrors it for free
+
+
+def decode_eval(path: Path, resolution: int) -> np.ndarray:
+    """The evaluation view (full decode; shorter side to ``resolution / 0.875``, centre crop): uint8 [H, W, 3]."""
+    from PIL import Image
+
+    with Image.open(path) as opened:
+        img = opened if opened.mode == "RGB" else opened.convert("RGB")
+        return np.asarray(center_crop_resize(img, resolution))
+
+
+class _DecodeDataset(Dataset):
+    """Decodes ``(file index, epoch, epoch position, flip)`` items to uint8 [res, res, 3] arrays (in workers).
+
+    Everything random about an item travels with it (the crop from ``(seed, epoch, position)``, the flip
+    drawn in the main process), so a batch does not depend on which worker, or how many, decoded it.
+    """
+
+    def __init__(self, root: Path, files: list[str], resolution: int, random_crop: bool, seed: int,
+                 draft: bool) -> None:
         self.root = root
         self.files = files
         self.resolution = resolution
         self.random_crop = random_crop
         self.seed = seed
-        self.epoch = epoch
+        self.draft = draft
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, item: tuple[int, int]) -> torch.Tensor | _Failure:
+    def __getitem__(self, item: tuple[int, int, int, bool]) -> np.ndarray | _Failure:
         from PIL import Image
 
-        file_index, position = item
+        file_index, epoch, position, flip = item
         path = self.root / self.files[file_index]
-        res = self.resolution
         try:
-            with Image.open(path) as opened:
-                img = opened.convert("RGB")
             if self.random_crop:
-                rng = Random(derive_seed(self.seed, "crop", self.epoch, position))
-                box = random_resized_crop_box(rng, img.width, img.height)
-                img = img.resize((res, res), Image.Resampling.BILINEAR, box=box)
-            else:
-                img = center_crop_resize(img, res)
+                rng = Random(derive_seed(self.seed, "crop", epoch, position))
+                return decode_train(path, self.resolution, rng, flip=flip, draft=self.draft)
+            return decode_eval(path, self.resolution)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             return _Failure(str(path), f"{type(exc).__name__}: {exc}")
-        return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
-
-
-def _collate(items: list[torch.Tensor | _Failure], resolution: int) -> torch.Tensor | _Failure:
-    for it in items:
-        if isinstance(it, _Failure):
-            return it
-    if not items:
-        return torch.zeros((0, 3, resolution, resolution), dtype=torch.uint8)
-    return torch.stack(items)  # type: ignore[arg-type]
 
 
 class _Collate:
+    """Stacks decoded images into one uint8 [B, 3, res, res] tensor, in shared memory inside a worker (so
+    the batch crosses to the main process without another copy)."""
+
     def __init__(self, resolution: int) -> None:
         self.resolution = resolution
 
-    def __call__(self, items: list[torch.Tensor | _Failure]) -> torch.Tensor | _Failure:
-        return _collate(items, self.resolution)
+    def __call__(self, items: list[np.ndarray | _Failure]) -> torch.Tensor | _Failure:
+        for it in items:
+            if isinstance(it, _Failure):
+                return it
+        res = self.resolution
+        out = torch.empty((len(items), 3, res, res), dtype=torch.uint8)
+        if get_worker_info() is not None:
+            out.share_memory_()
+        view = out.numpy()
+        for i, a in enumerate(items):
+            view[i] = a.transpose(2, 0, 1)  # type: ignore[union-attr]
+        return out
 
 
 class _ShardSampler(Sampler):
-    """Yields, per global batch from ``start_batch``, this rank's ``(file index, epoch position)`` items."""
+    """Yields, per global batch from ``start_batch``, this rank's ``(file index, epoch, position, flip)`` items.
 
-    def __init__(self, plan: EpochPlan) -> None:
+    ``plan`` and ``epoch`` are reassigned before each pass, so one loader (and its persistent workers)
+    serves every epoch.
+    """
+
+    def __init__(self, plan: EpochPlan, epoch: int, seed: int, flip: bool) -> None:
         self.plan = plan
+        self.epoch = epoch
+        self.seed = seed
+        self.flip = flip
 
     def __len__(self) -> int:
         return len(self.plan)
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        for i in range(self.plan.start_batch, self.plan.num_batches):
-            lo, hi = self.plan.shard_bounds(i)
-            yield list(zip(self.plan.order[lo:hi].tolist(), range(lo, hi)))
+    def __iter__(self) -> Iterator[list[tuple[int, int, int, bool]]]:
+        plan, epoch = self.plan, self.epoch
+        for i in range(plan.start_batch, plan.num_batches):
+            lo, hi = plan.shard_bounds(i)
+            if self.flip:  # one draw per global batch, so the ranks' shards add up to the 1-process batch
+                glo, ghi = plan.batch_bounds(i)
+                gen = torch.Generator().manual_seed(derive_seed(self.seed, "flip", epoch, i))
+                flips = (torch.rand(ghi - glo, generator=gen) < 0.5)[lo - glo : hi - glo].tolist()
+            else:
+                flips = [False] * (hi - lo)
+            yield list(zip(plan.order[lo:hi].tolist(), [epoch] * (hi - lo), range(lo, hi), flips))
 
 
 class FolderSplit(Split):
     """Image files decoded by PIL (in DataLoader workers), a fixed size, RGB, mapped to [-1, 1].
 
     Training: RandomResizedCrop to ``resolution`` per image (randomness from ``(seed, epoch, position in
-    epoch)``) in the workers, then a random horizontal flip on the device. Eval (and training without
-    augmentation): resize the shorter side to ``round(resolution / 0.875)``, centre-crop ``resolution``.
-    Unreadable images raise a :class:`DataError` naming the file when their batch is built.
+    epoch)``) and a random horizontal flip (from ``(seed, epoch, batch)``), both in the workers; JPEGs whose
+    crop is at least twice ``resolution`` are decoded at a reduced DCT scale first (``draft``). Eval (and
+    training without augmentation): full decode, shorter side resized to ``round(resolution / 0.875)``,
+    centre crop ``resolution``. Unreadable images raise a :class:`DataError` naming the file when their
+    batch is built.
 
     Args:
         root: the dataset folder.
@@ -276,10 +343,12 @@ class FolderSplit(Split):
         labels: int64 [N].
         resolution: output height and width.
         augment: use the training augmentation when a loader has ``train=True``.
+        workers: decoding worker processes of loaders that do not ask for a number (``data.workers``).
+        draft: JPEG draft-mode decoding for training crops (``data.jpeg_draft``).
     """
 
     def __init__(self, root: Path, files: Sequence[str], labels: torch.Tensor, *, resolution: int,
-                 augment: bool = True) -> None:
+                 augment: bool = True, workers: int = 0, draft: bool = True) -> None:
         if len(files) != labels.numel():
             raise ValueError(f"{len(files)} files but {labels.numel()} labels")
         self.root = Path(root)
@@ -287,8 +356,11 @@ class FolderSplit(Split):
         self._labels = labels.to(torch.int64)
         self.resolution = resolution
         self.augment = augment
+        self.workers = workers
+        self.draft = draft
         self.norm = FOLDER_NORM
         self._norm_cache: dict[tuple[str, int, bool], tuple] = {}
+        self._kept: _KeptLoader | None = None
 
     def __len__(self) -> int:
         return len(self.files)
@@ -303,7 +375,7 @@ class FolderSplit(Split):
     def subset(self, indices: Sequence[int] | torch.Tensor) -> FolderSplit:
         idx = as_index(indices, len(self))
         return FolderSplit(self.root, [self.files[i] for i in idx.tolist()], self._labels[idx],
-                           resolution=self.resolution, augment=self.augment)
+                           resolution=self.resolution, augment=self.augment, workers=self.workers, draft=self.draft)
 
     def loader(
         self,
@@ -317,18 +389,62 @@ class FolderSplit(Split):
         world_size: int = 1,
         device: torch.device | str = "cpu",
         drop_last: bool | None = None,
-        workers: int = 0,
+        workers: int | None = None,
         channels_last: bool = False,
     ) -> Batches:
         plan = EpochPlan.make(len(self), batch_size=batch_size, train=train, seed=seed, epoch=epoch,
                               start_batch=start_batch, rank=rank, world_size=world_size, drop_last=drop_last)
+        n = self.workers if workers is None else workers
         return _FolderBatches(self, plan, train=train and self.augment, seed=seed, epoch=epoch,
-                              device=torch.device(device), workers=workers, channels_last=channels_last)
+                              device=torch.device(device), workers=check_workers(n), channels_last=channels_last,
+                              persistent=train and n > 0)
+
+    def _loader_for(self, sampler: _ShardSampler, *, augment: bool, workers: int, cuda: bool,
+                    keep: bool) -> tuple[DataLoader, _KeptLoader | None]:
+        """A DataLoader over ``sampler``'s items; with ``keep``, the one kept from the last pass when it has the
+        same settings and is idle, so its persistent workers carry over from epoch to epoch."""
+        key = (augment, sampler.seed, workers, cuda)
+        kept = self._kept
+        if keep and kept is not None and kept.busy:
+            keep = False  # another pass is still running on the kept loader: this one gets its own, not kept
+        if keep and kept is not None and kept.key == key:
+            kept.sampler.plan, kept.sampler.epoch = sampler.plan, sampler.epoch
+            return kept.loader, kept
+        dataset = _DecodeDataset(self.root, self.files, self.resolution, augment, sampler.seed, self.draft)
+        extra: dict[str, Any] = {"persistent_workers": keep, "prefetch_factor": 4} if workers > 0 else {}
+        loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=_Collate(self.resolution),
+                            pin_memory=cuda,
+                            # An explicit generator keeps the loader from drawing its base seed from the global RNG.
+                            generator=torch.Generator().manual_seed(0), **extra)
+        if not keep:
+            return loader, None
+        self._kept = _KeptLoader(key, loader, sampler)  # replaces (and so shuts down) the previous one
+        return loader, self._kept
+
+
+@dataclass
+class _KeptLoader:
+    key: tuple[bool, int, int, bool]
+    loader: DataLoader
+    sampler: _ShardSampler
+    busy: bool = False
+
+
+def _one_ahead(items: Iterator[Any]) -> Iterator[Any]:
+    """Yields ``items``, pulling each one before the previous is handed out (overlaps host-to-device copies)."""
+    pending = next(items, _END)
+    while pending is not _END:
+        following = next(items, _END)
+        yield pending
+        pending = following
+
+
+_END = object()
 
 
 class _FolderBatches(Batches):
     def __init__(self, split: FolderSplit, plan: EpochPlan, *, train: bool, seed: int, epoch: int,
-                 device: torch.device, workers: int, channels_last: bool) -> None:
+                 device: torch.device, workers: int, channels_last: bool, persistent: bool) -> None:
         super().__init__(plan)
         self.split = split
         self.augment = train
@@ -337,31 +453,38 @@ class _FolderBatches(Batches):
         self.device = device
         self.workers = workers
         self.channels_last = channels_last
+        self.persistent = persistent
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         split, plan = self.split, self.plan
-        dataset = _DecodeDataset(split.root, split.files, split.resolution, self.augment, self.seed, self.epoch)
-        loader = DataLoader(
-            dataset,
-            batch_sampler=_ShardSampler(plan),
-            num_workers=self.workers,
-            collate_fn=_Collate(split.resolution),
-            pin_memory=self.device.type == "cuda" and torch.cuda.is_available(),
-            # An explicit generator keeps the loader from drawing its base seed from the global RNG.
-            generator=torch.Generator().manual_seed(0),
-        )
+        cuda = self.device.type == "cuda" and torch.cuda.is_available()
+        sampler = _ShardSampler(plan, self.epoch, self.seed, self.augment)
+        # Shuffled passes come back every epoch: keep their loader, and its workers, alive between them.
+        loader, kept = split._loader_for(sampler, augment=self.augment, workers=self.workers, cuda=cuda,
+                                         keep=self.persistent)
+        if kept is not None:
+            kept.busy = True
+        finished = False
+        try:
+            moved = self._moved(loader)
+            for x, y in _one_ahead(moved) if cuda else moved:
+                yield finish_images(x, split.norm, self.channels_last, split._norm_cache), y
+            finished = True
+        finally:
+            if kept is not None:
+                kept.busy = False
+                if not finished and split._kept is kept:
+                    # A pass left early (a few calibration batches, the last training step): its workers would
+                    # only sit idle, so let them go.
+                    split._kept = None
+
+    def _moved(self, loader: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        split, plan = self.split, self.plan
         for i, item in zip(range(plan.start_batch, plan.num_batches), loader):
             if isinstance(item, _Failure):
                 raise DataError(f"cannot decode image {item.path} ({item.reason}); remove or replace the file")
             lo, hi = plan.shard_bounds(i)
-            x = move_to_device(item, self.device)
-            y = move_to_device(split.labels[plan.order[lo:hi]], self.device)
-            if self.augment:
-                glo, ghi = plan.batch_bounds(i)
-                gen = torch.Generator().manual_seed(derive_seed(self.seed, "flip", self.epoch, i))
-                flips = torch.rand(ghi - glo, generator=gen) < 0.5
-                x = hflip(x, flips[lo - glo : hi - glo])
-            yield finish_images(x, split.norm, self.channels_last, split._norm_cache), y
+            yield move_to_device(item, self.device), move_to_device(split.labels[plan.order[lo:hi]], self.device)
 
 
 # ------------------------------------------------------------------------------------------ build
@@ -407,13 +530,15 @@ def build_imagefolder(cfg: DataConfig, *, resolution: int, seed: int, run_dir: s
     where = manifest_path or root
     classes = manifest.classes
     train_labels = _labels_of(manifest.train, classes, where)
-    train = FolderSplit(root, manifest.train, train_labels, resolution=res, augment=cfg.augment)
+    train = FolderSplit(root, manifest.train, train_labels, resolution=res, augment=cfg.augment,
+                        workers=cfg.workers, draft=cfg.jpeg_draft)
     if cfg.limit_train is not None and cfg.limit_train < len(train):
         train = train.subset(_round_robin_first(train_labels, cfg.limit_train))
     search_val = FolderSplit(root, manifest.holdout, _labels_of(manifest.holdout, classes, where), resolution=res,
-                             augment=cfg.augment)
+                             augment=cfg.augment, workers=cfg.workers, draft=cfg.jpeg_draft)
     _, val_files = list_class_images(root, "val", classes)
     val_paths = [f for fs in val_files for f in fs]
     val_labels = torch.tensor([c for c, fs in enumerate(val_files) for _ in fs], dtype=torch.int64)
-    test = FolderSplit(root, val_paths, val_labels, resolution=res, augment=cfg.augment)
+    test = FolderSplit(root, val_paths, val_labels, resolution=res, augment=cfg.augment, workers=cfg.workers,
+                       draft=cfg.jpeg_draft)
     return DataBundle("imagefolder", len(classes), 3, res, train, search_val, test)

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data.augment import Normalize
 from ..data.base import EpochPlan, finish_images, move_to_device
+from ..data.workers import check_workers
 from ..errors import DataError
 from ..utils.seeding import derive_rng
 from .coco import CocoSplit
@@ -142,8 +143,10 @@ def detection_batches(dataset: DetectionDataset, *, batch_size: int, train: bool
         positions = plan.order[lo:hi]
         flips = flip_draws(seed, epoch, positions) if (train and flip) else [False] * (hi - lo)
         keys.append(list(zip(positions.tolist(), flips)))
+    cuda = device.type == "cuda" and torch.cuda.is_available()
+    extra: dict[str, Any] = {"prefetch_factor": 4} if check_workers(workers) > 0 else {}
     loader = DataLoader(dataset, batch_sampler=keys, num_workers=workers, collate_fn=_collate,
-                        persistent_workers=False)
+                        persistent_workers=False, pin_memory=cuda, **extra)
     cache: dict[tuple[str, int, bool], tuple] = {}
     for images, boxes, labels, metas in loader:
         if not metas:
