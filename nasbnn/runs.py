@@ -99,8 +99,7 @@ def calibration_batches(data: Any, cfg: RunConfig, device: torch.device | str, *
     as upstream's test.py), drawn once from ``seed``: the images that recalibrate BatchNorm before deployment."""
     s = derive_seed(seed, "deploy-calibration")
     loader = data.train.loader(batch_size=min(cfg.eval.calib_batch_size, len(data.train)), train=True, seed=s,
-                               device=torch.device(device), channels_last=channels_last, drop_last=False,
-                               workers=cfg.data.workers)
+                               device=torch.device(device), channels_last=channels_last, drop_last=False)
     return [x for _, (x, _y) in zip(range(cfg.eval.calib_batches), loader)]
 
 
@@ -108,7 +107,7 @@ def eval_batches(split: Any, cfg: RunConfig, device: torch.device | str, *, chan
                  ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Every image of ``split`` in file order, without augmentation, in ``data.eval_batch_size`` batches."""
     return list(split.loader(batch_size=cfg.data.eval_batch_size, train=False, seed=0, device=torch.device(device),
-                             channels_last=channels_last, workers=cfg.data.workers))
+                             channels_last=channels_last))
 
 
 def resolve_archs(space: SearchSpace, spec: str) -> list[tuple[str, Arch]]:
