@@ -16,6 +16,9 @@ from .errors import NasbnnError
 
 __all__ = ["main"]
 
+#: Distributions that a runtime-only install (``pip install nasbnn``) lacks: ``pip install 'nasbnn[train]'``.
+_TRAINING_MODULES = frozenset({"torch", "pydantic", "omegaconf", "tqdm", "tensorboard", "matplotlib"})
+
 # Subcommands contributed by other modules: each module exposes ``register(subparsers)``.
 _COMMAND_MODULES = (
     "nasbnn.commands.core",
@@ -23,6 +26,7 @@ _COMMAND_MODULES = (
     "nasbnn.commands.search",
     "nasbnn.commands.deploy",
     "nasbnn.commands.pipeline",
+    "nasbnn.commands.infer",
     "nasbnn.engine.commands",
     "nasbnn.detect.commands",
 )
@@ -75,6 +79,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"nasbnn {args.command}: interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in _TRAINING_MODULES:
+            raise
+        print(f"nasbnn {args.command}: error: this command needs the training stack ({exc.name} is not installed); "
+              "install it with: pip install 'nasbnn[train]'", file=sys.stderr)
+        return 2
     finally:
         _leave_process_group()
 
