@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _leave_process_group() -> None:
     """Under torchrun, leaves the process group before the interpreter exits: letting gloo's threads
     die with the process can abort it ("terminate called without an active exception")."""
-    if "torch" not in sys.modules:
+    if sys.modules.get("torch") is None:  # never imported (or blocked): no process group to leave
         return
     from .train.distributed import teardown
 
