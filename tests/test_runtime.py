@@ -16,9 +16,10 @@ import torch
 from nasbnn import create_space
 from nasbnn.cli import main
 from nasbnn.engine.bench import random_static
+from nasbnn.engine.infer import near_ties
 from nasbnn.engine.packed import PackedModel, pack_model
 from nasbnn.engine.runtime import BinaryEngine
-from nasbnn.engine.verify import compare
+from nasbnn.engine.verify import compare, consumer_shifts, reference_units
 
 REPO = Path(__file__).resolve().parents[1]
 MEAN, STD = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
@@ -39,7 +40,7 @@ logits = BinaryEngine(PackedModel.load(model), threads=1)(np.load(x_path))
 np.save(out_path, logits)
 buf = io.StringIO()
 with contextlib.redirect_stdout(buf):
-    code = main(["infer", "--packed", model, png, x_path, "--top-k", "5", "--threads", "1", "--json"])
+    code = main(["infer", "--packed", model, png, x_path, "--top-k", "5", "--threads", "1", "--json", "--ties"])
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in
                ("torch", "pydantic", "omegaconf", "tqdm", "matplotlib", "tensorboard") and sys.modules[m] is not None)
 heavy += sorted(m for m in sys.modules if m.startswith(("nasbnn.models", "nasbnn.train", "nasbnn.ops")))
@@ -99,6 +100,8 @@ def test_torch_free_process_gives_the_same_logits(packed_file, tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), ref)
     preds = res["infer"]["predictions"]
     assert [p["input"] for p in preds] == [str(png)] + [f"{tmp_path / 'x.npy'}[{i}]" for i in range(6)]
+    ties = near_ties(PackedModel.load(path), engine, np.concatenate([_normalised(pixels), x.numpy()]))
+    assert [p["near_ties"] for p in preds] == ties
     img_ref = engine(_normalised(pixels))[0]
     for p, row in zip(preds, [img_ref, *ref]):
         order = np.argsort(-row, kind="stable")
@@ -107,6 +110,23 @@ def test_torch_free_process_gives_the_same_logits(packed_file, tmp_path):
         np.testing.assert_allclose([t["logit"] for t in p["top"]], row[order], rtol=1e-6)
         probs = np.exp(row - row.max()) / np.exp(row - row.max()).sum()
         np.testing.assert_allclose([t["probability"] for t in p["top"]], probs[order], rtol=1e-5)
+
+
+def test_near_ties_are_those_of_the_simulated_network(packed_file):
+    path, net = packed_file
+    model = PackedModel.load(path)
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    tol = 0.02  # wide, so that every image has some: the counts are then a real comparison
+    got = near_ties(model, BinaryEngine(model, threads=1), x.numpy(), tol=tol)
+    names = ["stem.conv"] + [f"blocks.{i}.{c}" for i in range(model.num_blocks) for c in ("conv_kxk", "conv_1x1")]
+    want = [{"count": 0, "first_layer": None} for _ in range(4)]
+    for name, r, s in zip(names, reference_units(net, x), consumer_shifts(net)):
+        scale = np.abs(r).reshape(4, -1).max(axis=1)
+        hits = (np.abs(r + s) <= tol * scale[:, None, None, None]).reshape(4, -1).sum(axis=1)
+        for b in range(4):
+            want[b]["count"] += int(hits[b])
+            want[b]["first_layer"] = want[b]["first_layer"] or (name if hits[b] else None)
+    assert got == want and all(w["count"] > 0 for w in want)
 
 
 def test_infer_text_output_and_uint8_npy(packed_file, tmp_path, capsys):

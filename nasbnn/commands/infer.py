@@ -26,13 +26,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="per-channel mean of pixels in [0, 1] (default: as recorded in the packed file)")
     p.add_argument("--std", type=float, nargs="+", default=None, metavar="S",
                    help="per-channel std of pixels in [0, 1] (default: as recorded in the packed file)")
+    p.add_argument("--ties", action="store_true",
+                   help="also count, per input, the binarisations within float rounding of zero (where another "
+                        "float implementation may disagree); runs the network twice")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=_infer)
 
 
 def _infer(args: argparse.Namespace) -> int:
     from ..cli import print_json
-    from ..engine.infer import InferInputError, load_inputs, normalization, predict_topk
+    from ..engine.infer import InferInputError, load_inputs, near_ties, normalization, predict_topk
     from ..engine.packed import PackedModel
     from ..engine.runtime import BinaryEngine
 
@@ -41,13 +44,16 @@ def _infer(args: argparse.Namespace) -> int:
     model = PackedModel.load(args.packed)
     spec = model.input
     x, sources = load_inputs(args.inputs, spec, normalization(spec, args.mean, args.std))
-    logits = BinaryEngine(model, threads=args.threads)(x)
+    engine = BinaryEngine(model, threads=args.threads)
+    logits = engine(x)
     preds = predict_topk(logits, sources, args.top_k, spec.class_names)
+    ties = near_ties(model, engine, x) if args.ties else [None] * len(preds)
     if args.json:
-        print_json({"packed": args.packed, "arch": str(model.arch), "dataset": spec.dataset,
-                    "predictions": [p.to_dict() for p in preds]})
+        rows = [{**p.to_dict(), **({"near_ties": t} if t is not None else {})} for p, t in zip(preds, ties)]
+        print_json({"packed": args.packed, "arch": str(model.arch), "dataset": spec.dataset, "predictions": rows})
         return 0
-    for p in preds:
+    for p, t in zip(preds, ties):
         ranked = "  ".join(f"{n} {100 * q:.1f}%" for n, q in zip(p.names, p.probabilities))
-        print(f"{p.source}: {ranked}")
+        note = f"  ({t['count']} near-tie binarisation(s), first in {t['first_layer']})" if t and t["count"] else ""
+        print(f"{p.source}: {ranked}{note}")
     return 0

@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import NasbnnError
-from .packed import InputSpec
+from .packed import InputSpec, PackedModel
 
-__all__ = ["InferInputError", "Prediction", "load_inputs", "normalization", "predict_topk"]
+__all__ = ["InferInputError", "Prediction", "consumer_shift_names", "load_inputs", "near_ties", "normalization",
+           "predict_topk"]
 
 #: Pillow modes accepted per channel count (a palette image is expanded to RGB first).
 _MODES = {1: ("L",), 3: ("RGB",)}
@@ -160,3 +161,41 @@ def predict_topk(logits: np.ndarray, sources: list[str], k: int, class_names: tu
                               [class_names[c] if class_names else str(int(c)) for c in order],
                               [float(p[i, c]) for c in order], [float(logits[i, c]) for c in order]))
     return out
+
+
+def consumer_shift_names(model: PackedModel) -> list[str]:
+    """Per traced layer (the stem, then every binary conv in order), the RSign shift that binarises its
+    output for the next conv; the last layer feeds the classifier and has none."""
+    out = []
+    for i in range(model.num_blocks):
+        out += [f"blocks.{i}.rsign1.shift", f"blocks.{i}.rsign2.shift"]
+    return out
+
+
+def near_ties(model: PackedModel, engine: Any, x: np.ndarray, *, tol: float = 1e-5) -> list[dict[str, Any]]:
+    """Per image, the binarisations that float rounding could flip: ``|x + shift| <= tol * max|x|`` of
+    the layer (the criterion of :func:`nasbnn.engine.verify.explain_divergence`), counted over all layers.
+
+    Another correct float32 implementation (PyTorch, ONNX) may binarise such a value the other way, and
+    its logits then differ by more than rounding; a device can flag these predictions without the
+    simulated network. Returns ``{"count": n, "first_layer": name or None}`` per image.
+    """
+    shifts = [model.tensors[n] for n in consumer_shift_names(model)]
+    counts = np.zeros(x.shape[0], np.int64)
+    first: list[str | None] = [None] * x.shape[0]
+    layer = [0]
+
+    def visit(name: str, f: np.ndarray) -> None:
+        j = layer[0]
+        layer[0] += 1
+        if j >= len(shifts):
+            return
+        scale = np.abs(f).reshape(f.shape[0], -1).max(axis=1)
+        near = np.abs(f + shifts[j]) <= tol * scale[:, None, None, None]
+        hits = near.reshape(f.shape[0], -1).sum(axis=1)
+        for b in np.flatnonzero(hits):
+            first[b] = first[b] or name
+        counts[:] += hits
+
+    engine.run(x, trace=visit)
+    return [{"count": int(c), "first_layer": n} for c, n in zip(counts, first)]
