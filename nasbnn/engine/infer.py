@@ -80,9 +80,12 @@ def _read_image(path: Path, spec: InputSpec) -> np.ndarray:
         raise InferInputError(f"cannot read image {str(path)!r}: {str(exc).splitlines()[0] if str(exc) else exc!r}"
                               ) from None
     bands = len(img.getbands())
-    if img.mode not in _MODES.get(spec.channels, ()):
+    modes = " or ".join(_MODES.get(spec.channels, ("?",)))
+    if bands != spec.channels:
         raise InferInputError(f"image {str(path)!r} has {bands} channel(s) ({img.mode}); the network takes "
-                              f"{spec.channels} ({' or '.join(_MODES.get(spec.channels, ('?',)))} images)")
+                              f"{spec.channels} ({modes} images)")
+    if img.mode not in _MODES.get(spec.channels, ()):
+        raise InferInputError(f"image {str(path)!r} is in mode {img.mode}; the network takes 8-bit {modes} images")
     w, h = img.size
     if (h, w) != (spec.resolution, spec.resolution):
         raise InferInputError(f"image {str(path)!r} is {w}x{h}; the network takes {spec.resolution}x"
@@ -97,7 +100,7 @@ def _read_npy(path: Path, spec: InputSpec) -> np.ndarray:
         a = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:
         raise InferInputError(f"cannot read {str(path)!r} as a numpy array: {str(exc).splitlines()[0]}") from None
-    if a.dtype.kind not in "fiu" or a.dtype == np.bool_:
+    if a.dtype.kind not in "fiu":
         raise InferInputError(f"{str(path)!r} holds {a.dtype} values; expected uint8 pixels or float inputs")
     if a.ndim == 2 and spec.channels == 1:
         a = a[None, None]
