@@ -49,15 +49,15 @@ class Prediction:
 def normalization(spec: InputSpec, mean: list[float] | None = None,
                   std: list[float] | None = None) -> tuple[np.ndarray, np.ndarray] | None:
     """Per-channel (mean, std) as float32 [C], from the arguments or else the packed file (None: unknown)."""
-    if (mean is None) != (std is None):
-        raise InferInputError("give both --mean and --std, or neither")
-    if mean is None:
+    if mean is None and std is None:
         if spec.mean is None or spec.std is None:
             return None
         mean, std = list(spec.mean), list(spec.std)
+    if mean is None or std is None:
+        raise InferInputError("give both --mean and --std, or neither")
     c = spec.channels
     m = np.asarray(mean * c if len(mean) == 1 else mean, np.float32)
-    s = np.asarray(std * c if len(std) == 1 else std, np.float32)  # type: ignore[operator]
+    s = np.asarray(std * c if len(std) == 1 else std, np.float32)
     if m.shape != (c,) or s.shape != (c,):
         raise InferInputError(f"mean/std need 1 or {c} values (one per channel); got {len(mean)} and {len(std)}")
     if not np.isfinite(m).all() or not (np.isfinite(s).all() and (s > 0).all()):

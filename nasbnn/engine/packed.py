@@ -111,7 +111,7 @@ def _input_spec(space: SearchSpace, preprocess: dict[str, Any] | None, source: s
     mean, std = d.get("mean"), d.get("std")
     if (mean is None) != (std is None):
         raise CheckpointError(f"{source}: input normalisation needs both mean and std")
-    if mean is not None:
+    if mean is not None and std is not None:
         try:
             mean = tuple(float(v) for v in mean)
             std = tuple(float(v) for v in std)
