@@ -33,7 +33,6 @@ sys.modules["torch"] = None
 import numpy as np
 from nasbnn.engine.packed import PackedModel
 from nasbnn.engine.runtime import BinaryEngine
-from nasbnn import create_space
 from nasbnn.cli import main
 model, x_path, out_path, png = sys.argv[1:5]
 logits = BinaryEngine(PackedModel.load(model), threads=1)(np.load(x_path))
