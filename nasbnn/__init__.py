@@ -2,31 +2,52 @@
 
 The public surface: typed architectures and search spaces, the OPs counter, the weight-sharing
 supernet, export of static networks, and interoperability with the official NAS-BNN code.
+
+Names are imported on first use (PEP 562): the packed-model runtime (``nasbnn.engine.packed``,
+``nasbnn.engine.runtime``, ``nasbnn infer``) must load on a device that has numpy, numba and
+safetensors but neither PyTorch nor the training dependencies.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from .cost import Cost as Cost
-from .cost import arch_cost as arch_cost
-from .cost import layer_costs as layer_costs
-from .errors import InvalidArch as InvalidArch
-from .errors import NasbnnError as NasbnnError
-from .export import export_subnet as export_subnet
-from .models import StaticBNN as StaticBNN
-from .models import SuperBNN as SuperBNN
-from .presets import create_space as create_space
-from .presets import list_spaces as list_spaces
-from .presets import register_space as register_space
-from .presets import resolve_space as resolve_space
-from .space import Arch as Arch
-from .space import BlockArch as BlockArch
-from .space import SearchSpace as SearchSpace
-from .space import StageArch as StageArch
-from .space import StageSpec as StageSpec
-from .upstream import arch_from_upstream as arch_from_upstream
-from .upstream import arch_to_upstream as arch_to_upstream
-from .upstream import load_upstream_checkpoint as load_upstream_checkpoint
-from .upstream import load_upstream_search as load_upstream_search
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from .cost import Cost, arch_cost, layer_costs
+    from .errors import InvalidArch, NasbnnError
+    from .export import export_subnet
+    from .models import StaticBNN, SuperBNN
+    from .presets import create_space, list_spaces, register_space, resolve_space
+    from .space import Arch, BlockArch, SearchSpace, StageArch, StageSpec
+    from .upstream import arch_from_upstream, arch_to_upstream, load_upstream_checkpoint, load_upstream_search
+
+#: public name -> the submodule that defines it
+_WHERE = {
+    "Cost": "cost",
+    "arch_cost": "cost",
+    "layer_costs": "cost",
+    "InvalidArch": "errors",
+    "NasbnnError": "errors",
+    "export_subnet": "export",
+    "StaticBNN": "models",
+    "SuperBNN": "models",
+    "create_space": "presets",
+    "list_spaces": "presets",
+    "register_space": "presets",
+    "resolve_space": "presets",
+    "Arch": "space",
+    "BlockArch": "space",
+    "SearchSpace": "space",
+    "StageArch": "space",
+    "StageSpec": "space",
+    "arch_from_upstream": "upstream",
+    "arch_to_upstream": "upstream",
+    "load_upstream_checkpoint": "upstream",
+    "load_upstream_search": "upstream",
+}
 
 __all__ = [
     "Arch",
@@ -52,3 +73,16 @@ __all__ = [
     "register_space",
     "resolve_space",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'nasbnn' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -15,6 +15,9 @@ from .errors import NasbnnError
 
 __all__ = ["main"]
 
+#: Distributions that a runtime-only install (``pip install nasbnn``) lacks: ``pip install 'nasbnn[train]'``.
+_TRAINING_MODULES = frozenset({"torch", "pydantic", "omegaconf", "tqdm", "tensorboard", "matplotlib"})
+
 # Subcommands contributed by other modules: each module exposes ``register(subparsers)``.
 _COMMAND_MODULES = (
     "nasbnn.commands.core",
@@ -22,6 +25,7 @@ _COMMAND_MODULES = (
     "nasbnn.commands.search",
     "nasbnn.commands.deploy",
     "nasbnn.commands.pipeline",
+    "nasbnn.commands.infer",
     "nasbnn.commands.engine",
     "nasbnn.commands.detect",
 )
@@ -74,6 +78,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"nasbnn {args.command}: interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in _TRAINING_MODULES:
+            raise
+        print(f"nasbnn {args.command}: error: this command needs the training stack ({exc.name} is not installed); "
+              "install it with: pip install 'nasbnn[train]'", file=sys.stderr)
+        return 2
     finally:
         _leave_process_group()
 
@@ -81,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _leave_process_group() -> None:
     """Under torchrun, leaves the process group before the interpreter exits: letting gloo's threads
     die with the process can abort it ("terminate called without an active exception")."""
-    if "torch" not in sys.modules:
+    if sys.modules.get("torch") is None:  # never imported (or blocked): no process group to leave
         return
     from .train.distributed import teardown
 

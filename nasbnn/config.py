@@ -22,6 +22,7 @@ __all__ = [
     "EvalConfig",
     "ExportConfig",
     "FinetuneConfig",
+    "PipelineConfig",
     "RunConfig",
     "SearchConfig",
     "SpaceConfig",
@@ -155,6 +156,18 @@ class ExportConfig(Strict):
     format: Literal["bundle", "onnx", "packed"] = "bundle"
 
 
+class PipelineConfig(Strict):
+    """What ``nasbnn run`` adds after exporting the family: the two deployment paths, shown end to end."""
+
+    finetune_members: int = Field(1, ge=0, description="fine-tune this many of the largest family members "
+                                  "(0: none)")
+    finetune_epochs: float = Field(2.0, gt=0, description="epochs per fine-tuned member (the other settings: "
+                                   "finetune.*)")
+    bench_repeats: int = Field(5, ge=0, description="timed batch-1 runs per member, packed engine vs PyTorch "
+                               "float (0: pack only)")
+    bench_threads: int | None = Field(None, ge=1, description="threads of both sides (default: all cores)")
+
+
 class RunConfig(Strict):
     """Everything a run needs; each command reads the sections it uses."""
 
@@ -168,6 +181,7 @@ class RunConfig(Strict):
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
 
 
 # ------------------------------------------------------------------------------------------ loading

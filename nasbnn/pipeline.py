@@ -1,8 +1,11 @@
-"""The main job: train a supernet, search it, export and evaluate the family, compare with random.
+"""The main job: train a supernet, search it, export and evaluate the family, compare with random, and
+show both deployment paths: fine-tune the largest members, pack every member for the binary engine and
+time it against PyTorch float at batch 1.
 
 ``nasbnn run`` with no arguments runs it on the embedded default (Fashion-MNIST, ``fashion-mnist``
 space) on whatever device is there, in ``./nasbnn-run``. Re-running continues an interrupted run:
-a finished supernet is reused, an interrupted search resumes.
+a finished supernet is reused, an interrupted search or fine-tuning resumes, finished fine-tunings are
+reused.
 """
 
 from __future__ import annotations
@@ -85,17 +88,17 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True, log=print) -> dict[st
 
     # 1. supernet
     if _supernet_done(run):
-        log(f"[1/4] supernet: reusing the finished checkpoint {ckpt}")
+        log(f"[1/6] supernet: reusing the finished checkpoint {ckpt}")
     else:
         resume = ckpt.is_file() and (run / "config.yaml").is_file()
-        log(f"[1/4] supernet: {'resuming' if resume else 'training'} ({cfg.train.epochs:g} epochs of "
+        log(f"[1/6] supernet: {'resuming' if resume else 'training'} ({cfg.train.epochs:g} epochs of "
             f"{cfg.data.name}) -> {run}")
         train_supernet(cfg, run_dir=run, resume=resume, progress=progress)
     lap("supernet")
     # 2. search
     search_dir = run / "search"
     resume_search = (search_dir / "meta.json").is_file() and (search_dir / "history.jsonl").is_file()
-    log(f"[2/4] search: {'resuming' if resume_search else 'evolutionary search'} "
+    log(f"[2/6] search: {'resuming' if resume_search else 'evolutionary search'} "
         f"({cfg.search.population} + {cfg.search.generations} x "
         f"{cfg.search.num_mutations + cfg.search.num_crossovers} candidates)")
     try:
@@ -119,7 +122,7 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True, log=print) -> dict[st
     tester = SupernetEvaluator(model, calib, test, autocast=ctx.autocast())
     family = res["family"]
     step = cfg.search.step_mops
-    log(f"[3/4] family: exporting and testing {len(family)} members")
+    log(f"[3/6] family: exporting and testing {len(family)} members")
     fam_out = []
     for f in family:
         arch = Arch.parse(f["arch"])
@@ -132,13 +135,13 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True, log=print) -> dict[st
                     source={"checkpoint": str(ckpt), "search": res["pareto"], "bucket": f["bucket"]},
                     metrics={"test_top1": top1["top1"], "test_top5": top1["top5"], "search_val_top1": f["top1"]})
         fam_out.append({"bucket": f["bucket"], "arch": f["arch"], "mflops": f["mflops"], "mbops": f["mbops"],
-                        "mops": f["mops"], "top1": top1["top1"], "top5": top1["top5"], "search_val_top1": f["top1"],
-                        "bundle": str(folder)})
+                        "mops": f["mops"], "top1": top1["top1"], "direct_top1": top1["top1"], "top5": top1["top5"],
+                        "search_val_top1": f["top1"], "bundle": str(folder)})
     lap("family")
     k = cfg.search.random_baseline
     gaps = []
     if k > 0:
-        log(f"[4/4] random baseline: {k} random architectures per bucket, evaluated the same way")
+        log(f"[4/6] random baseline: {k} random architectures per bucket, evaluated the same way")
         for f in fam_out:
             lo, hi = float(f["bucket"]) - step / 2, float(f["bucket"]) + step / 2
             member = Arch.parse(f["arch"])
@@ -155,6 +158,11 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True, log=print) -> dict[st
                 f["gap_over_random_median"] = f["top1"] - med
                 gaps.append(f["top1"] - med)
     lap("random_baseline")
+    del tester, calib, test
+    _finetune_members(cfg, run, fam_out, progress=progress, log=log)
+    lap("finetune")
+    bench = _deploy_members(cfg, fam_out, data.name, log=log)
+    lap("deploy")
     largest_member = max(fam_out, key=lambda f: f["mops"]) if fam_out else None
     summary = {
         "dataset": data.name,
@@ -162,29 +170,111 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True, log=print) -> dict[st
         "device": str(ctx.device),
         "family": fam_out,
         "largest_top1": largest_member["top1"] if largest_member else None,
+        "largest_finetuned_top1": largest_member.get("finetuned_top1") if largest_member else None,
         "gap_over_random_median": (sum(gaps) / len(gaps)) if gaps else None,
         "buckets_compared": len(gaps),
         "evaluated_in_search": res["evaluated"],
         "pareto_json": res["pareto"],
         "plot": res["plot"],
         "supernet": str(ckpt),
+        "bench": bench,
         "seconds": seconds,
     }
     atomic_write_text(run / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 
+def _finetune_members(cfg: RunConfig, run: Path, fam_out: list[dict[str, Any]], *, progress: bool,
+                      log) -> None:  # type: ignore[no-untyped-def]
+    """Fine-tunes the ``pipeline.finetune_members`` largest members (the paper's second deployment path).
+
+    Each goes to ``<run>/finetune/<member>/``; ``member.json`` there records what it fine-tunes, so that
+    a re-run reuses a finished fine-tuning, resumes an interrupted one, and starts over when the member
+    or the settings changed.
+    """
+    from .train.finetune import finetune
+
+    chosen = sorted(fam_out, key=lambda f: f["mops"], reverse=True)[:cfg.pipeline.finetune_members]
+    if not chosen:
+        return
+    epochs = cfg.pipeline.finetune_epochs
+    ft_cfg = cfg.model_copy(update={"finetune": cfg.finetune.model_copy(update={"epochs": epochs})})
+    log(f"[5/6] fine-tuning the {len(chosen)} largest member(s) for {epochs:g} epochs each")
+    for f in chosen:
+        dest = run / "finetune" / Path(f["bundle"]).name
+        what = {"arch": f["arch"], "bundle": f["bundle"], "finetune": config_to_dict(ft_cfg)["finetune"]}
+        marker, done = dest / "member.json", dest / "finetune_summary.json"
+        same = marker.is_file() and json.loads(marker.read_text()) == what
+        if same and done.is_file() and (dest / "bundle" / "bundle.json").is_file():
+            res = json.loads(done.read_text())
+            log(f"  {dest.name}: reusing the finished fine-tuning ({res['test_top1']:.2f}%)")
+        else:
+            if not same:
+                dest.mkdir(parents=True, exist_ok=True)
+                done.unlink(missing_ok=True)
+                atomic_write_text(marker, json.dumps(what, indent=2) + "\n")
+            resume = same and (dest / "checkpoint.pt").is_file()
+            res = finetune(ft_cfg, bundle=f["bundle"], run_dir=dest, resume=resume, progress=progress)
+            log(f"  {dest.name}: {f['top1']:.2f}% direct -> {res['test_top1']:.2f}% fine-tuned")
+        f["finetuned_top1"] = res["test_top1"]
+        f["finetuned_bundle"] = str(dest / "bundle")
+
+
+def _deploy_members(cfg: RunConfig, fam_out: list[dict[str, Any]], dataset: str,
+                    log) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """Packs every member (and its fine-tuned version) as ``model.nbp`` beside its bundle, with what
+    ``nasbnn infer`` needs, and times the packed engine against PyTorch float at batch 1 (medians)."""
+    from .bundle import load_bundle
+    from .data.build import preprocess_info
+    from .engine.bench import benchmark, machine_info
+    from .engine.packed import float_model_bytes, pack_model
+
+    reps = cfg.pipeline.bench_repeats
+    pre = preprocess_info(dataset)
+    log(f"[6/6] deploy: packing {len(fam_out)} members" + (f", engine vs PyTorch float at batch 1 ({reps} runs "
+                                                          "each)" if reps else ""))
+    threads = None
+    for f in fam_out:
+        nets = {prefix: load_bundle(f[prefix + "bundle"]) for prefix in ("", "finetuned_") if f.get(prefix + "bundle")}
+        for prefix, net in nets.items():
+            path = Path(f[prefix + "bundle"]) / "model.nbp"
+            pack_model(net, preprocess=pre).save(path)
+            f[prefix + "packed"] = str(path)
+            f[prefix + "packed_bytes"] = path.stat().st_size
+        net = nets[""]  # the fine-tuned network has the same architecture: the same latency
+        f["packed_mb"] = f["packed_bytes"] / 1e6
+        f["float_mb"] = float_model_bytes(net) / 1e6
+        if reps:
+            r = benchmark(net, batch_sizes=(1,), threads=cfg.pipeline.bench_threads, repeats=reps, warmup=1,
+                          seed=cfg.seed)
+            b1, threads = r["batches"]["1"], r["threads"]
+            f["engine_ms"], f["float_ms"] = b1["engine_ms"]["median"], b1["float_ms"]["median"]
+            f["engine_ms_min"], f["float_ms_min"] = b1["engine_ms"]["min"], b1["float_ms"]["min"]
+            f["engine_speedup"] = f["float_ms"] / f["engine_ms"]
+            f["engine_agreement"] = r["agreement"]
+    return {"batch": 1, "repeats": reps, "threads": threads, "statistic": "median wall clock of the repeats",
+            "cpu": machine_info()["cpu"] if reps else None}
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     from .utils.table import format_table
 
+    nan = float("nan")
     rows = []
     for f in summary["family"]:
-        rows.append([f["mops"], f["top1"], f.get("random_median_top1", float("nan")),
-                     f.get("gap_over_random_median", float("nan")), f["arch"]])
-    lines = [format_table(["MOPs", "test top-1 %", "random median %", "gap (pts)", "architecture"], rows,
-                          align="rrrrl")]
+        rows.append([f["mops"], f["top1"], f.get("finetuned_top1", "-"), f.get("random_median_top1", nan),
+                     f.get("gap_over_random_median", nan), f"{f['packed_bytes'] / 1e3:.1f}" if "packed_bytes" in f
+                     else "-", f.get("engine_ms", nan), f.get("float_ms", nan), f["arch"]])
+    lines = [format_table(["MOPs", "direct top-1 %", "fine-tuned %", "random median %", "gap (pts)", "packed KB",
+                           "engine ms", "float ms", "architecture"], rows, align="rrrrrrrrl")]
     if summary.get("largest_top1") is not None:
-        lines.append(f"largest member: {summary['largest_top1']:.2f}% test top-1")
+        ft = summary.get("largest_finetuned_top1")
+        lines.append(f"largest member: {summary['largest_top1']:.2f}% test top-1 direct"
+                     + (f", {ft:.2f}% fine-tuned" if ft is not None else ""))
+    bench = summary.get("bench") or {}
+    if bench.get("threads"):
+        lines.append(f"latency: batch 1, {bench['threads']} thread(s) on both sides, median of {bench['repeats']} "
+                     f"runs ({bench['cpu']})")
     if summary.get("gap_over_random_median") is not None:
         lines.append(f"family vs random (median per bucket): {summary['gap_over_random_median']:+.2f} points on "
                      f"average over {summary['buckets_compared']} buckets")
@@ -194,5 +284,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"minutes: {parts} (total {sum(secs.values()) / 60:.1f})")
     lines.append(f"plot: {summary['plot']}")
     lines.append(f"bundles: {Path(summary['supernet']).parent / 'family'!s}/")
+    packed = [f["packed"] for f in summary["family"] if f.get("packed")]
+    if packed:
+        lines.append(f"packed models: model.nbp in each bundle (try: nasbnn infer --packed {packed[-1]} IMAGE...)")
     lines.append(f"summary: {Path(summary['supernet']).parent / 'summary.json'!s}")
     return "\n".join(lines)

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Sets nasbnn up on a fresh Debian/Ubuntu machine: the embedded default dataset (Debian's
 # dataset-fashion-mnist package) and a virtual environment in .venv with the package installed.
-#   bash scripts/setup.sh         # runtime
+#   bash scripts/setup.sh         # everything the README's commands need (the package with its `train` extra)
 #   bash scripts/setup.sh --dev   # + test and lint tools, ONNX and COCO extras
+# A device that only runs packed models needs `pip install nasbnn[images]` alone (docs/engine.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-extras=""
-if [ "${1:-}" = "--dev" ]; then extras="[dev]"; fi
+extras="[train]"
+if [ "${1:-}" = "--dev" ]; then extras="[train,dev]"; fi
 
 if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null 2>&1; then
   sudo=""

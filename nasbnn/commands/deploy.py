@@ -126,23 +126,24 @@ def _export(args: argparse.Namespace) -> int:
         folder = root if len(targets) == 1 and args.dest else root / name
         net, metrics = export_arch(model, arch, folder, calib=calib, config=config_to_dict(cfg),
                                    source={"checkpoint": str(ckpt), "step": int(state.get("step", 0))}, test=test)
-        extra = "" if fmt == "bundle" else " + " + _write_other_format(net, folder, fmt)
+        extra = "" if fmt == "bundle" else " + " + _write_other_format(net, folder, fmt, dataset=cfg.data.name)
         acc = f", test top-1 {metrics['test_top1']:.2f}%" if "test_top1" in metrics else ""
         print(f"{name}: {arch} -> {folder}{extra}{acc}")
     return 0
 
 
-def _write_other_format(net, folder: Path, fmt: str) -> str:  # type: ignore[no-untyped-def]
+def _write_other_format(net, folder: Path, fmt: str, *, dataset: str) -> str:  # type: ignore[no-untyped-def]
     if fmt == "onnx":
         from ..engine.onnx_export import export_onnx
 
         path = folder / "model.onnx"
         export_onnx(net, path)
         return str(path)
+    from ..data.build import preprocess_info
     from ..engine.packed import pack_model
 
     path = folder / "model.nbp"
-    packed = pack_model(net)
+    packed = pack_model(net, preprocess=preprocess_info(dataset))
     packed.save(path)
     return f"{path} ({packed.nbytes / 1e6:.2f} MB packed vs {packed.float_bytes / 1e6:.2f} MB float)"
 

@@ -11,7 +11,7 @@ from ..errors import DataError
 from .augment import Augment, Normalize, resize_images
 from .base import DataBundle, TensorSplit, holdout_split
 
-__all__ = ["IN_MEMORY_SPECS", "build_data"]
+__all__ = ["CLASS_NAMES", "IN_MEMORY_SPECS", "build_data", "preprocess_info"]
 
 #: Normalisation and training augmentation of the in-memory datasets.
 IN_MEMORY_SPECS: dict[str, tuple[Normalize, Augment]] = {
@@ -21,6 +21,30 @@ IN_MEMORY_SPECS: dict[str, tuple[Normalize, Augment]] = {
     "cifar100": (Normalize((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)), Augment(crop_pad=4, flip=True)),
 }
 _SYNTHETIC_AUGMENT = Augment(flip=True)
+
+#: Label names of the built-in datasets, in label order (recorded in packed models for ``nasbnn infer``).
+CLASS_NAMES: dict[str, tuple[str, ...]] = {
+    "fashion-mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                      "Ankle boot"),
+    "mnist": tuple(str(d) for d in range(10)),
+    "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+}
+
+
+def preprocess_info(dataset: str) -> dict[str, object]:
+    """How images of ``dataset`` become network inputs (mean/std of pixels in [0, 1], class names), as a
+    packed model records it; generated data have no pixel form, so only the name is known."""
+    out: dict[str, object] = {"dataset": dataset}
+    norm = IN_MEMORY_SPECS[dataset][0] if dataset in IN_MEMORY_SPECS else None
+    if dataset == "imagefolder":
+        from .imagefolder import FOLDER_NORM
+
+        norm = FOLDER_NORM
+    if norm is not None:
+        out["mean"], out["std"] = list(norm.mean), list(norm.std)
+    if dataset in CLASS_NAMES:
+        out["class_names"] = list(CLASS_NAMES[dataset])
+    return out
 
 
 def _fit(images: torch.Tensor, resolution: int) -> torch.Tensor:

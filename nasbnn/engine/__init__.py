@@ -14,6 +14,7 @@ __all__ = [
     "BinaryEngine",
     "ConvSpec",
     "InputError",
+    "InputSpec",
     "LatencyModel",
     "LayerTiming",
     "PackedModel",
@@ -31,6 +32,7 @@ __all__ = [
 _WHERE = {
     "FORMAT_VERSION": "packed",
     "ConvSpec": "packed",
+    "InputSpec": "packed",
     "PackedModel": "packed",
     "pack_model": "packed",
     "BinaryEngine": "runtime",

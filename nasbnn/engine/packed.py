@@ -3,6 +3,9 @@
 :func:`pack_model` turns a :class:`~nasbnn.models.StaticBNN` (eval semantics) into a
 :class:`PackedModel`; :meth:`PackedModel.save` / :meth:`PackedModel.load` write and read it, checking
 every array against the shapes the architecture implies. See ``docs/engine.md`` for the conventions.
+
+Loading and running need numpy and safetensors only: PyTorch is imported by the packing functions
+alone, so that a device can run ``.nbp`` files without the training stack.
 """
 
 from __future__ import annotations
@@ -11,18 +14,21 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from ..errors import CheckpointError, NasbnnError
 from ..space import Arch, SearchSpace
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "ConvSpec",
+    "InputSpec",
     "PackedModel",
     "float_model_bytes",
     "pack_model",
@@ -66,6 +72,67 @@ class ConvSpec:
         return {"name": self.name, "kind": self.kind, "in_channels": self.in_channels,
                 "out_channels": self.out_channels, "kernel_size": self.kernel_size, "stride": self.stride,
                 "groups": self.groups}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a device needs to turn an image into the network's input, as stored in the packed file.
+
+    Attributes:
+        channels, resolution: the image the network was trained on (channels x resolution x resolution).
+        mean, std: per-channel normalisation ``(pixel / 255 - mean) / std`` of 8-bit images (None: not
+            recorded, e.g. files packed before these fields existed or generated data).
+        class_names: one label per classifier output (None: unknown; classes are then shown by index).
+        dataset: name of the training dataset, for display (None: unknown).
+    """
+
+    channels: int
+    resolution: int
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    class_names: tuple[str, ...] | None = None
+    dataset: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"channels": self.channels, "resolution": self.resolution,
+                "mean": None if self.mean is None else list(self.mean),
+                "std": None if self.std is None else list(self.std),
+                "class_names": None if self.class_names is None else list(self.class_names),
+                "dataset": self.dataset}
+
+
+def _input_spec(space: SearchSpace, preprocess: dict[str, Any] | None, source: str) -> InputSpec:
+    """Validates the optional ``preprocess`` fields (mean, std, class_names, dataset) against ``space``."""
+    d = dict(preprocess or {})
+    unknown = sorted(set(d) - {"mean", "std", "class_names", "dataset", "channels", "resolution"})
+    if unknown:
+        raise CheckpointError(f"{source}: unknown input fields {unknown}")
+    c = space.in_channels
+    mean, std = d.get("mean"), d.get("std")
+    if (mean is None) != (std is None):
+        raise CheckpointError(f"{source}: input normalisation needs both mean and std")
+    if mean is not None and std is not None:
+        try:
+            mean = tuple(float(v) for v in mean)
+            std = tuple(float(v) for v in std)
+        except (TypeError, ValueError):
+            raise CheckpointError(f"{source}: input mean/std must be lists of numbers") from None
+        if len(mean) == 1 and c > 1:
+            mean, std = mean * c, std * c
+        if len(mean) != c or len(std) != c:
+            raise CheckpointError(f"{source}: input mean/std have {len(mean)}/{len(std)} values; the network "
+                                  f"takes {c} channels")
+        if not all(math.isfinite(v) for v in mean) or not all(math.isfinite(v) and v > 0 for v in std):
+            raise CheckpointError(f"{source}: input mean must be finite and std positive")
+    names = d.get("class_names")
+    if names is not None:
+        if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+            raise CheckpointError(f"{source}: class_names must be a list of strings")
+        if len(names) != space.num_classes:
+            raise CheckpointError(f"{source}: {len(names)} class names for {space.num_classes} classes")
+        names = tuple(names)
+    dataset = d.get("dataset")
+    return InputSpec(c, space.resolution, mean, std, names, None if dataset is None else str(dataset))
 
 
 def _layer_specs(space: SearchSpace, arch: Arch) -> list[ConvSpec]:
@@ -115,16 +182,18 @@ class PackedModel:
         layers: the convolutions in network order.
         float_bytes: size of the float32 parameters and buffers of the network it was packed from
             (0 when unknown).
+        input: the image size, normalisation and class names (see :class:`InputSpec`).
     """
 
     def __init__(self, space: SearchSpace, arch: Arch, tensors: dict[str, np.ndarray], *,
-                 float_bytes: int = 0) -> None:
+                 float_bytes: int = 0, preprocess: dict[str, Any] | None = None) -> None:
         self.space = space
         self.arch = arch
         self.tensors = tensors
         self.layers = _layer_specs(space, arch)
         self.float_bytes = int(float_bytes)
         _check_tensors(space, arch, tensors, source="packed model")
+        self.input = _input_spec(space, preprocess, "packed model")
 
     @property
     def nbytes(self) -> int:
@@ -145,6 +214,7 @@ class PackedModel:
             "bit_convention": BIT_CONVENTION,
             "padding": PADDING,
             "float_bytes": self.float_bytes,
+            "input": self.input.to_dict(),
             "layers": [spec.to_dict() for spec in self.layers],
             "tensors": {k: {"dtype": str(v.dtype), "shape": list(v.shape)} for k, v in self.tensors.items()},
         }
@@ -190,7 +260,11 @@ class PackedModel:
             raise CheckpointError(f"{str(p)!r}: cannot read the arrays ({str(exc).splitlines()[0]}); "
                                   "the file is damaged or truncated") from None
         _check_tensors(space, arch, tensors, source=repr(str(p)))
-        return cls(space, arch, tensors, float_bytes=int(meta.get("float_bytes", 0) or 0))
+        preprocess = meta.get("input")  # absent in files packed before it existed: nothing known
+        if preprocess is not None and not isinstance(preprocess, dict):
+            raise CheckpointError(f"{str(p)!r}: the input description in the header is not a mapping")
+        _input_spec(space, preprocess, repr(str(p)))  # a bad field names the file
+        return cls(space, arch, tensors, float_bytes=int(meta.get("float_bytes", 0) or 0), preprocess=preprocess)
 
     def __repr__(self) -> str:
         return f"PackedModel(space={self.space.name!r}, arch={str(self.arch)!r}, bytes={self.nbytes})"
@@ -283,6 +357,8 @@ def pack_bits(signs: np.ndarray, groups: int) -> np.ndarray:
 
 def _fold_bn(bn: torch.nn.BatchNorm2d, scale: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray]:
     """(mul, bias) with ``bn(scale · z) = mul · z + bias`` (computed in float64)."""
+    import torch
+
     if not bn.track_running_stats or bn.running_mean is None:
         raise NasbnnError("cannot pack a BatchNorm without running statistics")
     var = bn.running_var.detach().double()
@@ -306,18 +382,35 @@ def float_model_bytes(static: torch.nn.Module) -> int:
     return int(n)
 
 
-@torch.no_grad()
-def pack_model(static: torch.nn.Module) -> PackedModel:
+def pack_model(static: torch.nn.Module, *, preprocess: dict[str, Any] | None = None) -> PackedModel:
     """The packed form of a :class:`~nasbnn.models.StaticBNN`, with its eval-mode semantics.
 
     Binary weights are ``sign(standardised latent weight)`` packed 64 input channels per word (per
     group); the scale ``alpha`` and BatchNorm fold into ``mul``/``bias``; RSign shifts are kept per
     channel; the stem keeps its 8-bit levels (int8) and per-filter step (``scale``).
 
+    Args:
+        static: the network.
+        preprocess: what inference on images needs besides the space's size: ``mean``, ``std`` (per
+            channel, of pixels scaled to [0, 1]), ``class_names``, ``dataset`` (see
+            :func:`nasbnn.data.build.preprocess_info`); stored in the file's header.
+
     Raises:
         NasbnnError: the network is not a StaticBNN, or a binary weight has sign 0 or is not finite
             (e.g. an uninitialised network from :meth:`StaticBNN.build`).
     """
+    import torch
+
+    with torch.no_grad():
+        tensors = _pack_tensors(static)
+    return PackedModel(static.space, static.arch, tensors, float_bytes=float_model_bytes(static),
+                       preprocess=preprocess)
+
+
+def _pack_tensors(static: torch.nn.Module) -> dict[str, np.ndarray]:
+    """The arrays of :func:`pack_model` (under ``torch.no_grad``)."""
+    import torch
+
     from ..models.static import StaticBNN
     from ..ops.functions import grad_scale
     from ..ops.layers import INT8_MAX, INT8_MIN, normalize_weight
@@ -364,4 +457,4 @@ def pack_model(static: torch.nn.Module) -> PackedModel:
             t[f"{pre}.{act}.shift_out"] = _f32(rprelu.shift_out)
     t["classifier.weight"] = static.classifier.weight.detach().float().cpu().numpy().copy()
     t["classifier.bias"] = _f32(static.classifier.bias)
-    return PackedModel(static.space, static.arch, t, float_bytes=float_model_bytes(static))
+    return t

@@ -7,6 +7,7 @@ layer's packing fused), global average pooling and the classifier.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -251,15 +252,12 @@ class BinaryEngine:
                 numba.set_num_threads(prev)
 
     def _check_input(self, x: Any) -> np.ndarray:
-        try:
-            import torch
-
-            if isinstance(x, torch.Tensor):
-                if x.is_complex() or x.dtype == torch.bool:
-                    raise InputError(f"input dtype {x.dtype} is not supported; pass float32 images")
-                x = x.detach().to("cpu", torch.float32).numpy()
-        except ImportError:  # pragma: no cover
-            pass
+        # A tensor can only exist once torch is imported: the runtime itself never imports it.
+        torch = sys.modules.get("torch")
+        if torch is not None and isinstance(x, torch.Tensor):
+            if x.is_complex() or x.dtype == torch.bool:
+                raise InputError(f"input dtype {x.dtype} is not supported; pass float32 images")
+            x = x.detach().to("cpu", torch.float32).numpy()
         if not isinstance(x, np.ndarray):
             try:
                 x = np.asarray(x)
