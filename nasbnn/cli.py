@@ -23,6 +23,7 @@ _COMMAND_MODULES = (
     "nasbnn.commands.search",
     "nasbnn.commands.deploy",
     "nasbnn.commands.pipeline",
+    "nasbnn.commands.upstream",
     "nasbnn.engine.commands",
     "nasbnn.detect.commands",
 )
