@@ -12,6 +12,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -64,7 +65,9 @@ def run_lines(lines: list[str], subst: dict[str, str], extra: list[str], cwd: Pa
             bucket = f"{min(float(f['bucket']) for f in family):g}"  # the smallest member
             line = line.replace("mops_56", f"mops_{bucket}").replace("@56", f"@{bucket}")
         argv = translate(line, subst, extra)
+        start = time.perf_counter()
         proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+        print(f"{time.perf_counter() - start:6.1f} s  {line[:100]}")  # shown with pytest -s: where the time goes
         assert proc.returncode == 0, f"{line}\n{proc.stderr[-3000:]}"
         done.append(proc)
     return done

@@ -220,7 +220,9 @@ def family(pool):  # one architecture per 2-MOPs bucket, as upstream's pareto_gl
 
 write_official_checkpoint(tmp / "checkpoint.pth.tar")
 res = {}
-for name, pool in (("logits", [tuple(c["arch"]) for c in cases if c["weights"] == "binary"]), ("ops", list(ops))):
+# every binary case but the largest (its export alone costs as much as the other six)
+students = [tuple(c["arch"]) for c in cases if c["weights"] == "binary" and c["name"] != "biggest"]
+for name, pool in (("logits", students), ("ops", list(ops))):
     members, accs, mops = family(pool)
     write_official_search(tmp / f"info_{name}.pth.tar", members, accs, mops)
     run = tmp / name
@@ -259,4 +261,4 @@ def test_imported_family_matches_the_official_code(tmp_path):
     assert res["ops"]["members"] >= 20 and len(mops_err) >= 20
     assert max(mops_err) <= 1e-9  # identical MOPs, but for float rounding
     rel = res["logits"]["rel_l2"]
-    assert len(rel) == 7 and max(rel.values()) <= 1e-3, rel
+    assert len(rel) == 6 and max(rel.values()) <= 1e-3, rel
