@@ -27,8 +27,8 @@ from upstream_files import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-#: Sizes only: a step or two, a handful of images, tiny batches, 32-pixel crops.
-SIZES = ["data.resolution=32", "data.batch_size=4", "data.eval_batch_size=50", "data.workers=1",
+#: Sizes only: a step or two, a handful of images, tiny batches (crop sizes are set per test).
+SIZES = ["data.batch_size=4", "data.workers=1",
          "train.epochs=0.25", "train.eval_images=8", "train.log_every=1",
          "search.population=3", "search.generations=1", "search.num_mutations=1", "search.num_crossovers=1",
          "search.calib_batches=1", "search.calib_batch_size=4", "search.val_images=8",
@@ -80,7 +80,9 @@ def test_readme_imagenet_protocol_from_scratch(tmp_path):
         "train-supernet", "search", "export", "finetune", "eval"]
     subst = {"/data/ILSVRC2012": str(data)}
     run = tmp_path / "runs" / "imagenet"
-    procs = run_lines(lines, subst, [*SIZES, "data.holdout_per_class=2", "finetune.epochs=0.25"], tmp_path,
+    sizes = [*SIZES, "data.resolution=32", "data.eval_batch_size=50", "data.holdout_per_class=2",
+             "finetune.epochs=0.25"]
+    procs = run_lines(lines, subst, sizes, tmp_path,
                       bucket_from=run / "search" / "pareto.json")
     ckpt_cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert ckpt_cfg["space"]["name"] == "imagenet" and ckpt_cfg["train"]["lr"] == 2.5e-3  # the official recipe
@@ -119,7 +121,10 @@ def test_readme_official_checkpoint_lines(tmp_path):
     assert "import-upstream" in lines[0] and "test.py" not in lines[1]
     subst = {"/data/ILSVRC2012": str(data), "data/ImageNet_split": str(split)}
     run = tmp_path / "runs" / "official"
-    procs = run_lines(lines, subst, [*SIZES, "data.holdout_per_class=1", "finetune.epochs=0.004"], tmp_path,
+    # 16-pixel crops and big evaluation batches: every family member is evaluated on the 1000 val images
+    sizes = [*SIZES, "data.resolution=16", "data.eval_batch_size=500", "data.holdout_per_class=1",
+             "finetune.epochs=0.004"]
+    procs = run_lines(lines, subst, sizes, tmp_path,
                       bucket_from=run / "search" / "pareto.json")
     imported = json.loads((run / "search" / "upstream_family.json").read_text())["family"]
     assert [f["bucket"] for f in imported] == sorted(float(b) for b in buckets)
