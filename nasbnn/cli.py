@@ -26,6 +26,7 @@ _COMMAND_MODULES = (
     "nasbnn.commands.deploy",
     "nasbnn.commands.pipeline",
     "nasbnn.commands.infer",
+    "nasbnn.commands.upstream",
     "nasbnn.commands.engine",
     "nasbnn.commands.detect",
 )

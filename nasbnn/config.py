@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError
 from .utils.io import atomic_write_text
@@ -59,11 +59,16 @@ class SyntheticDataConfig(Strict):
     resolution: int = Field(16, ge=4)
 
 
+#: Images per class upstream's ``split_imagenet.py`` holds out of ImageNet-train for the search.
+IMAGEFOLDER_HOLDOUT = 50
+
+
 class DataConfig(Strict):
     """Dataset, splits and loading.
 
     The search-validation split is ``holdout_per_class`` images per class moved out of the
-    training set (upstream: 50 per ImageNet class); supernet training uses the rest.
+    training set; supernet training uses the rest. Unset, it follows the dataset: 50 for image
+    folders (what upstream's ``split_imagenet.py`` holds out per ImageNet class), 500 otherwise.
     """
 
     name: Literal["fashion-mnist", "mnist", "cifar10", "cifar100", "imagefolder", "synthetic"] = "fashion-mnist"
@@ -72,7 +77,8 @@ class DataConfig(Strict):
     eval_batch_size: int = Field(1000, ge=1)
     workers: int = Field(0, ge=0, description="data-loading worker processes per process (imagefolder): every "
                                               "loader of the run decodes with this many")
-    holdout_per_class: int = Field(500, ge=0)
+    holdout_per_class: int = Field(500, ge=0, description="search-validation images per class; default: 50 for "
+                                                           "imagefolder (as upstream), 500 otherwise")
     augment: bool = True
     crop_padding: int | None = Field(None, ge=0, description="random-crop padding; default: the dataset's")
     flip: bool | None = Field(None, description="random horizontal flip; default: the dataset's")
@@ -82,6 +88,14 @@ class DataConfig(Strict):
     jpeg_draft: bool = Field(True, description="imagefolder training crops: decode a JPEG at 1/2, 1/4 or 1/8 scale "
                                                "when the crop stays at least the output size (faster, see docs)")
     synthetic: SyntheticDataConfig = Field(default_factory=SyntheticDataConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dataset_holdout(cls, data: Any) -> Any:
+        """An unset (or null) ``holdout_per_class`` takes the dataset's default."""
+        if isinstance(data, dict) and data.get("holdout_per_class") is None:
+            data = {**data, "holdout_per_class": IMAGEFOLDER_HOLDOUT if data.get("name") == "imagefolder" else 500}
+        return data
 
 
 class TrainConfig(Strict):

@@ -121,8 +121,24 @@ def parse_upstream_ints(text: str) -> list[int]:
 
 
 # ---------------------------------------------------------------------------------------------- loading
-def safe_torch_load(path: str | Path) -> Any:
+def _numpy_scalar_globals() -> list[Any]:
+    """What pickled numpy scalars (an accuracy stored as ``np.float64``) need: the scalar rebuilder and
+    the dtypes. Rebuilding them copies bytes into a number; no code from the file runs."""
+    import numpy as np
+
+    try:
+        from numpy._core.multiarray import scalar  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core.multiarray import scalar  # type: ignore[no-redef]
+    dtypes = [type(np.dtype(t)) for t in (np.float64, np.float32, np.float16, np.int64, np.int32, np.bool_)]
+    return [scalar, np.dtype, *dtypes]
+
+
+def safe_torch_load(path: str | Path, *, numpy_scalars: bool = False) -> Any:
     """``torch.load`` restricted to tensors and plain containers (never executes code).
+
+    Args:
+        numpy_scalars: also accept numpy scalars (search results may record accuracies as numpy floats).
 
     Raises:
         CheckpointError: missing file, or content that would need arbitrary unpickling.
@@ -131,6 +147,9 @@ def safe_torch_load(path: str | Path) -> Any:
     if not p.is_file():
         raise CheckpointError(f"file {str(p)!r} does not exist")
     try:
+        if numpy_scalars:
+            with torch.serialization.safe_globals(_numpy_scalar_globals()):
+                return torch.load(p, map_location="cpu", weights_only=True)
         return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         msg = str(exc)
@@ -301,7 +320,7 @@ def load_upstream_search(path: str | Path, space: SearchSpace) -> UpstreamSearch
         CheckpointError: unreadable file or not of that format.
         InvalidArch: an architecture outside ``space``.
     """
-    info = safe_torch_load(path)
+    info = safe_torch_load(path, numpy_scalars=True)
     if not isinstance(info, Mapping) or "pareto_global" not in info:
         raise CheckpointError(f"{str(path)!r} is not an upstream search result (no 'pareto_global')")
     vis = info.get("vis_dict", {}) or {}

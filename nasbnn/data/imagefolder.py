@@ -154,10 +154,12 @@ def _read_manifest(path: Path, root: Path, seed: int, per_class: int) -> SplitMa
     keys = ("seed", "holdout_per_class", "classes", "train", "holdout", "hash")
     if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT or any(k not in data for k in keys):
         raise DataError(f"{path} is not a {MANIFEST_FORMAT} split manifest; {fix}")
-    if data["seed"] != seed:
+    # The official split (``origin``: see upstream_split.py) does not depend on the seed or a hold-out count.
+    official = data.get("origin") is not None
+    if data["seed"] != seed and not official:
         raise DataError(f"split manifest {path} was made with seed {data['seed']}, this run uses seed {seed}; "
                         f"{fix} (or run with seed={data['seed']})")
-    if data["holdout_per_class"] != per_class:
+    if data["holdout_per_class"] != per_class and not official:
         raise DataError(f"split manifest {path} holds out {data['holdout_per_class']} images per class, this run "
                         f"asks for data.holdout_per_class={per_class}; {fix}")
     if data["hash"] != _files_hash(data["classes"], data["train"], data["holdout"]):

@@ -75,11 +75,12 @@ class EvolutionSearch:
         budget.check_feasible(cost_fn(space.smallest()), cost_fn(space.largest()))
 
     # ------------------------------------------------------------------ candidate generation
-    def initial_population(self, rng: Random, visited: set[Arch]) -> list[Arch]:
-        """The smallest and largest members (not range-checked, as upstream), then in-range samples."""
+    def initial_population(self, rng: Random, visited: set[Arch], seeds: Sequence[Arch] = ()) -> list[Arch]:
+        """``seeds`` (a family to continue from), the smallest and largest members (not range-checked, as
+        upstream), then in-range samples up to ``population``."""
         out: list[Arch] = []
         seen = set(visited)
-        for a in (self.space.smallest(), self.space.largest()):
+        for a in (*seeds, self.space.smallest(), self.space.largest()):
             if a not in seen:
                 out.append(a)
                 seen.add(a)
@@ -152,15 +153,17 @@ class EvolutionSearch:
         state.history.extend(new)
 
     def run(self, *, history: Sequence[Candidate] = (), on_candidate: Callable[[Candidate], None] | None = None,
-            on_generation: Callable[[int, SearchState], None] | None = None) -> SearchState:
+            on_generation: Callable[[int, SearchState], None] | None = None,
+            seeds: Sequence[Arch] = ()) -> SearchState:
         """Runs the search; candidates found in ``history`` (a previous, interrupted run of the same
-        search) are reused instead of evaluated again."""
+        search) are reused instead of evaluated again. ``seeds`` open the initial population (an
+        imported family continues from there; they are scored like every other candidate)."""
         cache: dict[Arch, Candidate] = {}
         for c in history:
             cache.setdefault(c.arch, c)
         state = SearchState()
         rng = derive_rng(self.seed, "initial-population")
-        init = self.initial_population(rng, set())
+        init = self.initial_population(rng, set(), seeds)
         self._update(state, self._evaluate(init, 0, cache, on_candidate))
         state.generation = 0
         if on_generation is not None:

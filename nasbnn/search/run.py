@@ -98,6 +98,25 @@ def _distributed_evaluate(evaluator: SupernetEvaluator, dist_info):  # type: ign
     return evaluate
 
 
+def _warn_if_not_official_split(state: dict[str, Any], cfg: RunConfig, run_dir: Path) -> None:
+    """An imported official supernet trained on all of ImageNet-train except upstream's 50 images per
+    class; on any other hold-out, most search-validation images are training images."""
+    from ..data.upstream_split import is_upstream_manifest
+    from ..upstream_import import UPSTREAM_ORIGIN
+
+    if (state.get("extra") or {}).get("origin") != UPSTREAM_ORIGIN:
+        return
+    manifest = Path(cfg.data.manifest) if cfg.data.manifest else run_dir / "split.json"
+    if cfg.data.name == "imagefolder" and is_upstream_manifest(manifest):
+        return
+    _logger.warning(
+        "warning: this supernet is the official one, trained on all of ImageNet-train except the 50 images per "
+        "class upstream's split_imagenet.py held out; the search-validation images here (%s) are another draw, so "
+        "about 96%% of them were training images and the accuracies are inflated. Import with --split "
+        "<split_imagenet.py folder> (or set data.manifest to such a manifest) to validate on the official hold-out",
+        manifest if cfg.data.name == "imagefolder" else f"data.name={cfg.data.name}")
+
+
 def run_search(cfg: RunConfig, *, checkpoint: str | Path, run_dir: str | Path | None = None, resume: bool = False,
                force: bool = False, progress: bool = True) -> dict[str, Any]:
     """Searches a trained supernet for the best architecture per cost bucket.
@@ -134,13 +153,20 @@ def run_search(cfg: RunConfig, *, checkpoint: str | Path, run_dir: str | Path | 
         "calib_batch_size": scfg.calib_batch_size,
         "val_images": scfg.val_images,
     }
+    from ..upstream_import import imported_family
+
+    seeds = imported_family(out, space) or []
+    if seeds:
+        meta["initial"] = f"imported official family ({len(seeds)} members)"
     history: list[Candidate] = []
     hist_path = out / "history.jsonl"
     if resume:
         old = json.loads((out / "meta.json").read_text()) if (out / "meta.json").is_file() else None
         if old is None:
             raise SearchError(f"cannot resume: no search in {str(out)!r} (meta.json missing)")
-        diff = [k for k in meta if k != "title" and old.get(k) != meta[k]]
+        # More generations continue the same search: generation g depends only on the generations before it.
+        grows = isinstance(old.get("generations"), int) and meta["generations"] >= old["generations"]
+        diff = [k for k in meta if k != "title" and old.get(k) != meta[k] and not (k == "generations" and grows)]
         if diff:
             raise SearchError(f"cannot resume: the search in {str(out)!r} used other settings ({', '.join(diff)})")
         history = [Candidate.from_json(r) for r in read_jsonl(hist_path)]
@@ -164,6 +190,8 @@ def run_search(cfg: RunConfig, *, checkpoint: str | Path, run_dir: str | Path | 
     from ..data import build_data
 
     data = build_data(scfg_cfg.data, resolution=space.resolution, seed=split_seed, run_dir=ctx.run_dir)
+    if ctx.dist.is_main:
+        _warn_if_not_official_split(state, scfg_cfg, ctx.run_dir)
     if len(data.search_val) == 0:
         raise SearchError("the search-validation split is empty: train the supernet with data.holdout_per_class > 0")
     val_split = data.search_val
@@ -212,7 +240,7 @@ def run_search(cfg: RunConfig, *, checkpoint: str | Path, run_dir: str | Path | 
             bar.update(1)
 
     try:
-        final = search.run(history=history, on_candidate=on_candidate, on_generation=on_generation)
+        final = search.run(history=history, on_candidate=on_candidate, on_generation=on_generation, seeds=seeds)
     finally:
         if bar is not None:
             bar.close()

@@ -50,6 +50,10 @@ def finetune(cfg: RunConfig, *, bundle: str | Path, run_dir: str | Path, resume:
     tdata = trained.get("data", {})
     if tdata:
         data_cfg = data_cfg.model_copy(update={k: tdata[k] for k in ("name", "holdout_per_class") if k in tdata})
+    if ctx.dist.is_main:
+        ensure_dir(run, what="run folder")
+        remove_stale_temporaries(run)
+    barrier(ctx.dist)  # every rank may write split.json: none may start before the cleanup is over
     data = build_data(data_cfg, resolution=space.resolution, seed=seed, run_dir=run)
     if data.num_classes != space.num_classes:
         raise NasbnnError(f"bundle classifies {space.num_classes} classes but dataset {data.name!r} has "
@@ -64,9 +68,6 @@ def finetune(cfg: RunConfig, *, bundle: str | Path, run_dir: str | Path, resume:
     scheduler = build_scheduler(optimizer, total_steps=total_steps,
                                 warmup_steps=round(fcfg.warmup_epochs * steps_per_epoch))
     step = 0
-    if ctx.dist.is_main:
-        ensure_dir(run)
-        remove_stale_temporaries(run)
     if resume:
         state = load_checkpoint(ckpt_path, kind="finetune", space=space)
         net.load_state_dict(state["model"])

@@ -172,6 +172,7 @@ def train_supernet(cfg: RunConfig, *, run_dir: str | Path | None = None, resume:
     if ctx.dist.is_main:
         ensure_dir(run)
         remove_stale_temporaries(run)
+    barrier(ctx.dist)  # every rank may write split.json: none may start before the cleanup is over
     data, space = build_data_and_space(cfg, run)
     tcfg = cfg.train
     world = ctx.dist.world_size
