@@ -55,6 +55,19 @@ def _ddp_step(ddp: DistributedDataParallel, model: SuperBNN, sampler: SandwichSa
     average_buffers(model, info)
 
 
+def _runner(variant: str, space, cfg: TrainConfig, info: DistInfo, x: torch.Tensor,  # type: ignore[no-untyped-def]
+            y: torch.Tensor):
+    """A fresh supernet (same seed for both variants) and a function that trains it for one step."""
+    model = SuperBNN(space, seed=0)
+    opt = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sampler = SandwichSampler(space, num_random=cfg.num_random, seed=0)
+    if variant == "ddp":
+        ddp = DistributedDataParallel(model, find_unused_parameters=True, forward_sync_buffers=False)
+        return lambda s: _ddp_step(ddp, model, sampler, cfg, opt, x, y, s, info)
+    trainer = SupernetTrainer(model, cfg, sampler, opt, build_scheduler(opt, total_steps=10_000), dist=info)
+    return lambda s: trainer.step(x, y, s)
+
+
 def _worker(rank: int, world: int, port: int, a: argparse.Namespace, queue: mp.SimpleQueue) -> None:
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -67,15 +80,7 @@ def _worker(rank: int, world: int, port: int, a: argparse.Namespace, queue: mp.S
     y = torch.randint(0, space.num_classes, (a.batch,), generator=g)
     times: dict[str, list[float]] = {}
     for variant in ("reduction", "ddp", "reduction", "ddp"):  # interleaved: load drift hits both alike
-        model = SuperBNN(space, seed=0)
-        opt = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        sampler = SandwichSampler(space, num_random=cfg.num_random, seed=0)
-        if variant == "ddp":
-            ddp = DistributedDataParallel(model, find_unused_parameters=True, forward_sync_buffers=False)
-            run = lambda s: _ddp_step(ddp, model, sampler, cfg, opt, x, y, s, info)  # noqa: E731
-        else:
-            trainer = SupernetTrainer(model, cfg, sampler, opt, build_scheduler(opt, total_steps=10_000), dist=info)
-            run = lambda s: trainer.step(x, y, s)  # noqa: E731
+        run = _runner(variant, space, cfg, info, x, y)
         for s in range(a.warmup):
             run(s)
         for s in range(a.warmup, a.warmup + a.steps):
