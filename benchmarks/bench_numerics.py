@@ -18,6 +18,7 @@ os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")  # before torch loads oneDNN
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -63,6 +64,7 @@ def logits_figures(folder: Path, noise_cases: int) -> list[dict]:
             if noise is not None:
                 row["fp32_noise_1e-4_vs_upstream"] = _rel(noise, ref)
             rows.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)  # progress: each 224-pixel case is slow on a CPU
     return rows
 
 
