@@ -21,7 +21,7 @@ from nasbnn.config import RunConfig, load_config
 from nasbnn.data import build_data
 from nasbnn.search.evaluator import SupernetEvaluator
 from nasbnn.search.run import load_supernet, search_data_config
-from nasbnn.utils.device import autocast, resolve_device
+from nasbnn.utils.device import resolve_device
 from nasbnn.utils.seeding import derive_rng, derive_seed
 from nasbnn.utils.stats import kendall_tau
 from nasbnn.utils.sysinfo import machine_info
@@ -53,9 +53,8 @@ def main() -> None:
     val = list(data.search_val.loader(batch_size=cfg.data.eval_batch_size, train=False, seed=0, device=dev))
     fast_val = list(data.search_val.subset(range(min(a.fast_val, len(data.search_val)))).loader(
         batch_size=cfg.data.eval_batch_size, train=False, seed=0, device=dev))
-    amp = autocast(dev, "auto")
-    full = SupernetEvaluator(model, calib, val, autocast=amp)
-    fast = SupernetEvaluator(model, calib[: a.fast_calib], fast_val, autocast=amp)
+    full = SupernetEvaluator(model, calib, val)  # float32, as the search scores
+    fast = SupernetEvaluator(model, calib[: a.fast_calib], fast_val)
     rng = derive_rng(0, "bench-search")
     archs = list(dict.fromkeys(space.sample(rng) for _ in range(a.samples)))
     full.score(archs[0])  # warm-up (kernel selection, allocator)

@@ -2,7 +2,8 @@
 optimizer step) for a preset, device and batch size. Prints one JSON object.
 
     python benchmarks/bench_train.py --space fashion-mnist --device cpu --batch 256
-    python benchmarks/bench_train.py --space imagenet --device cuda --batch 128   # bf16 + channels_last
+    python benchmarks/bench_train.py --space imagenet --device cuda --batch 128   # float32 + channels_last
+    python benchmarks/bench_train.py --space imagenet --device cuda --batch 128 --amp bf16
 
 Synthetic inputs at the space's resolution; the architectures are drawn as in training.
 """
@@ -23,7 +24,7 @@ from nasbnn.presets import create_space
 from nasbnn.train.optim import build_optimizer, build_scheduler
 from nasbnn.train.sampler import SandwichSampler
 from nasbnn.train.supernet import SupernetTrainer
-from nasbnn.utils.device import autocast, configure_backends, resolve_device
+from nasbnn.utils.device import autocast, configure_backends, resolve_device, uses_bf16
 from nasbnn.utils.sysinfo import cpu_name
 
 
@@ -32,7 +33,7 @@ def measure(space_name: str, device: str, batch: int, steps: int, warmup: int, a
     if threads:
         torch.set_num_threads(threads)
     dev = resolve_device(device)
-    configure_backends(dev)
+    configure_backends(dev, amp)
     space = create_space(space_name)
     model = SuperBNN(space)
     cl = dev.type == "cuda" if channels_last is None else channels_last
@@ -76,7 +77,7 @@ def measure(space_name: str, device: str, batch: int, steps: int, warmup: int, a
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name(),
         "threads": torch.get_num_threads(),
         "batch": batch,
-        "amp": "bf16" if amp == "bf16" or (amp == "auto" and dev.type == "cuda") else "off",
+        "amp": "bf16" if uses_bf16(dev, amp) else "off",
         "channels_last": cl,
         "fused_tail": fused or "off",
         "warmup_seconds": round(warmup_s, 1),
@@ -95,7 +96,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--amp", default="auto", choices=("auto", "bf16", "off"))
+    p.add_argument("--amp", default="off", choices=("auto", "bf16", "off"), help="as train.amp (default float32)")
     p.add_argument("--channels-last", default=None, choices=("on", "off"))
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--fused", default=None, choices=("compiled", "eager"),

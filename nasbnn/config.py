@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError
 from .utils.io import atomic_write_text
@@ -33,6 +33,14 @@ __all__ = [
 ]
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def _amp_alias(value: Any) -> Any:
+    """YAML and dotted overrides read a bare ``off`` as false; ``fp32`` names the same choice."""
+    return "off" if value is False or value == "fp32" else value
+
+
+AmpMode = Annotated[Literal["auto", "bf16", "off"], BeforeValidator(_amp_alias)]
 
 
 class Strict(BaseModel):
@@ -120,7 +128,9 @@ class TrainConfig(Strict):
     eval_every_epochs: float = Field(1.0, gt=0, description="teacher/smallest test accuracy cadence")
     eval_images: int | None = Field(None, ge=1, description="cap of test images per periodic evaluation")
     grad_clip: float | None = Field(None, gt=0)
-    amp: Literal["auto", "bf16", "off"] = "auto"
+    amp: AmpMode = Field("off", description="numerics of the training passes: off (float32, PyTorch's default TF32, "
+                                            "as upstream), bf16 (autocast, also on CPU), auto (bf16 on CUDA only); "
+                                            "every evaluation (search fitness included) runs float32")
     channels_last: bool | None = Field(None, description="default: on for CUDA")
     compile: bool = Field(False, description="fuse each block's element-wise tail with torch.compile "
                                             "(recommended on CUDA; a one-time compile cost per process)")

@@ -24,6 +24,7 @@ class RunContext:
     run_dir: Path
 
     def autocast(self, mode: str | None = None):  # type: ignore[no-untyped-def]
+        """The training passes' numerics (``train.amp``); evaluations take none and run float32."""
         return autocast(self.device, mode or self.cfg.train.amp)
 
     @property
@@ -34,7 +35,7 @@ class RunContext:
 
 def make_context(cfg: RunConfig, run_dir: str | Path | None = None) -> RunContext:
     dist_info, device = setup(cfg.device)
-    configure_backends(device)
+    configure_backends(device, cfg.train.amp)
     return RunContext(cfg, dist_info, device, Path(run_dir or cfg.out))
 
 

@@ -119,7 +119,7 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True, log=print) -> dict[st
     data = build_data(dcfg.data, resolution=space.resolution, seed=seed, run_dir=run)
     calib = calibration_batches(data, cfg, ctx.device, seed=seed)
     test = list(data.test.loader(batch_size=cfg.data.eval_batch_size, train=False, seed=0, device=ctx.device))
-    tester = SupernetEvaluator(model, calib, test, autocast=ctx.autocast())
+    tester = SupernetEvaluator(model, calib, test)  # float32, as the search and eval
     family = res["family"]
     step = cfg.search.step_mops
     log(f"[3/6] family: exporting and testing {len(family)} members")

@@ -60,3 +60,38 @@ def test_search_split_across_two_ranks_matches_one_process(tmp_path):
     a = (tmp_path / "one" / "search" / "pareto.json").read_text()
     b = (tmp_path / "two" / "search" / "pareto.json").read_text()
     assert a == b
+
+
+def _unused_record(tmp_path, world: int):
+    """Per step: {unused parameter: value/Adam state before and after} from ddp_unused_worker."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(HERE.parent))
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        env.pop(k, None)
+    worker = str(HERE / "ddp_unused_worker.py")
+    cmd = [sys.executable, worker, str(tmp_path)] if world == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+        f"--master_port={_free_port()}", worker, str(tmp_path)]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return [torch.load(tmp_path / f"unused_rank{r}_of{world}.pt", weights_only=True) for r in range(world)]
+
+
+def test_unused_parameters_keep_value_and_adam_state_under_torchrun(tmp_path):
+    """A parameter no pass of a step used is not stepped, on 2 ranks exactly as in 1 process."""
+    (one,) = _unused_record(tmp_path, 1)
+    two = _unused_record(tmp_path, 2)
+    names = [sorted(step) for step in one]
+    for rank_record in two:
+        assert [sorted(step) for step in rank_record] == names  # the same parameters go unused
+    assert all(names), names
+    stale = 0
+    for record in (one, *two):
+        for step in record:
+            for name, r in step.items():
+                assert torch.equal(r["after"], r["value"]), name
+                assert r["state"].keys() == r["state_after"].keys(), name
+                for k, v in r["state"].items():
+                    assert torch.equal(r["state_after"][k], v), (name, k)
+                # used in an earlier step: non-zero momentum that a zero gradient would have applied
+                stale += bool(r["state"]) and bool(r["state"]["exp_avg"].abs().sum() > 0)
+    assert stale >= 3, stale  # the 1-process and both 2-rank records hit the stale-momentum case

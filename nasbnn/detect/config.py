@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from ..config import Strict
+from ..config import AmpMode, Strict
 
 __all__ = [
     "BackboneConfig",
@@ -154,7 +154,7 @@ class DetectTrainConfig(Strict):
     log_every: int = Field(10, ge=1)
     eval_every_epochs: float | None = Field(None, gt=0, description="mAP on the val split this often "
                                                                     "(null: at the end only)")
-    amp: Literal["auto", "bf16", "off"] = "auto"
+    amp: AmpMode = "auto"
 
 
 class DetectEvalConfig(Strict):

@@ -246,7 +246,7 @@ def train_detector(cfg: DetectRunConfig, *, run_dir: str | Path | None = None, r
     from .backbone import build_backbone
 
     dist_info, device = setup(cfg.device)
-    configure_backends(device)
+    configure_backends(device, cfg.train.amp)
     run = Path(run_dir or cfg.out)
     ckpt_path = run / CHECKPOINT_NAME
     if resume and not ckpt_path.is_file():

@@ -204,7 +204,7 @@ def run_search(cfg: RunConfig, *, checkpoint: str | Path, run_dir: str | Path | 
     calib = [x for _, (x, _y) in zip(range(scfg.calib_batches), calib_loader)]
     val = list(val_split.loader(batch_size=cfg.data.eval_batch_size, train=False, seed=0, device=ctx.device,
                                 channels_last=cl))
-    evaluator = SupernetEvaluator(model, calib, val, autocast=ctx.autocast())
+    evaluator = SupernetEvaluator(model, calib, val)  # float32 whatever train.amp: as export and eval score
     search = EvolutionSearch(space, cost_fn=cost_fn, describe_fn=describe,
                              evaluate_fn=_distributed_evaluate(evaluator, ctx.dist), budget=budget,
                              population=scfg.population, generations=scfg.generations,

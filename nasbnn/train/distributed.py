@@ -1,7 +1,8 @@
 """Multi-process training through torchrun: initialisation, gradient and buffer synchronisation.
 
 Gradients are synchronised once per optimizer step (after all sandwich passes) with one flat
-all-reduce per bucket, rather than once per backward as ``DistributedDataParallel`` would.
+all-reduce per bucket, rather than once per backward as ``DistributedDataParallel`` would, and only
+the gradients that exist are reduced (see :func:`all_reduce_gradients`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..errors import NasbnnError
 from ..utils.device import resolve_device
 
 
@@ -61,16 +63,25 @@ _BUCKET_ELEMENTS = 1 << 24
 
 @torch.no_grad()
 def all_reduce_gradients(model: nn.Module, info: DistInfo) -> None:
-    """Averages every parameter's gradient over ranks (missing gradients count as zero)."""
+    """Averages over ranks the gradients that exist; a parameter without one keeps none.
+
+    A parameter that no pass of the step used (a kernel-transform or Bi-Transformation matrix of a
+    block no student activated) has no gradient, so Adam skips it: no step, no weight decay, its moments
+    untouched, exactly as in one process. Filling it with zeros would move it with stale momentum on N
+    ranks but not on one. Every rank trains the same architectures, so the set is the same everywhere;
+    one small all-reduce of the presence mask checks that before the buckets are paired up.
+    """
     if not info.enabled:
         return
     params = [p for p in model.parameters() if p.requires_grad]
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
+    if not params:
+        return
+    _check_same_gradient_set(params, info.world_size)
     bucket: list[torch.Tensor] = []
     size = 0
     for p in params:
+        if p.grad is None:
+            continue
         bucket.append(p.grad)
         size += p.grad.numel()
         if size >= _BUCKET_ELEMENTS:
@@ -78,6 +89,17 @@ def all_reduce_gradients(model: nn.Module, info: DistInfo) -> None:
             bucket, size = [], 0
     if bucket:
         _reduce_bucket(bucket, info.world_size)
+
+
+def _check_same_gradient_set(params: list[nn.Parameter], world: int) -> None:
+    """Raises if ranks disagree on which parameters have a gradient (the buckets would not line up)."""
+    mask = torch.tensor([p.grad is not None for p in params], dtype=torch.float32)
+    mask = mask.to(params[0].device)
+    dist.all_reduce(mask)
+    bad = ((mask != 0) & (mask != world)).nonzero()
+    if bad.numel():
+        raise NasbnnError(f"ranks disagree on which parameters were used in this step ({bad.numel()} differ); "
+                          "every rank must train the same architectures")
 
 
 def _reduce_bucket(tensors: list[torch.Tensor], world: int) -> None:

@@ -119,7 +119,7 @@ def finetune(cfg: RunConfig, *, bundle: str | Path, run_dir: str | Path, resume:
                                    "lr": optimizer.param_groups[0]["lr"], "images_per_s": speed.read()})
                 end_of_epoch = step % steps_per_epoch == 0 or step == last_step
                 if end_of_epoch and ctx.dist.is_main:
-                    result = {f"test_{k}": v for k, v in evaluate_top1(net, test, autocast=autocast).items()}
+                    result = {f"test_{k}": v for k, v in evaluate_top1(net, test).items()}
                     if metrics is not None:
                         metrics.write({"step": step, "eval": result})
                 if (step % fcfg.checkpoint_every == 0 or end_of_epoch) and ctx.dist.is_main:
@@ -134,7 +134,7 @@ def finetune(cfg: RunConfig, *, bundle: str | Path, run_dir: str | Path, resume:
     out_bundle = run / "bundle"
     if ctx.dist.is_main:
         if not result:
-            result = {f"test_{k}": v for k, v in evaluate_top1(net, test, autocast=autocast).items()}
+            result = {f"test_{k}": v for k, v in evaluate_top1(net, test).items()}
         save_bundle(net.cpu(), out_bundle, config=config_to_dict(cfg),
                     source={"finetuned_from": str(bundle), "steps": step}, metrics=result)
         atomic_write_text(run / "finetune_summary.json", json.dumps({"step": step, **result}, indent=2) + "\n")

@@ -59,7 +59,7 @@ class SupernetTrainer:
         sampler: chooses the step's architectures from the step number.
         optimizer, scheduler: stepped once per :meth:`step`.
         dist: rank information; gradients and BN statistics are averaged across ranks.
-        autocast: context manager for the forward passes (bf16 on CUDA).
+        autocast: context manager for the training forward passes (``train.amp``).
     """
 
     def __init__(self, model: SuperBNN, cfg: TrainConfig, sampler: SandwichSampler,
@@ -259,7 +259,7 @@ def train_supernet(cfg: RunConfig, *, run_dir: str | Path | None = None, resume:
                                         img_s=f"{rec['images_per_s']:.0f}")
                 if step % eval_every == 0 or step == last_step:
                     if ctx.dist.is_main:
-                        last_eval = _evaluate_archs(model, eval_archs, calib, test_batches, autocast)
+                        last_eval = _evaluate_archs(model, eval_archs, calib, test_batches, None)  # float32
                         if metrics is not None:
                             metrics.write({"step": step, "eval": last_eval})
                     barrier(ctx.dist)

@@ -29,8 +29,18 @@ def resolve_device(spec: str = "auto", *, local_rank: int | None = None) -> torc
     return dev
 
 
-def autocast(device: torch.device, mode: str = "auto") -> AbstractContextManager:
-    """bf16 autocast on CUDA when ``mode`` is auto or bf16; nothing on CPU (or when off)."""
+def uses_bf16(device: torch.device, mode: str) -> bool:
+    """Whether ``train.amp`` = ``mode`` runs the training passes under bf16 autocast on ``device``."""
+    return mode == "bf16" or (mode == "auto" and device.type == "cuda")
+
+
+def autocast(device: torch.device, mode: str = "off") -> AbstractContextManager:
+    """bf16 autocast when ``mode`` is bf16 (any device) or auto (CUDA only); nothing when off.
+
+    Only training passes use it. Evaluations (BN recalibration, top-1, search fitness) always run in
+    float32, because deployment (export, eval, the packed engine) computes in float32 and a ranking is
+    only worth what it predicts about those numbers.
+    """
     if mode == "off" or device.type != "cuda":
         if mode == "bf16" and device.type != "cuda":
             return torch.autocast("cpu", dtype=torch.bfloat16)
@@ -38,9 +48,15 @@ def autocast(device: torch.device, mode: str = "auto") -> AbstractContextManager
     return torch.autocast("cuda", dtype=torch.bfloat16)
 
 
-def configure_backends(device: torch.device) -> None:
-    """cuDNN autotuning (the set of conv shapes in a search space is finite) and TF32 matmuls."""
+def configure_backends(device: torch.device, amp: str = "off") -> None:
+    """cuDNN autotuning on CUDA; TF32 matmuls only for a run that chose bf16.
+
+    Autotuning picks among float32 convolution algorithms (the set of conv shapes in a search space is
+    finite), so it changes speed, not precision. A float32 run keeps PyTorch's default TF32 behaviour, as
+    the official code ran: TF32 in cuDNN convolutions, full float32 matmuls. Both flags are set every time
+    so that an earlier bf16 run in the same process does not leak into a float32 one.
+    """
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cuda.matmul.allow_tf32 = uses_bf16(device, amp)
         torch.backends.cudnn.allow_tf32 = True
