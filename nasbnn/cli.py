@@ -20,6 +20,7 @@ __all__ = ["main"]
 _COMMAND_MODULES = (
     "nasbnn.commands.core",
     "nasbnn.commands.train",
+    "nasbnn.commands.train_arch",
     "nasbnn.commands.search",
     "nasbnn.commands.deploy",
     "nasbnn.commands.pipeline",
