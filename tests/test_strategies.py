@@ -13,6 +13,7 @@ from nasbnn.bundle import load_bundle, read_bundle_info, save_bundle
 from nasbnn.cli import main
 from nasbnn.config import RunConfig, load_config
 from nasbnn.engine import BinaryEngine, pack_model
+from nasbnn.engine.frozen import freeze
 from nasbnn.errors import CheckpointError, ConfigError
 from nasbnn.export import export_subnet
 from nasbnn.models import SuperBNN
@@ -127,6 +128,8 @@ def test_export_engine_and_bundle_honour_the_switches(tmp_path):
         torch.testing.assert_close(static(x), sup(x))
     # The packed engine takes sign and scale of the raw weight: it agrees with the network...
     want = static(x).detach()
+    with torch.no_grad():  # the inference graph (PyTorch baseline, traced by the ONNX export)
+        torch.testing.assert_close(freeze(static)(x), want, rtol=1e-4, atol=1e-4)
     got = torch.from_numpy(BinaryEngine(pack_model(static))(x.numpy()))
     assert float((got - want).norm() / want.norm()) < 1e-4
     # ...and standardising instead (the default) would change the logits.
