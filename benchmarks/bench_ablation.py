@@ -90,6 +90,36 @@ def run_variant(name: str, cfg: RunConfig, run: Path, args: argparse.Namespace) 
     }
 
 
+def _fmt(v: Any, signed: bool = False) -> str:
+    if v is None:
+        return "–"
+    return f"{v:+.2f}" if signed else f"{v:.2f}"
+
+
+def render(paths: list[str]) -> str:
+    """A Markdown table (one row per variant and seed, then the mean over seeds) from result JSON files."""
+    rows = [r for p in paths for r in json.loads(Path(p).read_text())["rows"]]
+    head = ("| variant | seed | smallest % | largest % | median random % | family gap (pts) | Kendall τ [95 % CI] |\n"
+            "|---|---:|---:|---:|---:|---:|---|")
+    lines = [head]
+    for r in sorted(rows, key=lambda r: (list(VARIANTS).index(r["variant"]), r["seed"])):
+        ci = r["kendall_tau_ci95"]
+        lines.append(f"| {r['variant']} | {r['seed']} | {_fmt(r['smallest_top1'])} | {_fmt(r['largest_top1'])} | "
+                     f"{_fmt(r['random_median_top1'])} | {_fmt(r['family_gap_over_random'], True)} | "
+                     f"{r['kendall_tau']:+.2f} [{ci[0]:+.2f}, {ci[1]:+.2f}] |")
+    for name in VARIANTS:
+        group = [r for r in rows if r["variant"] == name]
+        if len(group) < 2:
+            continue
+        mean = {k: statistics.mean(r[k] for r in group) for k in ("smallest_top1", "largest_top1",
+                                                                    "random_median_top1", "kendall_tau")}
+        gaps = [r["family_gap_over_random"] for r in group if r["family_gap_over_random"] is not None]
+        lines.append(f"| **{name}** (mean of {len(group)}) | | {_fmt(mean['smallest_top1'])} | "
+                     f"{_fmt(mean['largest_top1'])} | {_fmt(mean['random_median_top1'])} | "
+                     f"{_fmt(statistics.mean(gaps) if gaps else None, True)} | {mean['kendall_tau']:+.2f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     from nasbnn.utils.sysinfo import machine_info
 
@@ -105,8 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--standalone-epochs", type=float, default=1.0)
     p.add_argument("--out", default="benchmarks/results/ablation")
     p.add_argument("--json", default=None, help="also write the JSON here; rewritten after every variant")
+    p.add_argument("--render", nargs="+", metavar="JSON", help="only print the Markdown table of result files")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     a = p.parse_args(argv)
+    if a.render:
+        print(render(a.render))
+        return 0
     rows: list[dict[str, Any]] = []
     result: dict[str, Any] = {"benchmark": "ablation", "config": a.config, "epochs": a.epochs,
                               "overrides": a.overrides, "machine": machine_info(), "rows": rows}
