@@ -76,3 +76,22 @@ def test_ranking_benchmark_runs_reuses_and_refuses_too_many(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err == "bench_ranking: error: asked for 2081 architectures but search space 'tiny' has only 2080"
     assert not (tmp_path / "x").exists()
+
+
+def test_ablation_table_rows_and_means(tmp_path):
+    import bench_ablation
+
+    def row(variant, seed, small, gap, tau):
+        return {"variant": variant, "seed": seed, "smallest_top1": small, "largest_top1": 80.0,
+                "random_median_top1": 70.0, "family_gap_over_random": gap, "kendall_tau": tau,
+                "kendall_tau_ci95": [tau - 0.5, min(1.0, tau + 0.5)]}
+
+    (tmp_path / "a.json").write_text(json.dumps({"rows": [row("no_weight_norm", 0, 50.0, 1.0, 0.2),
+                                                          row("full", 0, 60.0, 2.0, 0.6)]}))
+    (tmp_path / "b.json").write_text(json.dumps({"rows": [row("full", 1, 62.0, None, 0.4)]}))
+    lines = bench_ablation.render([str(tmp_path / "a.json"), str(tmp_path / "b.json")]).splitlines()
+    assert len(lines) == 2 + 3 + 1  # header, 3 rows, one mean (only "full" has two seeds)
+    assert lines[2].startswith("| full | 0 | 60.00 |") and lines[3].startswith("| full | 1 | 62.00 |")
+    assert lines[4].startswith("| no_weight_norm | 0 | 50.00 |")
+    assert lines[5] == "| **full** (mean of 2) | | 61.00 | 80.00 | 70.00 | +2.00 | +0.50 |"
+    assert "| – |" in lines[3]  # a missing gap is shown as such, not as 0
