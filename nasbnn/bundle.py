@@ -2,7 +2,8 @@
 
 A bundle is a folder with ``model.safetensors`` (the :class:`StaticBNN` state dict), ``bundle.json``
 (format version, architecture, OPs under both conventions, parameter count, the search space, the
-config and provenance) and ``config.yaml``. Loading never executes code from the files.
+strategy switches it was trained with, the config and provenance) and ``config.yaml``. Loading never
+executes code from the files.
 """
 
 from __future__ import annotations
@@ -28,7 +29,11 @@ BUNDLE_VERSION = 1
 
 def bundle_info(net: StaticBNN, *, config: dict[str, Any] | None = None, source: dict[str, Any] | None = None,
                 metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+    from .strategies import strategies_from_record
+
     space, arch = net.space, net.arch
+    # The network itself decides weight_norm; the other two switches only shaped its training.
+    strategies = {**strategies_from_record(config), "weight_norm": bool(getattr(net, "weight_norm", True))}
     return {
         "format": BUNDLE_FORMAT,
         "format_version": BUNDLE_VERSION,
@@ -40,6 +45,7 @@ def bundle_info(net: StaticBNN, *, config: dict[str, Any] | None = None, source:
         "params": sum(p.numel() for p in net.parameters()),
         "space": space.to_dict(),
         "space_fingerprint": space.fingerprint,
+        "strategies": strategies,
         "source": source or {},
         "metrics": metrics or {},
         "config": config or {},
@@ -98,7 +104,12 @@ def load_bundle(folder: str | Path, *, device: torch.device | str = "cpu") -> St
     info = read_bundle_info(folder)
     space = SearchSpace.from_dict(info["space"])
     arch = space.validate(Arch.parse(info["arch"]), nondecreasing=False)
-    net = StaticBNN.build(space, arch)
+    strategies = info.get("strategies") or {}
+    weight_norm = strategies.get("weight_norm", True)
+    if not isinstance(weight_norm, bool):
+        raise CheckpointError(f"bundle {str(folder)!r}: strategies.weight_norm must be true or false, got "
+                              f"{weight_norm!r}")
+    net = StaticBNN.build(space, arch, weight_norm=weight_norm)
     wpath = Path(folder) / "model.safetensors"
     if not wpath.is_file():
         raise CheckpointError(f"bundle {str(folder)!r} has no model.safetensors")

@@ -22,6 +22,7 @@ _TRAINING_MODULES = frozenset({"torch", "pydantic", "omegaconf", "tqdm", "tensor
 _COMMAND_MODULES = (
     "nasbnn.commands.core",
     "nasbnn.commands.train",
+    "nasbnn.commands.train_arch",
     "nasbnn.commands.search",
     "nasbnn.commands.deploy",
     "nasbnn.commands.pipeline",

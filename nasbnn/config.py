@@ -22,6 +22,7 @@ __all__ = [
     "EvalConfig",
     "ExportConfig",
     "FinetuneConfig",
+    "ModelConfig",
     "PipelineConfig",
     "RunConfig",
     "SearchConfig",
@@ -106,6 +107,15 @@ class DataConfig(Strict):
         return data
 
 
+class ModelConfig(Strict):
+    """Switches of the binary convolutions (ablations; the defaults are the paper's method)."""
+
+    bi_transformation: bool = Field(True, description="learnable K²xK² matrix on the binary path of the "
+                                                      "largest kernel (off: the latent filter is binarised as is)")
+    weight_norm: bool = Field(True, description="standardise each filter before the sign and the scale "
+                                                "(off: sign and mean-|w| scale of the raw weight)")
+
+
 class TrainConfig(Strict):
     """Supernet training (the Bi-Teacher sandwich). Defaults are the upstream ImageNet recipe."""
 
@@ -119,6 +129,8 @@ class TrainConfig(Strict):
     num_random: int = Field(2, ge=0, description="random subnets per step besides the smallest")
     largest_student: bool = Field(False, description="also distil the largest subnet with binary weights each "
                                                      "step (not in the official recipe)")
+    bi_teacher: bool = Field(True, description="teacher = largest subnet with real-valued weights (off: with "
+                                               "binary weights, the plain sandwich rule)")
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     kd_temperature: float = Field(1.0, gt=0)
     weight_distill: bool = False
@@ -200,6 +212,7 @@ class RunConfig(Strict):
     out: str = Field("nasbnn-run", description="run folder")
     space: SpaceConfig = Field(default_factory=SpaceConfig)
     data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)

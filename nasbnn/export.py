@@ -1,7 +1,8 @@
 """Export of one architecture from a supernet to a standalone network.
 
 The supernet is left untouched: weights are copied (sliced, kernel-transformed, group-windowed and,
-for binary convs, passed through the Bi-Transformation) into the plain layers of a :class:`StaticBNN`.
+for binary convs, passed through the Bi-Transformation when the supernet has it) into the plain layers
+of a :class:`StaticBNN`.
 In eval mode the exported network computes the supernet's logits for that architecture.
 """
 
@@ -48,7 +49,7 @@ def export_subnet(supernet: SuperBNN, arch: Arch | str) -> StaticBNN:
     if isinstance(arch, str):
         arch = Arch.parse(arch)
     space.validate(arch, nondecreasing=False)
-    net = StaticBNN.build(space, arch)
+    net = StaticBNN.build(space, arch, weight_norm=supernet.weight_norm)
     with supernet.use_arch(arch, nondecreasing=False):
         geo = space.geometry(arch)
         sup_stem = supernet.stages[0][0]

@@ -120,7 +120,8 @@ def build_detector(backbone: StaticBNN, categories: CategoryMap, cfg: DetectRunC
 
 def _detector_extra(model: BinaryDetector, categories: CategoryMap, source: dict[str, Any]) -> dict[str, Any]:
     return {"arch": str(model.backbone.arch), "categories": categories.to_list(), "canvas": model.canvas,
-            "in_channels": model.backbone.space.in_channels, "backbone_source": source}
+            "in_channels": model.backbone.space.in_channels, "backbone_source": source,
+            "backbone_weight_norm": bool(model.backbone.weight_norm)}
 
 
 def config_of_checkpoint(state: dict[str, Any], path: str | Path) -> DetectRunConfig:
@@ -154,7 +155,9 @@ def load_detector(checkpoint: str | Path, device: torch.device | str = "cpu"
     extra = state["extra"]
     space = space_from_checkpoint(state)
     categories = CategoryMap.from_list(extra["categories"])
-    model = build_detector(StaticBNN.build(space, Arch.parse(extra["arch"])), categories, cfg)
+    model = build_detector(StaticBNN.build(space, Arch.parse(extra["arch"]),
+                                           weight_norm=bool(extra.get("backbone_weight_norm", True))),
+                           categories, cfg)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
@@ -273,7 +276,8 @@ def train_detector(cfg: DetectRunConfig, *, run_dir: str | Path | None = None, r
         extra = state["extra"]
         if extra.get("categories") != categories.to_list():
             raise CheckpointError(f"{str(ckpt_path)!r} was trained on other categories than the configured data")
-        backbone = StaticBNN.build(space_from_checkpoint(state), Arch.parse(extra["arch"]))
+        backbone = StaticBNN.build(space_from_checkpoint(state), Arch.parse(extra["arch"]),
+                                   weight_norm=bool(extra.get("backbone_weight_norm", True)))
         source = extra.get("backbone_source", {})
     else:
         backbone, source = build_backbone(cfg.backbone, seed=cfg.seed)

@@ -385,7 +385,8 @@ def float_model_bytes(static: torch.nn.Module) -> int:
 def pack_model(static: torch.nn.Module, *, preprocess: dict[str, Any] | None = None) -> PackedModel:
     """The packed form of a :class:`~nasbnn.models.StaticBNN`, with its eval-mode semantics.
 
-    Binary weights are ``sign(standardised latent weight)`` packed 64 input channels per word (per
+    Binary weights are ``sign(standardised latent weight)`` (of the raw latent weight for a network
+    trained without Weight Normalization, and so is ``alpha``) packed 64 input channels per word (per
     group); the scale ``alpha`` and BatchNorm fold into ``mul``/``bias``; RSign shifts are kept per
     channel; the stem keeps its 8-bit levels (int8) and per-filter step (``scale``).
 
@@ -413,7 +414,7 @@ def _pack_tensors(static: torch.nn.Module) -> dict[str, np.ndarray]:
 
     from ..models.static import StaticBNN
     from ..ops.functions import grad_scale
-    from ..ops.layers import INT8_MAX, INT8_MIN, normalize_weight
+    from ..ops.layers import INT8_MAX, INT8_MIN
 
     if not isinstance(static, StaticBNN):
         raise NasbnnError(f"pack_model needs a StaticBNN (see nasbnn.export_subnet), got {type(static).__name__}")
@@ -440,7 +441,7 @@ def _pack_tensors(static: torch.nn.Module) -> dict[str, np.ndarray]:
             bconv = getattr(block, conv_name)
             bn = getattr(block, bn_name)
             rprelu = getattr(block, act)
-            wn = normalize_weight(bconv.weight.detach().float())
+            wn = bconv.prepared_weight().detach().float()
             signs = torch.sign(wn)
             if not torch.isfinite(wn).all():
                 raise NasbnnError(f"{pre}.{conv_name}: latent weights are not finite after standardisation "

@@ -22,6 +22,8 @@ class StaticBNN(nn.Module):
     def __init__(self, space: SearchSpace, arch: Arch, stem: Stem, blocks: list[BinaryBlock],
                  classifier: nn.Linear) -> None:
         super().__init__()
+        #: Whether the binary convs standardise their filters (False: the Weight Normalization ablation).
+        self.weight_norm = all(b.conv_kxk.weight_norm and b.conv_1x1.weight_norm for b in blocks)
         self.space = space
         self.arch = arch
         self.stem = stem
@@ -29,8 +31,10 @@ class StaticBNN(nn.Module):
         self.classifier = classifier
 
     @classmethod
-    def build(cls, space: SearchSpace, arch: Arch) -> StaticBNN:
+    def build(cls, space: SearchSpace, arch: Arch, *, weight_norm: bool = True) -> StaticBNN:
         """Allocates a network of ``arch``'s exact shapes, to load weights into.
+
+        ``weight_norm=False`` builds binary convs that take the sign and scale of the raw weight.
 
         Placeholder values are deterministic (the global RNG is not used): binary latent weights
         alternate in sign so that their standardisation is defined, the classifier is zero.
@@ -50,11 +54,12 @@ class StaticBNN(nn.Module):
             blocks.append(BinaryBlock(
                 rsign1=RSign(c),
                 conv_kxk=BinaryConv2d(torch.zeros(c, c // b.groups, b.kernel_size, b.kernel_size),
-                                      stride=g.stride, groups=b.groups),
+                                      stride=g.stride, groups=b.groups, weight_norm=weight_norm),
                 bn1=nn.BatchNorm2d(c),
                 rprelu1=RPReLU(c),
                 rsign2=RSign(c),
-                conv_1x1=BinaryConv2d(torch.zeros(b.width, c // b.pw_groups, 1, 1), groups=b.pw_groups),
+                conv_1x1=BinaryConv2d(torch.zeros(b.width, c // b.pw_groups, 1, 1), groups=b.pw_groups,
+                                      weight_norm=weight_norm),
                 bn2=nn.BatchNorm2d(b.width),
                 rprelu2=RPReLU(b.width),
             ))

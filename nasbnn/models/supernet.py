@@ -29,6 +29,8 @@ class SuperBNN(nn.Module):
     Args:
         space: the search space; its largest member is active after construction.
         seed: seeds a private generator for the initial weights (the global RNG is untouched).
+        bi_transformation, weight_norm: the strategy switches of the binary convolutions (see
+            :class:`~nasbnn.ops.elastic.ElasticBinaryConv2d`); the defaults are the paper's method.
 
     Example:
         >>> from nasbnn import SuperBNN, create_space
@@ -39,9 +41,13 @@ class SuperBNN(nn.Module):
         torch.Size([2, 5])
     """
 
-    def __init__(self, space: SearchSpace, *, seed: int = 0) -> None:
+    def __init__(self, space: SearchSpace, *, seed: int = 0, bi_transformation: bool = True,
+                 weight_norm: bool = True) -> None:
         super().__init__()
         self.space = space
+        self.bi_transformation = bi_transformation
+        self.weight_norm = weight_norm
+        switches = {"bi_transformation": bi_transformation, "weight_norm": weight_norm}
         gen = torch.Generator().manual_seed(seed)
         self._precision = Precision()
         self.stages = nn.ModuleList()
@@ -59,12 +65,13 @@ class SuperBNN(nn.Module):
                 stage.append(BinaryBlock(
                     rsign1=RSign(max_in),
                     conv_kxk=ElasticBinaryConv2d(max_in, max_in, spec.kernel_sizes, spec.groups,
-                                                 stride=stride, precision=self._precision, generator=gen),
+                                                 stride=stride, precision=self._precision, generator=gen,
+                                                 **switches),
                     bn1=SharedBatchNorm2d(max_in),
                     rprelu1=RPReLU(max_in),
                     rsign2=RSign(max_in),
                     conv_1x1=ElasticBinaryConv2d(max_out, max_in, (1,), spec.pw_groups, stride=1,
-                                                 precision=self._precision, generator=gen),
+                                                 precision=self._precision, generator=gen, **switches),
                     bn2=SharedBatchNorm2d(max_out),
                     rprelu2=RPReLU(max_out),
                 ))
@@ -173,4 +180,5 @@ class SuperBNN(nn.Module):
         return export_subnet(self, self._arch if arch is None else arch)
 
     def extra_repr(self) -> str:
-        return f"space={self.space.name!r}, arch={str(self._arch)!r}"
+        off = [k for k in ("bi_transformation", "weight_norm") if not getattr(self, k)]
+        return f"space={self.space.name!r}, arch={str(self._arch)!r}" + "".join(f", {k}=False" for k in off)

@@ -16,7 +16,7 @@ from .layers import (
     binarize_weight,
     lsq_init_step,
     lsq_quantize_weight,
-    normalize_weight,
+    prepare_weight,
     weight_distillation_term,
 )
 from .slicing import select_filter
@@ -78,14 +78,20 @@ class ElasticBinaryConv2d(_ElasticConvBase):
     Binary mode: latent filter -> (Bi-Transformation, only at the largest kernel > 1) -> per-filter
     standardisation -> alpha·sign. Real-valued mode (the Bi-Teacher): the standardised filter is used
     as is, with no Bi-Transformation.
+
+    Ablations: ``bi_transformation=False`` allocates no K²×K² matrix (the binary path uses the latent
+    filter directly); ``weight_norm=False`` skips the standardisation, so the sign, the scale alpha
+    and the real-valued teacher all use the raw latent filter.
     """
 
     def __init__(self, max_out: int, max_in: int, kernel_sizes: tuple[int, ...], groups: tuple[int, ...],
                  *, stride: int = 1, precision: Precision | None = None,
-                 generator: torch.Generator | None = None) -> None:
+                 generator: torch.Generator | None = None, bi_transformation: bool = True,
+                 weight_norm: bool = True) -> None:
         super().__init__(max_out, max_in, kernel_sizes, groups, stride=stride, generator=generator)
+        self.weight_norm = weight_norm
         self.fp2bin: nn.Parameter | None
-        if self.max_kernel > 1:
+        if self.max_kernel > 1 and bi_transformation:
             self.fp2bin = nn.Parameter(torch.eye(self.max_kernel**2))
         else:
             self.register_parameter("fp2bin", None)
@@ -105,14 +111,14 @@ class ElasticBinaryConv2d(_ElasticConvBase):
 
     def forward(self, x: Tensor) -> Tensor:
         binary = self.precision.binary_weights
-        w = normalize_weight(self.latent_filter(x.shape[1], binary=binary))
+        w = prepare_weight(self.latent_filter(x.shape[1], binary=binary), self.weight_norm)
         if binary:
             w = binarize_weight(w)
         return self._conv(x, w)
 
     def distillation_loss(self, in_channels: int) -> Tensor:
         """Weight-distillation term of the current configuration (binary vs real weights)."""
-        w_norm = normalize_weight(self.latent_filter(in_channels, binary=True))
+        w_norm = prepare_weight(self.latent_filter(in_channels, binary=True), self.weight_norm)
         return weight_distillation_term(w_norm, binarize_weight(w_norm))
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "lsq_quantize_weight",
     "match_residual",
     "normalize_weight",
+    "prepare_weight",
     "shortcut_add",
 ]
 
@@ -129,6 +130,11 @@ def normalize_weight(w: Tensor) -> Tensor:
     return (w - mean) / std
 
 
+def prepare_weight(w: Tensor, weight_norm: bool = True) -> Tensor:
+    """The weight the sign and the scale are taken of: standardised (Weight Normalization) or raw."""
+    return normalize_weight(w) if weight_norm else w
+
+
 def binarize_weight(w_norm: Tensor) -> Tensor:
     """alpha · sign(w) with alpha = mean|w| per filter, detached (no gradient through alpha)."""
     alpha = w_norm.detach().abs().mean(dim=(1, 2, 3), keepdim=True)
@@ -172,19 +178,26 @@ class BinaryConv2d(nn.Module):
     Args:
         weight: latent weight [O, I/groups, K, K], already sliced and transformed by export.
         stride, groups: of the convolution; padding is (K - 1) / 2 with zeros.
+        weight_norm: standardise each filter before the sign and the scale (off: both come from
+            the raw latent weight, the Weight Normalization ablation).
     """
 
-    def __init__(self, weight: Tensor, *, stride: int = 1, groups: int = 1) -> None:
+    def __init__(self, weight: Tensor, *, stride: int = 1, groups: int = 1, weight_norm: bool = True) -> None:
         super().__init__()
         self.weight = nn.Parameter(weight.detach().clone())
+        self.weight_norm = weight_norm
         self.stride = stride
         self.groups = groups
         self.kernel_size = weight.shape[-1]
         self.in_channels = weight.shape[1] * groups
         self.out_channels = weight.shape[0]
 
+    def prepared_weight(self) -> Tensor:
+        """What the sign and the per-filter scale are taken of (standardised, or raw without weight norm)."""
+        return prepare_weight(self.weight, self.weight_norm)
+
     def binary_weight(self) -> Tensor:
-        return binarize_weight(normalize_weight(self.weight))
+        return binarize_weight(self.prepared_weight())
 
     def forward(self, x: Tensor) -> Tensor:
         return F.conv2d(x, self.binary_weight(), None, self.stride, (self.kernel_size - 1) // 2, 1,
@@ -192,7 +205,8 @@ class BinaryConv2d(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"stride={self.stride}, groups={self.groups}")
+                f"stride={self.stride}, groups={self.groups}"
+                + ("" if self.weight_norm else ", weight_norm=False"))
 
 
 class QConv2d(nn.Module):

@@ -33,13 +33,22 @@ __all__ = ["load_supernet", "run_search", "search_data_config"]
 _logger = logging.getLogger(__name__)
 
 
-def load_supernet(checkpoint: str | Path, device: torch.device | str = "cpu") -> tuple[SuperBNN, dict[str, Any]]:
-    """A trained supernet from a nasbnn checkpoint (file or run folder), in eval mode, and the checkpoint."""
+def load_supernet(checkpoint: str | Path, device: torch.device | str = "cpu", *,
+                  expect: RunConfig | None = None) -> tuple[SuperBNN, dict[str, Any]]:
+    """A trained supernet from a nasbnn checkpoint (file or run folder), in eval mode, and the checkpoint.
+
+    The network is built with the strategy switches the checkpoint records. With ``expect``, a config
+    whose switches differ from the checkpoint's is refused (:class:`~nasbnn.errors.CheckpointError`).
+    """
+    from ..strategies import check_strategies, model_kwargs, strategies_from_config, strategies_from_record
     from ..train.checkpoint import load_checkpoint, space_from_checkpoint
 
     state = load_checkpoint(checkpoint, kind="supernet")
     space = space_from_checkpoint(state)
-    model = SuperBNN(space)
+    found = strategies_from_record(state.get("config"))
+    if expect is not None:
+        check_strategies(found, strategies_from_config(expect), f"checkpoint {str(checkpoint)!r}")
+    model = SuperBNN(space, **model_kwargs(found))
     model.load_state_dict(state["model"])
     return model.to(device).eval(), state
 
@@ -132,7 +141,7 @@ def run_search(cfg: RunConfig, *, checkpoint: str | Path, run_dir: str | Path | 
     budget = Budget(scfg.min_mops, scfg.max_mops, scfg.step_mops, budget_unit)  # validates before any work
     ctx = make_context(cfg, run_dir)
     out = ctx.run_dir / "search"
-    model, state = load_supernet(checkpoint, ctx.device)
+    model, state = load_supernet(checkpoint, ctx.device, expect=cfg)
     space = model.space
     cost_fn, describe, _ = _cost_fns(cfg, space)
     budget.check_feasible(cost_fn(space.smallest()), cost_fn(space.largest()))

@@ -25,6 +25,7 @@ from ..models import SuperBNN
 from ..models.blocks import set_fused
 from ..ops.fused import compiled_tail_works
 from ..space import Arch
+from ..strategies import check_strategies, model_kwargs, strategies_from_config, strategies_from_record
 from ..utils.io import atomic_write_text, ensure_dir
 from ..utils.seeding import derive_seed
 from .bn import evaluate_top1, preserved_bn_state, recalibrate_bn
@@ -88,7 +89,7 @@ class SupernetTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         out: dict[str, Tensor] = {}
         model.set_arch(plan.teacher)
-        with model.precision("fp"), self._ctx():
+        with model.precision("fp" if cfg.bi_teacher else "binary"), self._ctx():
             teacher_logits = model(images)
             loss_t = smooth_cross_entropy(teacher_logits, labels, cfg.label_smoothing)
         loss_t.backward()
@@ -182,7 +183,7 @@ def train_supernet(cfg: RunConfig, *, run_dir: str | Path | None = None, resume:
     steps_per_epoch = len(data.train) // cfg.data.batch_size
     total_steps = max(1, math.ceil(tcfg.epochs * steps_per_epoch))
 
-    model = SuperBNN(space, seed=derive_seed(cfg.seed, "init"))
+    model = SuperBNN(space, seed=derive_seed(cfg.seed, "init"), **model_kwargs(strategies_from_config(cfg)))
     model = move_model(model, ctx)
     if tcfg.compile:
         reason = compiled_tail_works(ctx.device)
@@ -197,6 +198,8 @@ def train_supernet(cfg: RunConfig, *, run_dir: str | Path | None = None, resume:
     step = 0
     if resume:
         state = load_checkpoint(ckpt_path, kind="supernet", space=space)
+        check_strategies(strategies_from_record(state.get("config")), strategies_from_config(cfg),
+                         f"checkpoint {str(ckpt_path)!r}")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -222,8 +225,8 @@ def train_supernet(cfg: RunConfig, *, run_dir: str | Path | None = None, resume:
                                                                                           len(data.test))))
     test_batches = list(test_split.loader(batch_size=cfg.data.eval_batch_size, train=False, seed=0,
                                           device=ctx.device, channels_last=ctx.channels_last))
-    eval_archs = {"teacher": (space.largest(), "fp"), "largest": (space.largest(), "binary"),
-                  "smallest": (space.smallest(), "binary")}
+    eval_archs = {"teacher": (space.largest(), "fp" if tcfg.bi_teacher else "binary"),
+                  "largest": (space.largest(), "binary"), "smallest": (space.smallest(), "binary")}
 
     last_step = total_steps if max_steps is None else min(total_steps, max_steps)
     bar = None
