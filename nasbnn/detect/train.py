@@ -5,23 +5,21 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..config import config_to_dict, dump_config
 from ..data.augment import Normalize
-from ..errors import CheckpointError, DataError, NasbnnError
+from ..errors import CheckpointError, DataError
 from ..models.static import StaticBNN
 from ..space import Arch
-from ..train.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint, space_from_checkpoint
+from ..train.checkpoint import load_checkpoint, space_from_checkpoint
 from ..train.distributed import DistInfo, all_reduce_gradients, average_buffers, barrier
 from ..train.optim import build_scheduler, param_groups
-from ..train.supernet import TrainingDiverged
-from ..utils.io import atomic_write_text, ensure_dir
+from ..train.run import Cadence, TrainingRun, check_finite
+from ..utils.io import atomic_write_text
 from ..utils.seeding import derive_seed
 from .coco import CategoryMap, CocoSplit, load_coco_split
 from .config import DetectDataConfig, DetectRunConfig, DetectTrainConfig
@@ -35,7 +33,6 @@ __all__ = ["CHECKPOINT_KIND", "DetectorTrainer", "build_detector", "build_detect
 
 _logger = logging.getLogger(__name__)
 
-CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_KIND = "detector"
 
 
@@ -206,8 +203,7 @@ class DetectorTrainer:
         losses = fcos_losses(out, loc, boxes, labels, model.cfg, self.dist)
         losses["loss"].backward()
         all_reduce_gradients(model, self.dist)
-        if not bool(torch.isfinite(losses["loss"].detach())):
-            raise TrainingDiverged(f"loss became {float(losses['loss'])} at step {step}")
+        check_finite(losses["loss"], step)
         if self.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], self.grad_clip)
         self.optimizer.step()
@@ -224,6 +220,69 @@ def _write_eval(run: Path, split_name: str, stats: dict[str, float], results: li
                       else path.with_name(path.stem + "_detections.json"), json.dumps(results) + "\n")
     atomic_write_text(path, json.dumps({**info, "split": split_name, "metrics": stats}, indent=2) + "\n")
     return path
+
+
+class DetectorRecipe:
+    """The detector's recipe on the run skeleton: :class:`DetectorTrainer`'s step on detection batches;
+    evaluation is COCO mAP on the validation split."""
+
+    kind = CHECKPOINT_KIND
+
+    def __init__(self, cfg: DetectRunConfig, model: BinaryDetector, device: torch.device, dist_info: DistInfo,
+                 splits: tuple[CocoSplit, CocoSplit], source: dict[str, Any], total_steps: int,
+                 steps_per_epoch: int) -> None:
+        from ..utils.device import autocast as make_autocast
+
+        dcfg, tcfg = cfg.data, cfg.train
+        self.cfg, self.model, self.device, self.dist = cfg, model, device, dist_info
+        self.train_split, self.val_split = splits
+        self.space = model.backbone.space
+        self.optimizer = build_detector_optimizer(model, tcfg)
+        self.scheduler = build_scheduler(self.optimizer, total_steps=total_steps,
+                                         warmup_steps=round(tcfg.warmup_epochs * steps_per_epoch),
+                                         start_factor=tcfg.warmup_start_factor, min_lr=tcfg.min_lr)
+        self.autocast = make_autocast(device, tcfg.amp)
+        in_channels = self.space.in_channels
+        self.norm = _normalize(dcfg, in_channels)
+        self.train_set = make_dataset(self.train_split, dcfg, in_channels)
+        self.val_set = make_dataset(self.val_split, dcfg, in_channels)
+        self.trainer = DetectorTrainer(model, self.optimizer, self.scheduler, grad_clip=tcfg.grad_clip,
+                                       dist=dist_info, autocast=self.autocast)
+        self.extra = {**_detector_extra(model, self.train_split.categories, source), "epochs": tcfg.epochs}
+        self.data_seed = derive_seed(cfg.seed, "detect-data")
+        self.results: list[dict[str, Any]] = []
+
+    def batches(self, epoch: int, start_batch: int) -> Any:
+        dcfg = self.cfg.data
+        return detection_batches(self.train_set, batch_size=dcfg.batch_size, train=True, flip=dcfg.flip,
+                                 seed=self.data_seed, epoch=epoch, start_batch=start_batch, rank=self.dist.rank,
+                                 world_size=self.dist.world_size, device=self.device, workers=dcfg.workers,
+                                 norm=self.norm)
+
+    def batch_size(self, batch: Any) -> int:
+        return len(batch)
+
+    def step(self, batch: Any, step: int) -> dict[str, torch.Tensor]:
+        return self.trainer.step(batch.images, batch.boxes, batch.labels, step)
+
+    def evaluate(self) -> dict[str, float]:
+        dcfg = self.cfg.data
+        batches = detection_batches(self.val_set, batch_size=dcfg.eval_batch_size, train=False, flip=False, seed=0,
+                                    device=self.device, workers=dcfg.workers, norm=self.norm)
+        stats, self.results = evaluate_detector(self.model, self.val_split, batches, self.cfg.eval, self.autocast)
+        return stats
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        return self.extra
 
 
 def train_detector(cfg: DetectRunConfig, *, run_dir: str | Path | None = None, resume: bool = False,
@@ -243,136 +302,47 @@ def train_detector(cfg: DetectRunConfig, *, run_dir: str | Path | None = None, r
         TrainingDiverged: a loss became NaN/inf (the last good checkpoint is kept).
     """
     from ..train.distributed import setup
-    from ..utils.device import autocast as make_autocast
     from ..utils.device import configure_backends
-    from ..utils.metrics import MetricsWriter, Throughput, step_record
     from .backbone import build_backbone
 
     dist_info, device = setup(cfg.device)
-    configure_backends(device, cfg.train.amp)
-    run = Path(run_dir or cfg.out)
-    ckpt_path = run / CHECKPOINT_NAME
-    if resume and not ckpt_path.is_file():
-        raise NasbnnError(f"cannot resume: no checkpoint in {str(run)!r} (expected {CHECKPOINT_NAME})")
+    configure_backends(device)
+    run = TrainingRun(Path(run_dir or cfg.out), cfg, dist=dist_info, resume=resume, progress=progress,
+                      desc="detector")
     if dist_info.is_main:
-        ensure_dir(run)
-        remove_stale_temporaries(run)
         ensure_synthetic(cfg.data)
     barrier(dist_info)
     train_split, val_split = load_splits(cfg.data)
     assert train_split is not None
     categories = train_split.categories
-    dcfg, tcfg = cfg.data, cfg.train
-    world = dist_info.world_size
-    if len(train_split) < dcfg.batch_size:
-        raise NasbnnError(f"the training split has {len(train_split)} images, fewer than one batch of "
-                          f"{dcfg.batch_size}; lower data.batch_size")
-    steps_per_epoch = len(train_split) // dcfg.batch_size
-    total_steps = max(1, math.ceil(tcfg.epochs * steps_per_epoch))
-
-    state = None
-    if resume:
-        state = load_checkpoint(ckpt_path, kind=CHECKPOINT_KIND)
+    steps_per_epoch, total_steps = run.schedule(len(train_split), cfg.data.batch_size, cfg.train.epochs,
+                                                key="data.batch_size")
+    state = run.load(CHECKPOINT_KIND)
+    if state is not None:
         extra = state["extra"]
         if extra.get("categories") != categories.to_list():
-            raise CheckpointError(f"{str(ckpt_path)!r} was trained on other categories than the configured data")
+            raise CheckpointError(f"{str(run.checkpoint_path)!r} was trained on other categories than the "
+                                  "configured data")
         backbone = StaticBNN.build(space_from_checkpoint(state), Arch.parse(extra["arch"]),
                                    weight_norm=bool(extra.get("backbone_weight_norm", True)))
         source = extra.get("backbone_source", {})
     else:
         backbone, source = build_backbone(cfg.backbone, seed=cfg.seed)
     model = build_detector(backbone, categories, cfg).to(device)
-    in_channels = model.backbone.space.in_channels
-    optimizer = build_detector_optimizer(model, cfg.train)
-    scheduler = build_scheduler(optimizer, total_steps=total_steps,
-                                warmup_steps=round(tcfg.warmup_epochs * steps_per_epoch),
-                                start_factor=tcfg.warmup_start_factor, min_lr=tcfg.min_lr)
-    step = 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step = int(state["step"])
-        _logger.info("resumed from step %d", step)
-    elif dist_info.is_main:
-        dump_config(cfg, run / "config.yaml")
-    barrier(dist_info)
-
-    autocast = make_autocast(device, tcfg.amp)
-    norm = _normalize(dcfg, in_channels)
-    train_set = make_dataset(train_split, dcfg, in_channels)
-    val_set = make_dataset(val_split, dcfg, in_channels)
-    trainer = DetectorTrainer(model, optimizer, scheduler, grad_clip=tcfg.grad_clip, dist=dist_info,
-                              autocast=autocast)
-    metrics = MetricsWriter(run, resume_step=step if resume else None) if dist_info.is_main else None
-    extra_info = _detector_extra(model, categories, source)
-    data_seed = derive_seed(cfg.seed, "detect-data")
-
-    def evaluate() -> tuple[dict[str, float], list[dict[str, Any]]]:
-        batches = detection_batches(val_set, batch_size=dcfg.eval_batch_size, train=False, flip=False, seed=0,
-                                    device=device, workers=dcfg.workers, norm=norm)
-        return evaluate_detector(model, val_split, batches, cfg.eval, autocast)
-
-    eval_every = (None if tcfg.eval_every_epochs is None
-                  else max(1, round(tcfg.eval_every_epochs * steps_per_epoch)))
-    last_step = total_steps if max_steps is None else min(total_steps, max_steps)
-    bar = None
-    if progress and dist_info.is_main:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=last_step, initial=step, unit="step", desc="detector", dynamic_ncols=True)
-    last_eval: dict[str, float] = {}
-    speed = Throughput()
-    try:
-        while step < last_step:
-            epoch, start = divmod(step, steps_per_epoch)
-            for batch in detection_batches(train_set, batch_size=dcfg.batch_size, train=True, flip=dcfg.flip,
-                                           seed=data_seed, epoch=epoch, start_batch=start, rank=dist_info.rank,
-                                           world_size=world, device=device, workers=dcfg.workers, norm=norm):
-                if step >= last_step:
-                    break
-                try:
-                    losses = trainer.step(batch.images, batch.boxes, batch.labels, step)
-                except TrainingDiverged as exc:
-                    raise exc.naming_checkpoint(ckpt_path) from None
-                step += 1
-                speed.add(len(batch) * world)
-                if bar is not None:
-                    bar.update(1)
-                if step % tcfg.log_every == 0 or step == last_step:
-                    rec = step_record(step, steps_per_epoch, optimizer.param_groups[0]["lr"], losses, speed.read())
-                    if metrics is not None:
-                        metrics.write(rec)
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{rec['loss']:.3f}", img_s=f"{rec['images_per_s']:.1f}")
-                if eval_every is not None and step % eval_every == 0 and step != last_step:
-                    if dist_info.is_main:
-                        last_eval, _ = evaluate()
-                        if metrics is not None:
-                            metrics.write({"step": step, "eval": last_eval})
-                    barrier(dist_info)
-                if (step % tcfg.checkpoint_every == 0 or step == last_step) and dist_info.is_main:
-                    save_checkpoint(ckpt_path, kind=CHECKPOINT_KIND, model_state=model.state_dict(),
-                                    space=model.backbone.space, config=config_to_dict(cfg), step=step,
-                                    optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                                    extra={**extra_info, "epochs": tcfg.epochs, "steps_per_epoch": steps_per_epoch,
-                                           "total_steps": total_steps, "eval": last_eval})
-        if dist_info.is_main:
-            last_eval, results = evaluate()
-            if metrics is not None:
-                metrics.write({"step": step, "eval": last_eval})
-            _write_eval(run, dcfg.val, last_eval, results,
-                        {"checkpoint": str(ckpt_path), "step": step, "images": len(val_split)})
-    finally:
-        if bar is not None:
-            bar.close()
-        if metrics is not None:
-            metrics.close()
-    summary = {"step": step, "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
-               "checkpoint": str(ckpt_path), "backbone": source, **last_eval}
-    if dist_info.is_main:
-        atomic_write_text(run / "train_summary.json", json.dumps(summary, indent=2) + "\n")
-    barrier(dist_info)
+    recipe = DetectorRecipe(cfg, model, device, dist_info, (train_split, val_split), source, total_steps,
+                            steps_per_epoch)
+    run.start(recipe, state)
+    tcfg = cfg.train
+    eval_every = None if tcfg.eval_every_epochs is None else max(1, round(tcfg.eval_every_epochs * steps_per_epoch))
+    summary = run.train(recipe, examples=len(train_split), batch_size=cfg.data.batch_size, epochs=tcfg.epochs,
+                        cadence=Cadence(tcfg.log_every, tcfg.checkpoint_every, eval_every, eval_at_end=False),
+                        max_steps=max_steps)
+    if dist_info.is_main:  # the final evaluation, with the detections written beside the metrics
+        run.last_eval = recipe.evaluate()
+        _write_eval(run.folder, cfg.data.val, run.last_eval, recipe.results,
+                    {"checkpoint": str(run.checkpoint_path), "step": run.step, "images": len(val_split)})
+    summary = {**summary, "backbone": source, **run.last_eval}
+    run.write_json("train_summary.json", summary)
     if model_out is not None:
         model_out.append(model)
     return summary

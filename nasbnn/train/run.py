@@ -138,7 +138,9 @@ class TrainingRun:
         if self.dist.is_main:
             ensure_dir(self.folder, what="run folder")
             remove_stale_temporaries(self.folder)
+        barrier(self.dist)  # ranks may write into the folder (split.json): none before the cleanup is over
         self.step = 0
+        self.steps_per_epoch = self.total_steps = 0
         self.last_eval: dict[str, float] = {}
 
     # ----------------------------------------------------------------------------------- state
@@ -169,7 +171,8 @@ class TrainingRun:
         save_checkpoint(self.checkpoint_path, kind=recipe.kind, model_state=state["model"], space=recipe.space,
                         config=self.config.model_dump(mode="json"), step=self.step,
                         optimizer=state.get("optimizer"), scheduler=state.get("scheduler"),
-                        extra={**recipe.checkpoint_extra(), "eval": self.last_eval})
+                        extra={**recipe.checkpoint_extra(), "steps_per_epoch": self.steps_per_epoch,
+                               "total_steps": self.total_steps, "eval": self.last_eval})
 
     def write_json(self, name: str, data: dict[str, Any]) -> None:
         """Writes ``<folder>/<name>`` (rank 0, atomically); all ranks meet afterwards."""
@@ -195,6 +198,7 @@ class TrainingRun:
             TrainingDiverged: a loss became NaN/inf (the last good checkpoint is named).
         """
         steps_per_epoch, total_steps = self.schedule(examples, batch_size, epochs)
+        self.steps_per_epoch, self.total_steps = steps_per_epoch, total_steps
         last_step = total_steps if max_steps is None else min(total_steps, max_steps)
         out = self._open_progress(last_step)
         try:
@@ -214,9 +218,10 @@ class TrainingRun:
                 "checkpoint": str(self.checkpoint_path), **self.last_eval}
 
     @staticmethod
-    def schedule(examples: int, batch_size: int, epochs: float) -> tuple[int, int]:
-        """``(steps_per_epoch, total_steps)`` of a schedule; refuses a split smaller than one batch."""
-        require_one_batch(examples, batch_size)
+    def schedule(examples: int, batch_size: int, epochs: float, *, key: str = "the batch size") -> tuple[int, int]:
+        """``(steps_per_epoch, total_steps)`` of a schedule; refuses a split smaller than one batch (naming the
+        config ``key`` to lower)."""
+        require_one_batch(examples, batch_size, key=key)
         steps_per_epoch = examples // batch_size
         return steps_per_epoch, max(1, math.ceil(epochs * steps_per_epoch))
 
@@ -263,5 +268,5 @@ class TrainingRun:
                 if out.metrics is not None:
                     out.metrics.write({"step": step, "eval": self.last_eval})
             barrier(self.dist)
-        if step % cadence.checkpoint_every == 0 and not last:
-            self.save(recipe)
+        if (step % cadence.checkpoint_every == 0 or periodic) and not last:
+            self.save(recipe)  # also after each evaluation, so a resume keeps the figures it reports
