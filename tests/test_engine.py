@@ -421,6 +421,20 @@ def test_latency_model_recovers_coefficients(tmp_path):
         LatencyModel.load(tmp_path / "bad.json")
     with pytest.raises(NasbnnError):
         LatencyModel.fit([[1.0, 2.0, 3.0]])
+    # One file, one model per engine thread count: chosen by thread count, never guessed.
+    from nasbnn.engine.latency import save_models
+
+    two = LatencyModel(0.3, 9.0, 0.01, meta={"threads": 2})
+    assert model.threads == 1 and two.threads == 2
+    both = save_models([model, two], tmp_path / "both.json")
+    assert LatencyModel.load(both, threads=2) == two and LatencyModel.load(both, threads=1) == model
+    with pytest.raises(CheckpointError, match=r"\[1, 2\] engine threads"):
+        LatencyModel.load(both)
+    with pytest.raises(CheckpointError, match="latency fit --threads 4"):
+        LatencyModel.load(both, threads=4)
+    assert LatencyModel.load(path, threads=1) == model
+    with pytest.raises(NasbnnError, match="same thread count"):
+        save_models([model, model], tmp_path / "dup.json")
 
 
 def test_latency_cost_fn_and_rank_correlations():
@@ -458,8 +472,13 @@ def test_bench_cli_json(capsys):
 def test_latency_cli(tmp_path, capsys):
     out = tmp_path / "lat.json"
     assert main(["latency", "fit", "--space", "tiny", "--samples", "4", "--repeats", "1", "--out", str(out),
-                 "--json"]) == 0
+                 "--threads", "1", "2", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["all"]["n"] == 4 and "spearman" in summary["all"]["ops"]
-    assert main(["latency", "predict", "--model", str(out), "--space", "tiny", "--largest"]) == 0
+    assert set(summary["threads"]) == {"1", "2"} and -1 <= summary["cross_thread_kendall"]["1~2"] <= 1
+    for t in ("1", "2"):
+        assert summary["threads"][t]["model"]["meta"]["threads"] == int(t)
+    assert main(["latency", "predict", "--model", str(out), "--space", "tiny", "--largest", "--threads", "2"]) == 0
     assert capsys.readouterr().out.strip().endswith("ms")
+    assert main(["latency", "predict", "--model", str(out), "--space", "tiny", "--largest"]) == 2
+    assert "latency_threads" in capsys.readouterr().err
