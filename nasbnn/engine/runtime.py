@@ -29,8 +29,10 @@ SLACK = 64
 #: Serialises kernel launches of all engines: numba's thread pools are not re-entrant.
 LAUNCH_LOCK = threading.Lock()
 
-#: The classifier uses the thread pool from this many multiply-adds on (tens of µs of work).
-PARALLEL_MIN_WORK = 2_000_000
+#: The classifier uses the thread pool from this many multiply-adds on: with oneTBB a parallel region
+#: costs about 2 µs, and the classifier of an ImageNet network (1.5 M weights, 6 MB, read from memory
+#: once per image) takes about 0.7 ms on one core.
+PARALLEL_MIN_WORK = 250_000
 
 
 def _threading_layer() -> str:
@@ -382,8 +384,9 @@ class BinaryEngine:
     # ------------------------------------------------------------------ helpers
     @staticmethod
     def _parallel(threads: int, work: int) -> bool:
-        """Whether a layer of ``work`` element-words is worth the thread pool."""
-        return threads > 1 and work >= PARALLEL_MIN_WORK
+        """Whether the classifier's ``work`` multiply-adds are worth the thread pool (8x more with workqueue)."""
+        scale = 1 if _threading_layer() in ("tbb", "omp") else 8
+        return threads > 1 and work >= scale * PARALLEL_MIN_WORK
 
     def _pack_target(self, key: str, npix: int, nxt: _Unit | None, jobs: int) -> tuple[np.ndarray, np.ndarray]:
         """The packed output buffer for the next conv (a dummy when there is none) and the zero counters."""
