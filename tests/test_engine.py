@@ -163,6 +163,31 @@ def test_tiny_every_dimension_and_thread_counts():
     assert np.array_equal(engine(x, threads=1), engine(x, threads=2))
 
 
+def test_schedule_splits_small_maps_by_channels():
+    """Plans cover every channel once, at legal bounds; small maps get balanced channel splits."""
+    from nasbnn.engine.schedule import _job_costs, _makespan, channel_bounds, plan_layer
+
+    # the 7x7 5x5 conv of the largest imagenet member (8 groups of 192, next layer one group of 1536)
+    bounds = channel_bounds(1536, 192, 1536)
+    assert bounds and all(c % 64 == 0 for c in bounds)
+    assert channel_bounds(96, 96, 192) == [c for c in range(16, 96, 16) if c % 64 == 0] == [64]
+    assert channel_bounds(36, 12, None) == [12, 24]  # groups not a multiple of the vector width: group bounds
+    for layer in ("tbb", "workqueue"):
+        plan = plan_layer(49, 1536, 192, 75, threads=2, cap=48, serial_ppj=16, next_cg=1536, gathered=True,
+                          layer=layer)
+        cr = plan.cranges
+        assert plan.parallel and cr[0, 0] == 0 and cr[-1, 1] == 1536 and (cr[1:, 0] == cr[:-1, 1]).all()
+        assert set(cr[1:, 0].tolist()) <= set(bounds) and len(cr) >= 2
+        assert plan.jobs == -(-49 // plan.pix_per_job) * len(cr)
+        costs = _job_costs(49, plan.pix_per_job, *schedule_mod._chunk_cost(cr, 192, 75, True))
+        assert _makespan(costs, 2) <= 0.56 * costs.sum()  # both threads get about half
+    one = plan_layer(49, 1536, 192, 75, threads=1, cap=48, serial_ppj=16, next_cg=1536, gathered=True, layer="tbb")
+    assert not one.parallel and one.pix_per_job == 16 and one.cranges.tolist() == [[0, 1536]]
+    # a layer of a few microseconds stays on the calling thread
+    tiny = plan_layer(16, 32, 32, 2, threads=2, cap=256, serial_ppj=8, next_cg=32, gathered=False, layer="tbb")
+    assert not tiny.parallel
+
+
 def test_odd_channel_counts_pad_bits(threads):
     """Channels that do not fill a word (12, 24, 48 per group) in a user space."""
     from nasbnn.space import SearchSpace, StageSpec
