@@ -626,7 +626,10 @@ def bconv_forward(xp, b_, h, w, k, s, p, groups, wg, cg, merge, wt, cog, dbase, 
             computes pixel run ``j // chunks`` for channels ``cranges[j % chunks]``. Inside a group the
             bounds are multiples of FLOAT_LANES; with packing they start words of the next layer, so
             that no two jobs write the same packed word.
-        zcount: [jobs] number of exact zeros met while packing.
+        zcount: [jobs] number of exact zeros met while packing (every entry is written).
+
+    Returns:
+        The number of exact zeros met while packing (their sum).
     """
     _prefer_wide_vectors()
     npix = b_ * ho * wo
@@ -690,6 +693,7 @@ def bconv_forward(xp, b_, h, w, k, s, p, groups, wg, cg, merge, wt, cog, dbase, 
         if do_pack and not fuse_pack:
             zeros = _pack_rows(of, cout, p0, p1_, nshift, ngroups, ncg, nwg, out_p, wlo, whi)
         zcount[job] = zeros
+    return zcount.sum()
 
 
 # --------------------------------------------------------------------------------------------- stem
@@ -786,6 +790,7 @@ def stem_forward(x, wf, k, s, p, groups, og, tp, out_f, ho, wo, do_pack, nshift,
         if do_pack:
             zeros = _pack_rows(of, cout, p0, p1_, nshift, ngroups, ncg, nwg, out_p, 0, ngroups * nwg)
         zcount[job] = zeros
+    return zcount.sum()
 
 
 # --------------------------------------------------------------------------------------------- head

@@ -334,10 +334,10 @@ class BinaryEngine:
         plan = self._plan(-1, b_ * ho * wo, threads)
         p_cur, zcount = self._pack_target("p0", b_ * ho * wo, nxt, plan.jobs)
         stem = K.stem_forward if plan.parallel else K.stem_forward_serial
-        stem(x, self._stem_w, st.kernel_size, st.stride, (st.kernel_size - 1) // 2, st.groups,
+        zeros = stem(x, self._stem_w, st.kernel_size, st.stride, (st.kernel_size - 1) // 2, st.groups,
              self._stem_og, self._stem_tp, f_cur, ho, wo, nxt is not None, *self._next_args(nxt, p_cur),
              plan.pix_per_job, zcount)
-        zc_next = self._zero_fix(zcount, f_cur, nxt, b_, ho, wo)
+        zc_next = self._zero_fix(zeros, f_cur, nxt, b_, ho, wo)
         if timings is not None:
             timings.append(LayerTiming(st.name, st.kind, clock() - t0))
         if trace is not None:
@@ -360,10 +360,11 @@ class BinaryEngine:
             res = f_block.reshape(b_, hb, wb, u.cin) if is_kxk else f_cur.reshape(b_, h, w, u.cin)
             zc, has_zc = (zc_next, True) if zc_next is not None else (self._dummy_zc(), False)
             conv = K.bconv_forward if plan.parallel else K.bconv_forward_serial
-            conv(p_cur, b_, h, w, u.k, u.s, (u.k - 1) // 2, u.groups, u.wg, u.cg, u.merge, u.wt, u.cog, u.dbase, u.tp,
-                 res, is_kxk and u.s != 1, u.rix, u.rsame, f_out, ho, wo, nxt is not None,
-                 *self._next_args(nxt, p_out), *u.pack_offsets, zc, has_zc, plan.pix_per_job, plan.cranges, zcount)
-            zc_next = self._zero_fix(zcount, f_out, nxt, b_, ho, wo)
+            zeros = conv(p_cur, b_, h, w, u.k, u.s, (u.k - 1) // 2, u.groups, u.wg, u.cg, u.merge, u.wt, u.cog,
+                         u.dbase, u.tp, res, is_kxk and u.s != 1, u.rix, u.rsame, f_out, ho, wo, nxt is not None,
+                         *self._next_args(nxt, p_out), *u.pack_offsets, zc, has_zc, plan.pix_per_job, plan.cranges,
+                         zcount)
+            zc_next = self._zero_fix(zeros, f_out, nxt, b_, ho, wo)
             if timings is not None:
                 timings.append(LayerTiming(u.name, "binary conv", clock() - t0))
             if trace is not None:
@@ -393,8 +394,7 @@ class BinaryEngine:
         words = nxt.groups * nxt.wg if nxt is not None else 1
         p_out = self._buffer(key, npix * words if nxt is not None else 1, np.uint64)
         p_out = p_out.reshape(npix if nxt is not None else 1, words)
-        zcount = np.zeros(jobs, np.int64)
-        return p_out, zcount
+        return p_out, self._buffer("z" + key, jobs, np.int64)  # every job writes its counter
 
     def _plan(self, index: int, npix: int, threads: int) -> Plan:
         """How layer ``index`` (-1: the stem) splits ``npix`` output pixels among ``threads`` (memoised)."""
@@ -445,10 +445,10 @@ class BinaryEngine:
         return z
 
     @staticmethod
-    def _zero_fix(zcount: np.ndarray, f: np.ndarray, nxt: _Unit | None, b_: int, h: int,
+    def _zero_fix(zeros: int, f: np.ndarray, nxt: _Unit | None, b_: int, h: int,
                   w: int) -> np.ndarray | None:
         """The sign(0) = 0 correction for the next conv, or None when its input has no exact zeros."""
-        if nxt is None or not zcount.any():
+        if nxt is None or not zeros:
             return None
         ho, wo = conv_out_size(h, nxt.s), conv_out_size(w, nxt.s)
         zc = np.zeros((b_ * ho * wo, nxt.cout), np.int64)
