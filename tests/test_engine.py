@@ -298,6 +298,25 @@ def tiny_static() -> StaticBNN:
     return export_subnet(supernet("tiny"), space.largest()).eval()
 
 
+def test_engine_leaves_pytorch_threads_alone(tiny_static, monkeypatch):
+    """The engine's threading layer is never OpenMP (whose thread count PyTorch shares) unless asked for."""
+    import os
+
+    import numba
+
+    monkeypatch.setattr(runtime_mod, "plan_layer", finest_plan)  # every layer on the thread pool
+    engine = BinaryEngine(pack_model(tiny_static))
+    prev = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        engine(images(tiny_static.space, 2, 16), threads=2)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(prev)
+    if not os.environ.get("NUMBA_THREADING_LAYER"):
+        assert numba.threading_layer() in ("tbb", "workqueue")
+
+
 def test_pack_save_load_roundtrip(tmp_path, tiny_static):
     packed = pack_model(tiny_static)
     path = packed.save(tmp_path / "m.nbp")
