@@ -51,7 +51,7 @@ def _preload_tbb() -> bool:
             parallel._check_tbb_version_compatible()  # raises ImportError when oneTBB is missing or too old
             import numba.np.ufunc.tbbpool  # noqa: F401
             return True
-        except (ImportError, OSError, ValueError):
+        except (ImportError, OSError, ValueError, AttributeError):  # AttributeError: a numba without the check
             return False
 
     if loads():
