@@ -232,14 +232,17 @@ def _interleaved(static: Any, engine: Any, frozen: Any, x: torch.Tensor, tlist: 
         engine.threads = t
         check = compare(static, engine, x)
         runs[t] = {"agreement": {k: check[k] for k in ("images", "agree", "sign_ties", "unexplained", "max_rel_err")},
-                   "e2e_engine": [], "e2e_float": [], "lay_engine": [], "lay_float": [], "names": []}
+                   "e2e_engine": [], "e2e_float": [], "cpu_engine": [], "lay_engine": [], "lay_float": [],
+                   "names": []}
     for i in range(warmup + repeats):
         for t in tlist:
             r = runs[t]
             torch.set_num_threads(t)
+            c0 = time.process_time()  # CPU time of all the process's threads: work plus waiting cost
             t0 = time.perf_counter()
             engine(xn, threads=t)
             te = time.perf_counter() - t0
+            ce = time.process_time() - c0
             # An OpenMP threading layer of numba can change PyTorch's OpenMP thread count: re-pin it.
             torch.set_num_threads(t)
             with torch.no_grad():
@@ -252,6 +255,7 @@ def _interleaved(static: Any, engine: Any, frozen: Any, x: torch.Tensor, tlist: 
             lf = _time_float_layers(units, xf)
             if i >= warmup:
                 r["e2e_engine"].append(te)
+                r["cpu_engine"].append(ce)
                 r["e2e_float"].append(tf)
                 r["lay_engine"].append([v.seconds for v in timings])
                 r["lay_float"].append(lf)
@@ -284,6 +288,7 @@ def _summary(static: Any, res: int, bs: int, run: dict[str, Any]) -> dict[str, A
     return {
         "batch": bs,
         "engine_ms": ee,
+        "engine_cpu_ms": _stats(run["cpu_engine"]),
         "float_ms": fe,
         "end_to_end_speedup": fe["min"] / ee["min"],
         "end_to_end_speedup_median": fe["median"] / ee["median"],
@@ -298,7 +303,13 @@ def _summary(static: Any, res: int, bs: int, run: dict[str, Any]) -> dict[str, A
 
 
 def _scaling(runs: dict[int, dict[str, Any]], tlist: Sequence[int]) -> dict[str, Any]:
-    """Time at the first thread count over the time at each other one (engine and float)."""
+    """Time at the first thread count over the time at each other one (engine and float).
+
+    ``engine_cpu_efficiency``: the engine's CPU time (all threads) at the first count over that at the
+    other, medians: below 1 by the work the split adds (duplicated gathers, jobs, idle spinning). Unlike
+    wall time it hardly depends on other processes, so it says on a loaded machine what a quiet one would
+    gain: at most ``threads × efficiency`` (less by any imbalance between the threads).
+    """
     base = runs[tlist[0]]
     out: dict[str, Any] = {}
     for t in tlist[1:]:
@@ -307,6 +318,7 @@ def _scaling(runs: dict[int, dict[str, Any]], tlist: Sequence[int]) -> dict[str,
             a, b = base[f"e2e_{side}"], runs[t][f"e2e_{side}"]
             row[side] = {"best": min(a) / min(b), "median": statistics.median(a) / statistics.median(b),
                          "median_of_paired_ratios": statistics.median(x / y for x, y in zip(a, b))}
+        row["engine_cpu_efficiency"] = statistics.median(base["cpu_engine"]) / statistics.median(runs[t]["cpu_engine"])
         out[f"{tlist[0]}->{t}"] = row
     return out
 
