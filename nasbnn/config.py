@@ -161,6 +161,8 @@ class SearchConfig(Strict):
     step_mops: float = Field(2.0, gt=0)
     cost: Literal["ops", "latency"] = "ops"
     latency_model: str | None = Field(None, description="fitted latency model JSON for cost=latency")
+    latency_threads: int | None = Field(None, ge=1, description="engine threads of the deployment: cost=latency "
+                                        "uses the model fitted at this count (None: the file's only model)")
     convention: Literal["upstream", "standard"] = "upstream"
     calib_batches: int = Field(10, ge=1)
     calib_batch_size: int = Field(2048, ge=1)

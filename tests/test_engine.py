@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import copy
 import gzip
+import itertools
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ from helpers import randomize_
 from nasbnn.cli import main
 from nasbnn.engine import BinaryEngine, InputError, PackedModel, pack_model
 from nasbnn.engine import runtime as runtime_mod
+from nasbnn.engine import schedule as schedule_mod
 from nasbnn.engine.verify import compare, explain_divergence
 from nasbnn.errors import CheckpointError, NasbnnError
 from nasbnn.export import export_subnet
@@ -58,6 +61,27 @@ def images(space, n: int, h: int, w: int | None = None, seed: int = 0) -> torch.
     return torch.randn(n, space.in_channels, h, w or h, generator=torch.Generator().manual_seed(seed))
 
 
+def finest_plan(npix, cout, cog, kw, *, threads, cap, serial_ppj, next_cg, gathered, layer, split_channels=True):
+    """Every layer on the thread pool, one block of pixels per job, a channel range at every legal bound.
+
+    At test sizes the cost model runs most layers on one thread; this split exercises every path of
+    the parallel decomposition (ranges inside groups, across groups, partial blocks, shared pixels).
+    """
+    edges = [0, *(schedule_mod.channel_bounds(cout, cog, next_cg) if split_channels else []), cout]
+    cr = np.array(list(itertools.pairwise(edges)), np.int64)
+    ppj = runtime_mod.K.BLOCK
+    return schedule_mod.Plan(ppj, cr, True, -(-npix // ppj) * len(cr))
+
+
+@pytest.fixture(params=["1-thread", "2-threads"])
+def threads(request, monkeypatch) -> int:
+    """Thread counts the agreement tests run at: two threads with the finest split of every layer."""
+    if request.param == "2-threads":
+        monkeypatch.setattr(runtime_mod, "plan_layer", finest_plan)
+        return 2
+    return 1
+
+
 # --------------------------------------------------------------------------------------------- correctness
 CASES = {
     # preset: (resolutions, random architectures besides largest and smallest, batch)
@@ -68,27 +92,64 @@ CASES = {
 }
 
 
+_CASE_NETS: dict[str, list[tuple[StaticBNN, Any]]] = {}
+
+
+def case_nets(name: str) -> list[tuple[StaticBNN, Any]]:
+    """The exported networks of a preset's agreement test and their packed models, built once."""
+    if name not in _CASE_NETS:
+        space = create_space(name)
+        rng = random.Random(7)
+        archs = [space.largest(), space.smallest()] + [space.sample(rng) for _ in range(CASES[name][1])]
+        if name in ("cifar", "imagenet"):
+            archs = archs[1:]  # their largest member (the same stage table) has its own test below
+        statics = [export_subnet(supernet(name), arch).eval() for arch in archs]
+        _CASE_NETS[name] = [(s, pack_model(s)) for s in statics]
+    return _CASE_NETS[name]
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["batch1", "batchN"])
 @pytest.mark.parametrize("name", list(CASES))
-def test_engine_matches_static(name):
+def test_engine_matches_static(name, batched, threads):
     space = create_space(name)
-    net = supernet(name)
-    sizes, n_random, batch = CASES[name]
-    rng = random.Random(7)
-    archs = [space.largest(), space.smallest()] + [space.sample(rng) for _ in range(n_random)]
-    if name in ("cifar", "imagenet"):
-        archs = archs[1:]  # their largest member (the same stage table) has its own test below
-    for i, arch in enumerate(archs):
-        static = export_subnet(net, arch).eval()
-        engine = BinaryEngine(pack_model(static))
+    sizes, _, batch = CASES[name]
+    for i, (static, packed) in enumerate(case_nets(name)):
+        engine = BinaryEngine(packed, threads=threads)
         h, w = sizes[i % len(sizes)]
-        check_engine(static, engine, images(space, batch, h, w, seed=i))
+        check_engine(static, engine, images(space, batch if batched else 1, h, w, seed=i))
 
 
-def test_imagenet_largest_at_reduced_resolution():
+def imagenet_largest() -> tuple[StaticBNN, Any]:
+    """The largest imagenet member of the randomised supernet and its packed model, built once."""
+    if "imagenet-largest" not in _CASE_NETS:
+        static = export_subnet(supernet("imagenet"), create_space("imagenet").largest()).eval()
+        _CASE_NETS["imagenet-largest"] = [(static, pack_model(static))]
+    return _CASE_NETS["imagenet-largest"][0]
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_imagenet_largest_at_reduced_resolution(batch, threads):
     space = create_space("imagenet")
-    static = export_subnet(supernet("imagenet"), space.largest()).eval()
-    engine = BinaryEngine(pack_model(static))
-    check_engine(static, engine, images(space, 2, 40, seed=3))
+    static, packed = imagenet_largest()
+    engine = BinaryEngine(packed, threads=threads)
+    check_engine(static, engine, images(space, batch, 40, seed=3))
+
+
+def test_thread_splits_give_identical_logits(monkeypatch):
+    """Splitting pixels and channels among threads changes no arithmetic: the logits are bit-identical.
+
+    The imagenet largest member at 72x72 (maps 36 down to 3): the cost model's own plans at two
+    threads, then the finest split, against one thread, at batch 1 and 3.
+    """
+    space = create_space("imagenet")
+    _, packed = imagenet_largest()
+    for batch in (1, 3):
+        x = images(space, batch, 72, seed=batch)
+        ref = BinaryEngine(packed)(x, threads=1)
+        assert np.array_equal(BinaryEngine(packed)(x, threads=2), ref)
+        with monkeypatch.context() as m:
+            m.setattr(runtime_mod, "plan_layer", finest_plan)
+            assert np.array_equal(BinaryEngine(packed)(x, threads=2), ref)
 
 
 def test_tiny_every_dimension_and_thread_counts():
@@ -102,7 +163,32 @@ def test_tiny_every_dimension_and_thread_counts():
     assert np.array_equal(engine(x, threads=1), engine(x, threads=2))
 
 
-def test_odd_channel_counts_pad_bits():
+def test_schedule_splits_small_maps_by_channels():
+    """Plans cover every channel once, at legal bounds; small maps get balanced channel splits."""
+    from nasbnn.engine.schedule import _job_costs, _makespan, channel_bounds, plan_layer
+
+    # the 7x7 5x5 conv of the largest imagenet member (8 groups of 192, next layer one group of 1536)
+    bounds = channel_bounds(1536, 192, 1536)
+    assert bounds and all(c % 64 == 0 for c in bounds)
+    assert channel_bounds(96, 96, 192) == [c for c in range(16, 96, 16) if c % 64 == 0] == [64]
+    assert channel_bounds(36, 12, None) == [12, 24]  # groups not a multiple of the vector width: group bounds
+    for layer in ("tbb", "workqueue"):
+        plan = plan_layer(49, 1536, 192, 75, threads=2, cap=48, serial_ppj=16, next_cg=1536, gathered=True,
+                          layer=layer)
+        cr = plan.cranges
+        assert plan.parallel and cr[0, 0] == 0 and cr[-1, 1] == 1536 and (cr[1:, 0] == cr[:-1, 1]).all()
+        assert set(cr[1:, 0].tolist()) <= set(bounds) and len(cr) >= 2
+        assert plan.jobs == -(-49 // plan.pix_per_job) * len(cr)
+        costs = _job_costs(49, plan.pix_per_job, *schedule_mod._chunk_cost(cr, 192, 75, True))
+        assert _makespan(costs, 2) <= 0.56 * costs.sum()  # both threads get about half
+    one = plan_layer(49, 1536, 192, 75, threads=1, cap=48, serial_ppj=16, next_cg=1536, gathered=True, layer="tbb")
+    assert not one.parallel and one.pix_per_job == 16 and one.cranges.tolist() == [[0, 1536]]
+    # a layer of a few microseconds stays on the calling thread
+    tiny = plan_layer(16, 32, 32, 2, threads=2, cap=256, serial_ppj=8, next_cg=32, gathered=False, layer="tbb")
+    assert not tiny.parallel
+
+
+def test_odd_channel_counts_pad_bits(threads):
     """Channels that do not fill a word (12, 24, 48 per group) in a user space."""
     from nasbnn.space import SearchSpace, StageSpec
 
@@ -112,8 +198,9 @@ def test_odd_channel_counts_pad_bits():
                         in_channels=2, num_classes=7, resolution=15)
     net = randomize_(SuperBNN(space, seed=3), seed=4).eval()
     static = export_subnet(net, space.largest()).eval()
-    engine = BinaryEngine(pack_model(static))
+    engine = BinaryEngine(pack_model(static), threads=threads)
     check_engine(static, engine, images(space, 4, 15, seed=5))
+    check_engine(static, engine, images(space, 1, 15, seed=6))
 
 
 def _fashion_images(n: int) -> np.ndarray:
@@ -170,7 +257,7 @@ def _zero_network() -> tuple[StaticBNN, torch.Tensor]:
     return static, images(space, 3, 12, 10, seed=6)
 
 
-def test_sign_zero_activations_count_zero(monkeypatch):
+def test_sign_zero_activations_count_zero(monkeypatch, threads):
     static, x = _zero_network()
     with torch.no_grad():
         h = static.stem(x)
@@ -178,8 +265,9 @@ def test_sign_zero_activations_count_zero(monkeypatch):
         o1 = static.blocks[0].rprelu1(shortcut_add(static.blocks[0].bn1(
             static.blocks[0].conv_kxk(static.blocks[0].rsign1(h))), h))
         assert (static.blocks[0].rsign2(o1) == 0).sum() > 0
-    engine = BinaryEngine(pack_model(static))
+    engine = BinaryEngine(pack_model(static), threads=threads)
     assert check_engine(static, engine, x) == 0
+    assert check_engine(static, engine, x[:1]) == 0
     # Without the correction the zeros would count as +1 and the logits would differ.
     monkeypatch.setattr(runtime_mod.BinaryEngine, "_zero_fix", staticmethod(lambda *a: None))
     with torch.no_grad():
@@ -208,6 +296,25 @@ def test_divergence_is_detected_not_excused(tiny_static):
 def tiny_static() -> StaticBNN:
     space = create_space("tiny")
     return export_subnet(supernet("tiny"), space.largest()).eval()
+
+
+def test_engine_leaves_pytorch_threads_alone(tiny_static, monkeypatch):
+    """The engine's threading layer is never OpenMP (whose thread count PyTorch shares) unless asked for."""
+    import os
+
+    import numba
+
+    monkeypatch.setattr(runtime_mod, "plan_layer", finest_plan)  # every layer on the thread pool
+    engine = BinaryEngine(pack_model(tiny_static))
+    prev = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        engine(images(tiny_static.space, 2, 16), threads=2)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(prev)
+    if not os.environ.get("NUMBA_THREADING_LAYER"):
+        assert numba.threading_layer() in ("tbb", "workqueue")
 
 
 def test_pack_save_load_roundtrip(tmp_path, tiny_static):
@@ -358,6 +465,20 @@ def test_latency_model_recovers_coefficients(tmp_path):
         LatencyModel.load(tmp_path / "bad.json")
     with pytest.raises(NasbnnError):
         LatencyModel.fit([[1.0, 2.0, 3.0]])
+    # One file, one model per engine thread count: chosen by thread count, never guessed.
+    from nasbnn.engine.latency import save_models
+
+    two = LatencyModel(0.3, 9.0, 0.01, meta={"threads": 2})
+    assert model.threads == 1 and two.threads == 2
+    both = save_models([model, two], tmp_path / "both.json")
+    assert LatencyModel.load(both, threads=2) == two and LatencyModel.load(both, threads=1) == model
+    with pytest.raises(CheckpointError, match=r"\[1, 2\] engine threads"):
+        LatencyModel.load(both)
+    with pytest.raises(CheckpointError, match="latency fit --threads 4"):
+        LatencyModel.load(both, threads=4)
+    assert LatencyModel.load(path, threads=1) == model
+    with pytest.raises(NasbnnError, match="same thread count"):
+        save_models([model, model], tmp_path / "dup.json")
 
 
 def test_latency_cost_fn_and_rank_correlations():
@@ -395,8 +516,13 @@ def test_bench_cli_json(capsys):
 def test_latency_cli(tmp_path, capsys):
     out = tmp_path / "lat.json"
     assert main(["latency", "fit", "--space", "tiny", "--samples", "4", "--repeats", "1", "--out", str(out),
-                 "--json"]) == 0
+                 "--threads", "1", "2", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["all"]["n"] == 4 and "spearman" in summary["all"]["ops"]
-    assert main(["latency", "predict", "--model", str(out), "--space", "tiny", "--largest"]) == 0
+    assert set(summary["threads"]) == {"1", "2"} and -1 <= summary["cross_thread_kendall"]["1~2"] <= 1
+    for t in ("1", "2"):
+        assert summary["threads"][t]["model"]["meta"]["threads"] == int(t)
+    assert main(["latency", "predict", "--model", str(out), "--space", "tiny", "--largest", "--threads", "2"]) == 0
     assert capsys.readouterr().out.strip().endswith("ms")
+    assert main(["latency", "predict", "--model", str(out), "--space", "tiny", "--largest"]) == 2
+    assert "latency_threads" in capsys.readouterr().err

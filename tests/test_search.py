@@ -194,17 +194,20 @@ def test_search_bad_input_writes_nothing(trained, tmp_path, capsys):
 
 def test_search_with_latency_cost(trained, tmp_path):
     from nasbnn.config import RunConfig, load_config
-    from nasbnn.engine.latency import LatencyModel, latency_cost_fn
+    from nasbnn.engine.latency import LatencyModel, latency_cost_fn, save_models
     from nasbnn.search.run import run_search
 
-    model = LatencyModel(a_ms_per_gbop=2.0, b_ms_per_gflop=50.0, c_ms_per_layer=0.01)
-    path = model.save(tmp_path / "lat.json")
+    # One file, models for 1 and 2 engine threads: the search uses the one of search.latency_threads.
+    one = LatencyModel(a_ms_per_gbop=9.0, b_ms_per_gflop=1.0, c_ms_per_layer=0.5, meta={"threads": 1})
+    model = LatencyModel(a_ms_per_gbop=2.0, b_ms_per_gflop=50.0, c_ms_per_layer=0.01, meta={"threads": 2})
+    path = save_models([one, model], tmp_path / "lat.json")
     space = create_space("tiny")
     cost = latency_cost_fn(model, space)
     lo, hi = cost(space.smallest()), cost(space.largest())
     assert lo < hi
     step = (hi - lo) / 4
     cfg = load_config(RunConfig, None, [*TINY, *SEARCH, "search.cost=latency", f"search.latency_model={path}",
+                                        "search.latency_threads=2",
                                         f"search.min_mops={lo}", f"search.max_mops={hi + 1e-9}",
                                         f"search.step_mops={step}", f"out={tmp_path}"])
     run_search(cfg, checkpoint=trained / "checkpoint.pt", progress=False)
@@ -215,6 +218,7 @@ def test_search_with_latency_cost(trained, tmp_path):
         assert h["cost"] == pytest.approx(c) and lo - 1e-9 <= c <= hi + 1e-9
     pareto = json.loads((tmp_path / "search" / "pareto.json").read_text())
     assert pareto["cost"] == "latency" and pareto["budget"]["unit"] == "ms" and pareto["family"]
+    assert pareto["latency_threads"] == 2
 
 
 def test_search_latency_cost_needs_a_model(trained, tmp_path, capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from ..errors import NasbnnError
 from .common import add_arch_args, resolve_arch
@@ -35,7 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--samples", type=int, default=30, help="architectures to measure (default: %(default)s)")
     f.add_argument("--out", required=True, metavar="FILE", help="where to write the model (JSON)")
     f.add_argument("--resolution", type=int, default=None, help="input resolution (default: the space's)")
-    f.add_argument("--threads", type=int, default=1, help="engine threads (default: %(default)s)")
+    f.add_argument("--threads", type=int, nargs="+", default=[1],
+                   help="engine thread counts, one model each in the same file (default: %(default)s)")
     f.add_argument("--repeats", type=int, default=5, help="timed runs per architecture (default: %(default)s)")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--report", metavar="FILE", default=None,
@@ -47,6 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--space", default="fashion-mnist", help="preset name or space file (default: %(default)s)")
     add_arch_args(q)
     q.add_argument("--resolution", type=int, default=None)
+    q.add_argument("--threads", type=int, default=None,
+                   help="engine threads of the model to use, when the file holds several")
     q.set_defaults(handler=_latency_predict)
 
 
@@ -79,12 +83,14 @@ def _latency_fit(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from ..engine.latency import fit_latency
+    from ..engine.latency import fit_latency_models, save_models
     from ..presets import resolve_space
     from ..utils.io import atomic_write_text
     from .common import print_json
 
     space = resolve_space(args.space)
+    if len(set(args.threads)) != len(args.threads) or min(args.threads) < 1:
+        raise NasbnnError(f"--threads must be distinct positive integers, got {args.threads}")
 
     show = not args.json and sys.stderr.isatty()
 
@@ -92,19 +98,32 @@ def _latency_fit(args: argparse.Namespace) -> int:
         if show:
             print(f"\rmeasured {i}/{n} architectures", end="", file=sys.stderr, flush=True)
 
-    model, report = fit_latency(space, samples=args.samples, threads=args.threads, repeats=args.repeats,
-                                resolution=args.resolution, seed=args.seed, progress=progress)
+    models, report = fit_latency_models(space, samples=args.samples, threads=args.threads, repeats=args.repeats,
+                                        resolution=args.resolution, seed=args.seed, progress=progress)
     if show:
         print(file=sys.stderr)
-    model.save(args.out)
+    save_models(models, args.out)
     if args.report:
         atomic_write_text(Path(args.report), json.dumps(report, indent=2) + "\n")
-    summary = {"model": model.to_dict(), "all": report["all"], "held_out": report["held_out"], "out": args.out}
+    per = report["threads"]
     if args.json:
-        print_json(summary)
+        first = per[str(args.threads[0])]
+        print_json({"model": first["model"], "all": first["all"], "held_out": first["held_out"], "out": args.out,
+                    "threads": {t: {k: r[k] for k in ("model", "all", "held_out")} for t, r in per.items()},
+                    "cross_thread_kendall": report["cross_thread_kendall"]})
         return 0
-    a, ho = report["all"], report["held_out"]
-    print(f"space {space.name!r}: {a['n']} architectures, threads {args.threads}, batch 1")
+    for model in models:
+        _print_fit(space.name, model, per[str(model.threads)])
+    for pair, tau in report["cross_thread_kendall"].items():
+        print(f"threads {pair.replace('~', ' vs ')}: measured latencies rank the architectures with Kendall tau "
+              f"{tau:.3f}")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _print_fit(space: str, model: Any, rep: dict[str, Any]) -> None:
+    a, ho = rep["all"], rep["held_out"]
+    print(f"space {space!r}: {a['n']} architectures, threads {model.threads}, batch 1")
     print(f"latency_ms = {model.a_ms_per_gbop:.4g}·GBOPs + {model.b_ms_per_gflop:.4g}·GFLOPs + "
           f"{model.c_ms_per_layer:.4g}·layers   (layer R^2 {model.meta['layer_r2']:.3f})")
     print(f"one binary MAC costs {model.bop_cost_in_flops:.3g} float MACs here (the OPs model assumes 1/64 = 0.0156)")
@@ -114,8 +133,6 @@ def _latency_fit(args: argparse.Namespace) -> int:
     print(f"held-out half ({ho['n']}, model fitted on the other half): OPs spearman {ho['ops']['spearman']:.3f} "
           f"kendall {ho['ops']['kendall']:.3f}; model spearman {ho['model']['spearman']:.3f} "
           f"kendall {ho['model']['kendall']:.3f}, mean |error| {ho['model']['mean_abs_rel_err']:.1%}")
-    print(f"wrote {args.out}")
-    return 0
 
 
 def _latency_predict(args: argparse.Namespace) -> int:
@@ -124,7 +141,7 @@ def _latency_predict(args: argparse.Namespace) -> int:
 
     if args.resolution is not None and args.resolution < 1:
         raise NasbnnError(f"resolution must be positive, got {args.resolution}")
-    model = LatencyModel.load(args.model)
+    model = LatencyModel.load(args.model, threads=args.threads)
     space = resolve_space(args.space)
     arch = resolve_arch(args, space)
     print(f"{model.predict(arch, space, args.resolution):.4f} ms")

@@ -20,7 +20,7 @@ import torch
 
 from ..errors import NasbnnError
 
-__all__ = ["benchmark", "format_bench", "machine_info", "random_static"]
+__all__ = ["benchmark", "benchmark_threads", "format_bench", "machine_info", "random_static"]
 
 
 def _cpuinfo() -> dict[str, str]:
@@ -147,123 +147,180 @@ def benchmark(static: Any, *, batch_sizes: Sequence[int] = (1, 8), threads: int 
     """
     import numba
 
-    from ..cost import layer_costs
+    n_threads = numba.config.NUMBA_NUM_THREADS if threads is None else int(threads)
+    return benchmark_threads(static, batch_sizes=batch_sizes, threads=(n_threads,), repeats=repeats, warmup=warmup,
+                             resolution=resolution, seed=seed)["results"][str(n_threads)]
+
+
+def benchmark_threads(static: Any, *, batch_sizes: Sequence[int] = (1, 8), threads: Sequence[int] = (1, 2),
+                      repeats: int = 10, warmup: int = 2, resolution: int | None = None,
+                      seed: int = 0) -> dict[str, Any]:
+    """:func:`benchmark` at several thread counts, interleaved, and how each side scales with threads.
+
+    Every repeat runs each thread count in turn (engine, float, then both layer by layer), so that all
+    thread counts see the same machine load; on a shared machine this is what makes their ratio
+    meaningful. Returns ``results`` (per thread count, the dict :func:`benchmark` returns) and
+    ``scaling`` (per batch size and thread count: the time at the first thread count over the time at
+    this one, for the engine and the float network, from the best runs, the medians, and the median of
+    the per-repeat ratios).
+    """
+    import numba
+
     from .frozen import freeze
     from .packed import float_model_bytes, pack_model
     from .runtime import BinaryEngine
-    from .verify import compare
 
     if repeats < 1 or warmup < 0:
         raise NasbnnError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
     if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
         raise NasbnnError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
     limit = numba.config.NUMBA_NUM_THREADS
-    n_threads = limit if threads is None else int(threads)
-    if n_threads < 1:
-        raise NasbnnError(f"threads must be >= 1, got {n_threads}")
-    if n_threads > limit:
-        raise NasbnnError(f"threads={n_threads} exceeds the {limit} threads numba can use on this machine")
-    space, arch = static.space, static.arch
+    tlist = [int(t) for t in threads]
+    if not tlist or min(tlist) < 1:
+        raise NasbnnError(f"threads must be >= 1, got {list(threads)}")
+    if max(tlist) > limit:
+        raise NasbnnError(f"threads={max(tlist)} exceeds the {limit} threads numba can use on this machine")
+    space = static.space
     res = space.resolution if resolution is None else int(resolution)
     if res < 1:
         raise NasbnnError(f"resolution must be positive, got {res}")
     static = static.cpu().eval()
     packed = pack_model(static)
-    engine = BinaryEngine(packed, threads=n_threads)
+    engine = BinaryEngine(packed)
     frozen = freeze(static, channels_last=True)
-    units = _float_units(frozen)
-    costs = layer_costs(arch, space, res)
-    prev_threads = torch.get_num_threads()
-    torch.set_num_threads(n_threads)
-    gen = torch.Generator().manual_seed(seed)
     engine(torch.zeros(1, space.in_channels, res, res).numpy())  # compiles or loads the kernels
-    result: dict[str, Any] = {
-        "machine": machine_info(n_threads),
-        "threads": n_threads,
-        "torch_threads": torch.get_num_threads(),
-        "space": space.name,
-        "arch": str(arch),
-        "resolution": res,
-        "repeats": repeats,
-        "warmup": warmup,
-        "packed_bytes": packed.nbytes,
-        "float_bytes": float_model_bytes(static),
-        "timing": "wall clock (time.perf_counter); 'min' is the best of the repeats, 'median' their median; "
-                  "speedups use the best runs",
-        "batches": {},
-    }
+    results: dict[str, Any] = {}
+    for t in tlist:
+        results[str(t)] = {
+            "machine": machine_info(t), "threads": t, "torch_threads": t, "space": space.name,
+            "arch": str(static.arch), "resolution": res, "repeats": repeats, "warmup": warmup,
+            "packed_bytes": packed.nbytes, "float_bytes": float_model_bytes(static),
+            "timing": "wall clock (time.perf_counter); 'min' is the best of the repeats, 'median' their median; "
+                      "speedups use the best runs; thread counts interleaved within every repeat",
+            "batches": {},
+        }
+    scaling: dict[str, Any] = {}
+    prev_threads = torch.get_num_threads()
+    gen = torch.Generator().manual_seed(seed)
     try:
-        for bs in batch_sizes:
-            bs = int(bs)
+        for bs in (int(b) for b in batch_sizes):
             x = torch.randn(bs, space.in_channels, res, res, generator=gen)
-            xn = x.numpy()
-            xf = x.contiguous(memory_format=torch.channels_last)  # the float side's fastest layout
-            check = compare(static, engine, x)
-            agreement = {k: check[k] for k in ("images", "agree", "sign_ties", "unexplained", "max_rel_err")}
-            for _ in range(warmup):
-                engine(xn)
-                with torch.no_grad():
-                    frozen(xf)
-            e2e_engine, e2e_float = [], []
-            lay_engine: list[list[float]] = []
-            lay_float: list[list[float]] = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                engine(xn)
-                e2e_engine.append(time.perf_counter() - t0)
-                # An OpenMP threading layer of numba can change PyTorch's OpenMP thread count: re-pin it.
-                if torch.get_num_threads() != n_threads:
-                    torch.set_num_threads(n_threads)
-                with torch.no_grad():
-                    t0 = time.perf_counter()
-                    frozen(xf)
-                    e2e_float.append(time.perf_counter() - t0)
-                timings: list[Any] = []
-                engine.run(xn, timings=timings)
-                lay_engine.append([t.seconds for t in timings])
-                if torch.get_num_threads() != n_threads:
-                    torch.set_num_threads(n_threads)
-                lay_float.append(_time_float_layers(units, xf))
-            layers = []
-            bin_e = bin_f = bin_em = bin_fm = 0.0
-            for i, lc in enumerate(costs):
-                ev = [row[i] for row in lay_engine]
-                fv = [row[i] for row in lay_float]
-                es, fs = _stats(ev), _stats(fv)
-                layers.append({
-                    "name": lc.name, "engine_layer": timings[i].name, "kind": lc.kind,
-                    "in_channels": lc.in_channels, "out_channels": lc.out_channels, "kernel_size": lc.kernel_size,
-                    "groups": lc.groups, "stride": lc.stride, "out_resolution": lc.out_resolution,
-                    "mflops": lc.cost.mflops, "mbops": lc.cost.mbops, "mops": lc.cost.mops,
-                    "engine_ms": es, "float_ms": fs, "speedup": fs["min"] / es["min"],
-                })
-                if lc.kind == "binary conv":
-                    bin_e += es["min"]
-                    bin_f += fs["min"]
-                    bin_em += es["median"]
-                    bin_fm += fs["median"]
-            ee, fe = _stats(e2e_engine), _stats(e2e_float)
-            result["batches"][str(bs)] = {
-                "batch": bs,
-                "engine_ms": ee,
-                "float_ms": fe,
-                "end_to_end_speedup": fe["min"] / ee["min"],
-                "end_to_end_speedup_median": fe["median"] / ee["median"],
-                "binary_conv": {"engine_ms": bin_e, "float_ms": bin_f, "speedup": bin_f / bin_e if bin_e else None,
-                                "engine_ms_median": bin_em, "float_ms_median": bin_fm,
-                                "speedup_median": bin_fm / bin_em if bin_em else None},
-                "noise": {"engine_median_over_min": ee["median"] / ee["min"],
-                          "float_median_over_min": fe["median"] / fe["min"]},
-                "agreement": agreement,
-                "layers": layers,
-            }
+            runs = _interleaved(static, engine, frozen, x, tlist, repeats, warmup)
+            for t in tlist:
+                results[str(t)]["batches"][str(bs)] = _summary(static, res, bs, runs[t])
+            scaling[str(bs)] = _scaling(runs, tlist)
     finally:
         torch.set_num_threads(prev_threads)
-    first = result["batches"][str(int(batch_sizes[0]))]
-    result["end_to_end_speedup"] = first["end_to_end_speedup"]
-    result["binary_conv_speedup"] = first["binary_conv"]["speedup"]
-    result["agreement"] = first["agreement"]
-    return result
+    for r in results.values():
+        first = r["batches"][str(int(batch_sizes[0]))]
+        r["end_to_end_speedup"] = first["end_to_end_speedup"]
+        r["binary_conv_speedup"] = first["binary_conv"]["speedup"]
+        r["agreement"] = first["agreement"]
+    return {"threads": tlist, "results": results, "scaling": scaling}
+
+
+def _interleaved(static: Any, engine: Any, frozen: Any, x: torch.Tensor, tlist: Sequence[int], repeats: int,
+                 warmup: int) -> dict[int, dict[str, Any]]:
+    """Raw timings per thread count: end to end and per layer, engine and float, all repeats."""
+    from .verify import compare
+
+    xn = x.numpy()
+    xf = x.contiguous(memory_format=torch.channels_last)  # the float side's fastest layout
+    units = _float_units(frozen)
+    runs: dict[int, dict[str, Any]] = {}
+    for t in tlist:
+        engine.threads = t
+        check = compare(static, engine, x)
+        runs[t] = {"agreement": {k: check[k] for k in ("images", "agree", "sign_ties", "unexplained", "max_rel_err")},
+                   "e2e_engine": [], "e2e_float": [], "cpu_engine": [], "lay_engine": [], "lay_float": [],
+                   "names": []}
+    for i in range(warmup + repeats):
+        for t in tlist:
+            r = runs[t]
+            torch.set_num_threads(t)
+            c0 = time.process_time()  # CPU time of all the process's threads: work plus waiting cost
+            t0 = time.perf_counter()
+            engine(xn, threads=t)
+            te = time.perf_counter() - t0
+            ce = time.process_time() - c0
+            # An OpenMP threading layer of numba can change PyTorch's OpenMP thread count: re-pin it.
+            torch.set_num_threads(t)
+            with torch.no_grad():
+                t0 = time.perf_counter()
+                frozen(xf)
+                tf = time.perf_counter() - t0
+            timings: list[Any] = []
+            engine.run(xn, threads=t, timings=timings)
+            torch.set_num_threads(t)
+            lf = _time_float_layers(units, xf)
+            if i >= warmup:
+                r["e2e_engine"].append(te)
+                r["cpu_engine"].append(ce)
+                r["e2e_float"].append(tf)
+                r["lay_engine"].append([v.seconds for v in timings])
+                r["lay_float"].append(lf)
+                r["names"] = [v.name for v in timings]
+    return runs
+
+
+def _summary(static: Any, res: int, bs: int, run: dict[str, Any]) -> dict[str, Any]:
+    """One batch size at one thread count: end to end, binary convs and per layer (see :func:`benchmark`)."""
+    from ..cost import layer_costs
+
+    layers = []
+    bin_e = bin_f = bin_em = bin_fm = 0.0
+    for i, lc in enumerate(layer_costs(static.arch, static.space, res)):
+        es = _stats([row[i] for row in run["lay_engine"]])
+        fs = _stats([row[i] for row in run["lay_float"]])
+        layers.append({
+            "name": lc.name, "engine_layer": run["names"][i], "kind": lc.kind,
+            "in_channels": lc.in_channels, "out_channels": lc.out_channels, "kernel_size": lc.kernel_size,
+            "groups": lc.groups, "stride": lc.stride, "out_resolution": lc.out_resolution,
+            "mflops": lc.cost.mflops, "mbops": lc.cost.mbops, "mops": lc.cost.mops,
+            "engine_ms": es, "float_ms": fs, "speedup": fs["min"] / es["min"],
+        })
+        if lc.kind == "binary conv":
+            bin_e += es["min"]
+            bin_f += fs["min"]
+            bin_em += es["median"]
+            bin_fm += fs["median"]
+    ee, fe = _stats(run["e2e_engine"]), _stats(run["e2e_float"])
+    return {
+        "batch": bs,
+        "engine_ms": ee,
+        "engine_cpu_ms": _stats(run["cpu_engine"]),
+        "float_ms": fe,
+        "end_to_end_speedup": fe["min"] / ee["min"],
+        "end_to_end_speedup_median": fe["median"] / ee["median"],
+        "binary_conv": {"engine_ms": bin_e, "float_ms": bin_f, "speedup": bin_f / bin_e if bin_e else None,
+                        "engine_ms_median": bin_em, "float_ms_median": bin_fm,
+                        "speedup_median": bin_fm / bin_em if bin_em else None},
+        "noise": {"engine_median_over_min": ee["median"] / ee["min"],
+                  "float_median_over_min": fe["median"] / fe["min"]},
+        "agreement": run["agreement"],
+        "layers": layers,
+    }
+
+
+def _scaling(runs: dict[int, dict[str, Any]], tlist: Sequence[int]) -> dict[str, Any]:
+    """Time at the first thread count over the time at each other one (engine and float).
+
+    ``engine_cpu_efficiency``: the engine's CPU time (all threads) at the first count over that at the
+    other, medians: below 1 by the work the split adds (duplicated gathers, jobs, idle spinning). Unlike
+    wall time it hardly depends on other processes, so it says on a loaded machine what a quiet one would
+    gain: at most ``threads × efficiency`` (less by any imbalance between the threads).
+    """
+    base = runs[tlist[0]]
+    out: dict[str, Any] = {}
+    for t in tlist[1:]:
+        row: dict[str, Any] = {}
+        for side in ("engine", "float"):
+            a, b = base[f"e2e_{side}"], runs[t][f"e2e_{side}"]
+            row[side] = {"best": min(a) / min(b), "median": statistics.median(a) / statistics.median(b),
+                         "median_of_paired_ratios": statistics.median(x / y for x, y in zip(a, b))}
+        row["engine_cpu_efficiency"] = statistics.median(base["cpu_engine"]) / statistics.median(runs[t]["cpu_engine"])
+        out[f"{tlist[0]}->{t}"] = row
+    return out
 
 
 def format_bench(result: dict[str, Any]) -> str:

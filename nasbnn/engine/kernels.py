@@ -34,14 +34,51 @@ __all__ = [
 ]
 
 
-def _prefer_workqueue() -> None:
-    """Uses numba's own thread pool unless the user chose a threading layer (NUMBA_THREADING_LAYER).
+def _preload_tbb() -> bool:
+    """Makes oneTBB's library findable for numba's ``tbb`` layer; True when numba's TBB pool then imports.
 
-    With the OpenMP layer, ``numba.set_num_threads`` also changes PyTorch's OpenMP thread count in
-    the same process, and numba's idle OpenMP threads spin after each kernel: PyTorch code run after
-    the engine then uses other thread counts than asked and can be several times slower. The
-    workqueue pool touches neither. Must run before the first parallel kernel; the pool is not
-    re-entrant, so the runtime serialises kernel launches (see ``runtime.LAUNCH_LOCK``).
+    The ``tbb`` wheel puts ``libtbb.so.12`` in the environment's ``lib`` folder, which the dynamic
+    loader does not search; loading it once by path (global symbols) lets numba's pool link to it.
+    """
+    import ctypes
+    import os
+    import sys
+
+    from numba.np.ufunc import parallel
+
+    def loads() -> bool:
+        try:
+            parallel._check_tbb_version_compatible()  # raises ImportError when oneTBB is missing or too old
+            import numba.np.ufunc.tbbpool  # noqa: F401
+            return True
+        except (ImportError, OSError, ValueError, AttributeError):  # AttributeError: a numba without the check
+            return False
+
+    if loads():
+        return True
+    for base in dict.fromkeys((sys.prefix, sys.base_prefix, os.path.dirname(os.path.dirname(sys.executable)))):
+        path = os.path.join(base, "lib", "libtbb.so.12")
+        if os.path.exists(path):
+            try:
+                ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+            except OSError:
+                return False
+            return loads()
+    return False
+
+
+def _choose_threading_layer() -> None:
+    """Uses oneTBB's pool where it loads, numba's own workqueue pool otherwise, never OpenMP.
+
+    Measured on this project's 2-core machine: starting and joining a parallel region costs about 2 µs
+    with TBB (the calling thread works too; idle workers spin briefly, then sleep) against 45-80 µs with
+    workqueue (the caller sleeps while two pool threads are woken). A network runs 40-50 regions per
+    image, so at batch 1 the workqueue pool costs milliseconds and hides the second core's gain. OpenMP
+    launches as fast but ``numba.set_num_threads`` then also changes PyTorch's OpenMP thread count in
+    the same process, and its idle threads spin after each kernel: PyTorch code run after the engine
+    can be several times slower. Neither TBB nor workqueue touches PyTorch. A layer the user chose
+    (``NUMBA_THREADING_LAYER``) is kept. Must run before the first parallel kernel; the pools are not
+    re-entrant from several Python threads, so the runtime serialises launches (``runtime.LAUNCH_LOCK``).
     """
     import os
 
@@ -51,10 +88,10 @@ def _prefer_workqueue() -> None:
     if os.environ.get("NUMBA_THREADING_LAYER") or getattr(parallel, "_is_initialized", False):
         return
     if numba.config.THREADING_LAYER == "default":
-        numba.config.THREADING_LAYER = "workqueue"
+        numba.config.THREADING_LAYER = "tbb" if _preload_tbb() else "workqueue"
 
 
-_prefer_workqueue()
+_choose_threading_layer()
 
 
 def _target_has_wide_popcount() -> bool:
@@ -245,10 +282,10 @@ def _make_epilogue(pack: bool):  # type: ignore[no-untyped-def]
 
     @intrinsic
     def epilogue(typingctx, acc, ai, dbase, cfg, tp, c0, res, r_off, rv, rv0, out, o_off, nvec, nshift, pk,  # type: ignore[no-untyped-def]
-                 pk_row, pk_word, pk_bit):
+                 pk_row, pk_word, pk_bit, ac0):
         """``nvec`` vectors of the output transform of one pixel (see :func:`_conv_group`).
 
-        For n < nvec·FLOAT_LANES and c = c0 + n: ``d = dbase[cfg, c] - 2·acc[ai, n]``;
+        For n < nvec·FLOAT_LANES and c = c0 + n: ``d = dbase[cfg, c] - 2·acc[ai, ac0 + n]``;
         ``t = float(d)·tp[0, c] + tp[1, c] + res[r_off + rv[rv0 + j] + i] + tp[2, c]`` for n = j·FLOAT_LANES + i
         (``rv`` gives each vector's shortcut offset, e.g. ``c mod C_res`` when widening);
         ``t = t·tp[3, c]`` where t < 0; ``out[o_off + n] = t + tp[4, c]``: the scalar code's operations
@@ -259,7 +296,7 @@ def _make_epilogue(pack: bool):  # type: ignore[no-untyped-def]
         float32. The caller guarantees the indices are in bounds.
         """
         sig = types.int64(acc, ai, dbase, cfg, tp, c0, res, r_off, rv, rv0, out, o_off, nvec, nshift, pk, pk_row,
-                          pk_word, pk_bit)
+                          pk_word, pk_bit, ac0)
         lanes = FLOAT_LANES
 
         def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
@@ -275,7 +312,7 @@ def _make_epilogue(pack: bool):  # type: ignore[no-untyped-def]
             a_ld = cgutils.unpack_tuple(builder, aary.shape, 2)[1]
             d_ld = cgutils.unpack_tuple(builder, dary.shape, 2)[1]
             t_ld = cgutils.unpack_tuple(builder, tary.shape, 2)[1]
-            pa = builder.gep(aary.data, [builder.mul(ai_v, a_ld)])
+            pa = builder.gep(aary.data, [builder.add(builder.mul(ai_v, a_ld), args[18])])
             pd = builder.gep(dary.data, [builder.add(builder.mul(cfg_v, d_ld), c0_v)])
             pt = [builder.gep(tary.data, [builder.add(builder.mul(ir.Constant(i64, r), t_ld), c0_v)])
                   for r in range(5)]
@@ -333,11 +370,12 @@ _epilogue_vec_pack = _make_epilogue(True)
 
 # --------------------------------------------------------------------------------------------- packing
 @njit(cache=True, fastmath=False)
-def _pack_rows(f, cols, p0, p1, shift, groups, cg, wg, dst):
+def _pack_rows(f, cols, p0, p1, shift, groups, cg, wg, dst, wlo, whi):
     """Packs sign(f + shift) of pixels ``p0 <= pix < p1`` of flat ``f`` [pix·cols + c] into ``dst`` [pix, words].
 
-    ``f`` and ``shift`` must be readable 64 elements past each pixel's last channel (slack). Returns
-    the number of exact zeros of ``f + shift``.
+    Only words ``wlo <= j < whi`` of each pixel (all: ``0, groups·wg``), so that jobs owning other
+    channels of the same pixels can pack theirs at the same time. ``f`` and ``shift`` must be readable
+    64 elements past each pixel's last channel (slack). Returns the number of exact zeros of ``f + shift``.
     """
     _prefer_wide_vectors()
     zeros = 0
@@ -345,14 +383,15 @@ def _pack_rows(f, cols, p0, p1, shift, groups, cg, wg, dst):
     for pix in range(p0, p1):
         pu = np.uint64(pix)
         fo = pix * cols
-        for g in range(groups):
-            for wi in range(wg):
-                c0 = g * cg + wi * 64
-                nb = min(64, cg - wi * 64)
-                neg, isz = _sign_bits64(f, fo + c0, shift, c0)
-                mask = full if nb == 64 else (np.uint64(1) << np.uint64(nb)) - np.uint64(1)
-                dst[pu, np.uint64(g * wg + wi)] = neg & mask
-                zeros += popcount64(isz & mask)
+        for j in range(wlo, whi):
+            g = j // wg
+            wi = j - g * wg
+            c0 = g * cg + wi * 64
+            nb = min(64, cg - wi * 64)
+            neg, isz = _sign_bits64(f, fo + c0, shift, c0)
+            mask = full if nb == 64 else (np.uint64(1) << np.uint64(nb)) - np.uint64(1)
+            dst[pu, np.uint64(j)] = neg & mask
+            zeros += popcount64(isz & mask)
     return zeros
 
 
@@ -447,9 +486,12 @@ def _gather_group(xp, coords, npx, h, w, k, s, p, g, wg, merge, dst):
 
 
 @njit(cache=True, fastmath=False)
-def _conv_group(src, r0, c0w, kw, wgt, acc, npx, zrow0, orow0, coords, g, cog, dbase, tp, res, res_flat, res_pool,
-                rix, rsame, out_f, out_flat, zc, has_zc, rbuf, fuse_pack, nshift, out_p, pk_word, pk_bit):
+def _conv_group(src, r0, c0w, kw, wgt, acc, npx, zrow0, orow0, coords, g, cog, nlo, nhi, dbase, tp, res, res_flat,
+                res_pool, rix, rsame, out_f, out_flat, zc, has_zc, rbuf, fuse_pack, nshift, out_p, pk_word, pk_bit):
     """Popcounts and output transform of group ``g`` for ``npx`` pixels whose words are ``src[r0:, c0w:]``.
+
+    Only the group's output channels ``nlo <= n < nhi`` (``nlo`` a multiple of FLOAT_LANES, ``nhi`` one
+    too or ``cog``): a job may own part of a group, so that small maps still give every thread work.
 
     Pixel m writes output (and packed) row ``orow0 + m`` and reads sign(0) corrections from row
     ``zrow0 + m``; ``coords[m]`` = (b, y, x, border case) addresses the shortcut ``res``.
@@ -469,26 +511,29 @@ def _conv_group(src, r0, c0w, kw, wgt, acc, npx, zrow0, orow0, coords, g, cog, d
     hr, wr_, cr = res.shape[1], res.shape[2], res.shape[3]
     # The vector path reads the shortcut in place unless it is pooled or tiled across vector boundaries.
     vec_direct = not res_pool and (rsame or cr % FLOAT_LANES == 0)
-    nvec = 0 if has_zc else cog // FLOAT_LANES
+    nvec = 0 if has_zc else (nhi - nlo) // FLOAT_LANES
+    nend = npad if nhi == cog else nhi  # weights are zero-padded past cog up to npad
+    span = nend - nlo
+    cc = c0 + nlo
     rvid = np.arange(0, max(cog, 1), FLOAT_LANES)  # offsets of the vectors in rbuf
     rvoff = np.arange(0, max(cols, 1), FLOAT_LANES) % cr  # offsets of the vectors in a shortcut pixel
     zeros = 0
     for m0 in range(0, npx, BLOCK):
         mr = min(BLOCK, npx - m0)
-        n3 = npad - npad % (3 * LANES)
+        n3 = nlo + span - span % (3 * LANES)
         if mr == BLOCK:
             for t0 in range(0, BLOCK, TILE_M):
-                for n0 in range(0, n3, 3 * LANES):
+                for n0 in range(nlo, n3, 3 * LANES):
                     _tile_main3(src, r0 + m0 + t0, c0w, kw, wgt, n0, acc, t0)
-                if npad - n3 == 2 * LANES:
+                if nend - n3 == 2 * LANES:
                     _tile_main2(src, r0 + m0 + t0, c0w, kw, wgt, n3, acc, t0)
-                elif npad - n3 == LANES:
+                elif nend - n3 == LANES:
                     _tile_main1(src, r0 + m0 + t0, c0w, kw, wgt, n3, acc, t0)
         else:
             for i in range(mr):
-                for n0 in range(0, n3, 3 * LANES):
+                for n0 in range(nlo, n3, 3 * LANES):
                     _tile_one3(src, r0 + m0 + i, c0w, kw, wgt, n0, acc, i)
-                for n0 in range(n3, npad, LANES):
+                for n0 in range(n3, nend, LANES):
                     _tile_one1(src, r0 + m0 + i, c0w, kw, wgt, n0, acc, i)
         for i in range(mr):
             m = m0 + i
@@ -505,33 +550,33 @@ def _conv_group(src, r0, c0w, kw, wgt, acc, npx, zrow0, orow0, coords, g, cog, d
                     y1 = min(y0 + 2, hr)
                     x1 = min(x0 + 2, wr_)
                     cnt = np.float32((y1 - y0) * (x1 - x0))
-                    for n in range(cog):
+                    for n in range(nlo, nhi):
                         rbuf[np.uint64(n)] = 0
                     for yy in range(y0, y1):
                         for xx in range(x0, x1):
                             yv_, xv_ = np.uint64(yy), np.uint64(xx)
                             if rsame:
-                                for n in range(cog):
+                                for n in range(nlo, nhi):
                                     rbuf[np.uint64(n)] += res[bu, yv_, xv_, np.uint64(c0 + n)]
                             else:
-                                for n in range(cog):
+                                for n in range(nlo, nhi):
                                     rbuf[np.uint64(n)] += res[bu, yv_, xv_, np.uint64(rix[np.uint64(c0 + n)])]
-                    for n in range(cog):
+                    for n in range(nlo, nhi):
                         rbuf[np.uint64(n)] = rbuf[np.uint64(n)] / cnt
                 else:
-                    for n in range(cog):
+                    for n in range(nlo, nhi):
                         rbuf[np.uint64(n)] = res[bu, yu, xu, np.uint64(rix[np.uint64(c0 + n)])]
             if vec_direct:  # the shortcut read in place, one contiguous run per channel vector
-                rsrc, roff, rvt, rv0 = res_flat, ((b * hr + oy) * wr_ + ox) * cr, rvoff, c0 // FLOAT_LANES
+                rsrc, roff, rvt, rv0 = res_flat, ((b * hr + oy) * wr_ + ox) * cr, rvoff, cc // FLOAT_LANES
             else:
-                rsrc, roff, rvt, rv0 = rbuf, 0, rvid, 0
+                rsrc, roff, rvt, rv0 = rbuf, 0, rvid, nlo // FLOAT_LANES
             if fuse_pack:
-                zeros += _epilogue_vec_pack(acc, i, dbase, cfg, tp, c0, rsrc, roff, rvt, rv0, out_flat, pix * cols + c0,
-                                            nvec, nshift, out_p, pix, pk_word, pk_bit)
+                zeros += _epilogue_vec_pack(acc, i, dbase, cfg, tp, cc, rsrc, roff, rvt, rv0, out_flat, pix * cols + cc,
+                                            nvec, nshift, out_p, pix, pk_word, pk_bit, nlo)
             else:
-                _epilogue_vec(acc, i, dbase, cfg, tp, c0, rsrc, roff, rvt, rv0, out_flat, pix * cols + c0, nvec,
-                              nshift, out_p, pix, pk_word, pk_bit)
-            for n in range(nvec * FLOAT_LANES, cog):
+                _epilogue_vec(acc, i, dbase, cfg, tp, cc, rsrc, roff, rvt, rv0, out_flat, pix * cols + cc, nvec,
+                              nshift, out_p, pix, pk_word, pk_bit, nlo)
+            for n in range(nlo + nvec * FLOAT_LANES, nhi):
                 nu = np.uint64(n)
                 c = np.uint64(c0 + n)
                 d = np.int64(dbase[cu, c]) - 2 * np.int64(acc[iu, nu])
@@ -552,7 +597,7 @@ def _conv_group(src, r0, c0w, kw, wgt, acc, npx, zrow0, orow0, coords, g, cog, d
 @njit(parallel=True, cache=True, fastmath=False)
 def bconv_forward(xp, b_, h, w, k, s, p, groups, wg, cg, merge, wt, cog, dbase, tp, res, res_pool, rix, rsame,
                   out_f, ho, wo, do_pack, nshift, ngroups, ncg, nwg, out_p, pk_word, pk_bit, zc, has_zc,
-                  pix_per_job, zcount):
+                  pix_per_job, cranges, zcount):
     """One fused binary conv unit: XOR-popcount conv -> folded BN/alpha -> + shortcut -> RPReLU -> pack.
 
     Args:
@@ -577,11 +622,19 @@ def bconv_forward(xp, b_, h, w, k, s, p, groups, wg, cg, merge, wt, cog, dbase, 
             within one word: then packing happens inside the output transform).
         zc, has_zc: per output [B·Ho·Wo, C_out] amount to subtract from the dot products (sign(0) = 0 fix).
         pix_per_job: output pixels per parallel job (a multiple of BLOCK).
-        zcount: [jobs] number of exact zeros met while packing.
+        cranges: [chunks, 2] output channel ranges [lo, hi) that split the channels among jobs: job j
+            computes pixel run ``j // chunks`` for channels ``cranges[j % chunks]``. Inside a group the
+            bounds are multiples of FLOAT_LANES; with packing they start words of the next layer, so
+            that no two jobs write the same packed word.
+        zcount: [jobs] number of exact zeros met while packing (every entry is written).
+
+    Returns:
+        The number of exact zeros met while packing (their sum).
     """
     _prefer_wide_vectors()
     npix = b_ * ho * wo
-    njobs = (npix + pix_per_job - 1) // pix_per_job
+    nch = cranges.shape[0]
+    njobs = (npix + pix_per_job - 1) // pix_per_job * nch
     kw = wt.shape[1]
     npad = wt.shape[2]
     cout = groups * cog
@@ -593,13 +646,18 @@ def bconv_forward(xp, b_, h, w, k, s, p, groups, wg, cg, merge, wt, cog, dbase, 
     nwords = out_p.shape[1]
     for job in prange(njobs):
         _prefer_wide_vectors()
-        p0 = job * pix_per_job
+        pj = job // nch
+        lo, hi = cranges[job - pj * nch, 0], cranges[job - pj * nch, 1]
+        p0 = pj * pix_per_job
         p1_ = min(npix, p0 + pix_per_job)
         npx = p1_ - p0
         zeros = 0
+        # the next layer's words of channels lo..hi-1 (all words when one chunk holds every channel)
+        wlo = (lo // ncg) * nwg + (lo % ncg) // 64
+        whi = min(nwords, ((hi - 1) // ncg) * nwg + ((hi - 1) % ncg) // 64 + 1) if nch > 1 else nwords
         if fuse_pack:
             for pix in range(p0, p1_):
-                for j in range(nwords):
+                for j in range(wlo, whi):
                     out_p[np.uint64(pix), np.uint64(j)] = 0
         patch = np.empty((pix_per_job, kw), np.uint64)
         acc = np.empty((BLOCK, npad), np.int32)
@@ -620,19 +678,22 @@ def bconv_forward(xp, b_, h, w, k, s, p, groups, wg, cg, merge, wt, cog, dbase, 
                 if oy == ho:
                     oy = 0
                     b += 1
-        for g in range(groups):
+        for g in range(lo // cog, (hi - 1) // cog + 1):
+            nlo = max(lo, g * cog) - g * cog
+            nhi = min(hi, g * cog + cog) - g * cog
             if direct:
-                zeros += _conv_group(xp, p0, g * wg, kw, wt[g], acc, npx, p0, p0, coords, g, cog, dbase, tp, res,
-                                     res_flat, res_pool, rix, rsame, out_f, of, zc, has_zc, rbuf, fuse_pack, nshift,
-                                     out_p, pk_word, pk_bit)
+                zeros += _conv_group(xp, p0, g * wg, kw, wt[g], acc, npx, p0, p0, coords, g, cog, nlo, nhi, dbase, tp,
+                                     res, res_flat, res_pool, rix, rsame, out_f, of, zc, has_zc, rbuf, fuse_pack,
+                                     nshift, out_p, pk_word, pk_bit)
             else:
                 _gather_group(xp, coords, npx, h, w, k, s, p, g, wg, merge, patch)
-                zeros += _conv_group(patch, 0, 0, kw, wt[g], acc, npx, p0, p0, coords, g, cog, dbase, tp, res,
-                                     res_flat, res_pool, rix, rsame, out_f, of, zc, has_zc, rbuf, fuse_pack, nshift,
-                                     out_p, pk_word, pk_bit)
+                zeros += _conv_group(patch, 0, 0, kw, wt[g], acc, npx, p0, p0, coords, g, cog, nlo, nhi, dbase, tp,
+                                     res, res_flat, res_pool, rix, rsame, out_f, of, zc, has_zc, rbuf, fuse_pack,
+                                     nshift, out_p, pk_word, pk_bit)
         if do_pack and not fuse_pack:
-            zeros = _pack_rows(of, cout, p0, p1_, nshift, ngroups, ncg, nwg, out_p)
+            zeros = _pack_rows(of, cout, p0, p1_, nshift, ngroups, ncg, nwg, out_p, wlo, whi)
         zcount[job] = zeros
+    return zcount.sum()
 
 
 # --------------------------------------------------------------------------------------------- stem
@@ -727,8 +788,9 @@ def stem_forward(x, wf, k, s, p, groups, og, tp, out_f, ho, wo, do_pack, nshift,
                         out_f[pu, cu] = tv + tp[4, cu]
         zeros = 0
         if do_pack:
-            zeros = _pack_rows(of, cout, p0, p1_, nshift, ngroups, ncg, nwg, out_p)
+            zeros = _pack_rows(of, cout, p0, p1_, nshift, ngroups, ncg, nwg, out_p, 0, ngroups * nwg)
         zcount[job] = zeros
+    return zcount.sum()
 
 
 # --------------------------------------------------------------------------------------------- head

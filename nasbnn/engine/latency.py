@@ -26,15 +26,19 @@ __all__ = [
     "ArchLatency",
     "LatencyModel",
     "fit_latency",
+    "fit_latency_models",
     "kendall_tau",
     "latency_cost_fn",
     "measure_latency",
     "rank_correlations",
+    "save_models",
     "spearman_rho",
 ]
 
 LATENCY_FORMAT = "nasbnn-latency-model"
 LATENCY_VERSION = 1
+#: A file with one model per engine thread count (``nasbnn latency fit --threads 1 2``).
+LATENCY_MULTI_VERSION = 2
 
 
 def _layer_features(arch: Arch, space: SearchSpace, resolution: int | None = None) -> np.ndarray:
@@ -109,6 +113,12 @@ class LatencyModel:
         return self.predict_counts(float(f[0]), float(f[1]), float(f[2]))
 
     @property
+    def threads(self) -> int:
+        """The engine thread count the model was measured at (1 for files that do not say)."""
+        t = self.meta.get("threads", (self.meta.get("machine") or {}).get("threads", 1))
+        return int(t) if isinstance(t, (int, float)) and t >= 1 else 1
+
+    @property
     def bop_cost_in_flops(self) -> float:
         """What one binary MAC costs in float MACs according to the fit (the OPs model assumes 1/64)."""
         return self.a_ms_per_gbop / self.b_ms_per_gflop if self.b_ms_per_gflop > 0 else float("inf")
@@ -125,11 +135,16 @@ class LatencyModel:
         return p
 
     @classmethod
-    def load(cls, path: str | Path) -> LatencyModel:
-        """Reads a model written by :meth:`save`.
+    def load(cls, path: str | Path, *, threads: int | None = None) -> LatencyModel:
+        """Reads a model written by :meth:`save` or :func:`save_models`.
+
+        Args:
+            threads: the engine thread count the model must have been measured at; needed to choose
+                from a file with several (None: the file's only model).
 
         Raises:
-            CheckpointError: missing file, not JSON, another format or version, bad coefficients.
+            CheckpointError: missing file, not JSON, another format or version, bad coefficients, no
+                model for ``threads``.
         """
         p = Path(path)
         if not p.is_file():
@@ -141,9 +156,30 @@ class LatencyModel:
         if not isinstance(data, dict) or data.get("format") != LATENCY_FORMAT:
             raise CheckpointError(f"{str(p)!r} is not a latency model (expected format {LATENCY_FORMAT!r}, "
                                   "as written by LatencyModel.save)")
-        if data.get("format_version") != LATENCY_VERSION:
-            raise CheckpointError(f"{str(p)!r} is latency model version {data.get('format_version')}; this nasbnn "
-                                  f"reads version {LATENCY_VERSION}")
+        version = data.get("format_version")
+        if version == LATENCY_MULTI_VERSION and isinstance(data.get("models"), list) and data["models"]:
+            models = [cls._from_dict(m, p) for m in data["models"]]
+        elif version == LATENCY_VERSION:
+            models = [cls._from_dict(data, p)]
+        else:
+            raise CheckpointError(f"{str(p)!r} is latency model version {version}; this nasbnn reads versions "
+                                  f"{LATENCY_VERSION} and {LATENCY_MULTI_VERSION}")
+        have = sorted(m.threads for m in models)
+        if threads is None:
+            if len(models) > 1:
+                raise CheckpointError(f"{str(p)!r} holds latency models for {have} engine threads; say which "
+                                      "(search.latency_threads, or --threads)")
+            return models[0]
+        for m in models:
+            if m.threads == int(threads):
+                return m
+        raise CheckpointError(f"{str(p)!r} has no latency model for {threads} engine thread(s) (it has {have}); "
+                              f"measure one with `nasbnn latency fit --threads {threads}`")
+
+    @classmethod
+    def _from_dict(cls, data: Any, p: Path) -> LatencyModel:
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{str(p)!r}: a model entry is not an object")
         try:
             coef = [float(data[k]) for k in ("a_ms_per_gbop", "b_ms_per_gflop", "c_ms_per_layer")]
         except (KeyError, TypeError, ValueError):
@@ -152,6 +188,24 @@ class LatencyModel:
             raise CheckpointError(f"{str(p)!r}: coefficients must be finite and non-negative, got {coef}")
         meta = data.get("meta") if isinstance(data.get("meta"), dict) else {}
         return cls(*coef, meta=meta)
+
+
+def save_models(models: Sequence[LatencyModel], path: str | Path) -> Path:
+    """Writes models of different thread counts to one file (a single model as :meth:`LatencyModel.save`)."""
+    from ..config import atomic_write_text
+
+    if not models:
+        raise NasbnnError("no latency model to save")
+    counts = [m.threads for m in models]
+    if len(set(counts)) != len(counts):
+        raise NasbnnError(f"latency models of the same thread count cannot share a file: {counts}")
+    if len(models) == 1:
+        return models[0].save(path)
+    p = Path(path)
+    body = {"format": LATENCY_FORMAT, "format_version": LATENCY_MULTI_VERSION,
+            "models": [asdict(m) for m in models]}
+    atomic_write_text(p, json.dumps(body, indent=2) + "\n")
+    return p
 
 
 def latency_cost_fn(model: LatencyModel, space: SearchSpace) -> Callable[[Arch], float]:
@@ -188,34 +242,48 @@ def measure_latency(space: SearchSpace, archs: Sequence[Arch], *, threads: int =
                     warmup: int = 1, resolution: int | None = None, seed: int = 0,
                     progress: Callable[[int, int], None] | None = None) -> list[ArchLatency]:
     """Per-layer and end-to-end engine latency (batch 1, random weights) of each architecture."""
+    return measure_latency_threads(space, archs, threads=(threads,), repeats=repeats, warmup=warmup,
+                                   resolution=resolution, seed=seed, progress=progress)[int(threads)]
+
+
+def measure_latency_threads(space: SearchSpace, archs: Sequence[Arch], *, threads: Sequence[int] = (1,),
+                            repeats: int = 5, warmup: int = 1, resolution: int | None = None, seed: int = 0,
+                            progress: Callable[[int, int], None] | None = None) -> dict[int, list[ArchLatency]]:
+    """:func:`measure_latency` at several thread counts, interleaved within every repeat (same load)."""
     import torch
 
     from ..cost import arch_cost
     from .bench import random_static
     from .runtime import BinaryEngine
 
-    if repeats < 1 or warmup < 0 or threads < 1:
+    tlist = [int(t) for t in threads]
+    if repeats < 1 or warmup < 0 or not tlist or min(tlist) < 1:
         raise NasbnnError("repeats and threads must be >= 1 and warmup >= 0")
     res = space.resolution if resolution is None else int(resolution)
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(1, space.in_channels, res, res, generator=g).numpy()
-    out = []
+    out: dict[int, list[ArchLatency]] = {t: [] for t in tlist}
     for i, arch in enumerate(archs):
-        engine = BinaryEngine.from_static(random_static(space, arch, seed=seed + i), threads=threads)
+        engine = BinaryEngine.from_static(random_static(space, arch, seed=seed + i))
         for _ in range(warmup):
-            engine(x)
-        totals, layer_rows = [], []
+            for t in tlist:
+                engine(x, threads=t)
+        totals: dict[int, list[float]] = {t: [] for t in tlist}
+        layer_rows: dict[int, list[list[float]]] = {t: [] for t in tlist}
         for _ in range(repeats):
-            t0 = time.perf_counter()
-            engine(x)
-            totals.append(time.perf_counter() - t0)
-            timings: list[Any] = []
-            engine.run(x, timings=timings)
-            layer_rows.append([t.seconds for t in timings])
+            for t in tlist:
+                t0 = time.perf_counter()
+                engine(x, threads=t)
+                totals[t].append(time.perf_counter() - t0)
+                timings: list[Any] = []
+                engine.run(x, threads=t, timings=timings)
+                layer_rows[t].append([v.seconds for v in timings])
         feats = _layer_features(arch, space, res)
         cost = arch_cost(arch, space, res)
-        out.append(ArchLatency(str(arch), 1e3 * min(totals), [1e3 * v for v in np.min(layer_rows, axis=0)],
-                               float(feats[:, 0].sum()), float(feats[:, 1].sum()), len(feats), cost.ops))
+        for t in tlist:
+            out[t].append(ArchLatency(str(arch), 1e3 * min(totals[t]),
+                                      [1e3 * v for v in np.min(layer_rows[t], axis=0)], float(feats[:, 0].sum()),
+                                      float(feats[:, 1].sum()), len(feats), cost.ops))
         if progress is not None:
             progress(i + 1, len(archs))
     return out
@@ -246,8 +314,13 @@ def fit_latency(space: SearchSpace, *, samples: int = 30, threads: int = 1, repe
         and of the model against measured end-to-end latency, over all samples and on a held-out half
         (a model fitted on the other half), plus the measurements.
     """
-    from .bench import machine_info
+    models, report = fit_latency_models(space, samples=samples, threads=(threads,), repeats=repeats, warmup=warmup,
+                                        resolution=resolution, seed=seed, progress=progress)
+    return models[0], report["threads"][str(int(threads))]
 
+
+def _sample_archs(space: SearchSpace, samples: int, seed: int) -> list[Arch]:
+    """The largest, the smallest and distinct random members."""
     if samples < 4:
         raise NasbnnError(f"a latency fit needs at least 4 sampled architectures, got {samples}")
     rng = Random(seed)
@@ -260,8 +333,27 @@ def fit_latency(space: SearchSpace, *, samples: int = 30, threads: int = 1, repe
         if a not in seen:
             seen.add(a)
             archs.append(a)
-    measured = measure_latency(space, archs, threads=threads, repeats=repeats, warmup=warmup,
-                               resolution=resolution, seed=seed, progress=progress)
+    return archs
+
+
+def fit_latency_models(space: SearchSpace, *, samples: int = 30, threads: Sequence[int] = (1,), repeats: int = 5,
+                       warmup: int = 1, resolution: int | None = None, seed: int = 0,
+                       progress: Callable[[int, int], None] | None = None) -> tuple[list[LatencyModel], dict[str, Any]]:
+    """One model per engine thread count, from the same sampled architectures measured interleaved.
+
+    Returns:
+        The models (in the order of ``threads``) and a report: per thread count (``threads["2"]``) the
+        rank correlations of OPs and of that model with measured latency (all samples and a held-out
+        half) and the measurements, and ``cross`` — how each thread count's measured latency ranks the
+        architectures against the others' (Kendall tau): whether a search needs the deployment's
+        thread count at all.
+    """
+    from .bench import machine_info
+
+    tlist = [int(t) for t in threads]
+    archs = _sample_archs(space, samples, seed)
+    measured = measure_latency_threads(space, archs, threads=tlist, repeats=repeats, warmup=warmup,
+                                       resolution=resolution, seed=seed, progress=progress)
     res = space.resolution if resolution is None else int(resolution)
 
     def rows_of(ms: Sequence[ArchLatency]) -> np.ndarray:
@@ -271,20 +363,24 @@ def fit_latency(space: SearchSpace, *, samples: int = 30, threads: int = 1, repe
             out += [(f[0], f[1], t) for f, t in zip(feats, m.layer_ms)]
         return np.asarray(out)
 
-    meta = {"machine": machine_info(threads), "space": space.name, "resolution": res, "batch": 1,
-            "samples": len(measured), "repeats": repeats}
-    model = LatencyModel.fit(rows_of(measured), meta=meta)
-    order = list(range(len(measured)))
+    order = list(range(len(archs)))
     Random(seed + 1).shuffle(order)
     half = len(order) // 2
-    train = [measured[i] for i in order[:half]]
-    test = [measured[i] for i in order[half:]]
-    held = LatencyModel.fit(rows_of(train))
-    report = {
-        "all": rank_correlations(measured, model),
-        "held_out": rank_correlations(test, held),
-        "model": model.to_dict(),
-        "measurements": [asdict(m) for m in measured],
-    }
-    model.meta["rank_correlation"] = {k: report["all"][k] for k in ("ops", "model")}
-    return model, report
+    models, per = [], {}
+    for t in tlist:
+        ms = measured[t]
+        meta = {"machine": machine_info(t), "threads": t, "space": space.name, "resolution": res, "batch": 1,
+                "samples": len(ms), "repeats": repeats}
+        model = LatencyModel.fit(rows_of(ms), meta=meta)
+        held = LatencyModel.fit(rows_of([ms[i] for i in order[:half]]))
+        per[str(t)] = {
+            "all": rank_correlations(ms, model),
+            "held_out": rank_correlations([ms[i] for i in order[half:]], held),
+            "model": model.to_dict(),
+            "measurements": [asdict(m) for m in ms],
+        }
+        model.meta["rank_correlation"] = {k: per[str(t)]["all"][k] for k in ("ops", "model")}
+        models.append(model)
+    cross = {f"{a}~{b}": kendall_tau([m.total_ms for m in measured[a]], [m.total_ms for m in measured[b]])
+             for a, b in itertools.combinations(tlist, 2)}
+    return models, {"threads": per, "cross_thread_kendall": cross}

@@ -20,18 +20,30 @@ from ..errors import NasbnnError
 from ..space import conv_out_size
 from . import kernels as K
 from .packed import PackedModel, words_per_group
+from .schedule import Plan, plan_layer
 
 __all__ = ["BinaryEngine", "InputError", "LayerTiming"]
 
 #: Elements after every float work buffer and shift vector that the packing kernels may read.
 SLACK = 64
 
-#: Serialises kernel launches of all engines: numba's workqueue thread pool is not re-entrant.
+#: Serialises kernel launches of all engines: numba's thread pools are not re-entrant.
 LAUNCH_LOCK = threading.Lock()
 
-#: Layers with less work than this (output elements × gathered words) run without the thread pool:
-#: about 0.1 ms of popcounts, against 10-15 µs to wake the pool's threads.
-PARALLEL_MIN_WORK = 2_000_000
+#: The classifier uses the thread pool from this many multiply-adds on: with oneTBB a parallel region
+#: costs about 2 µs, and the classifier of an ImageNet network (1.5 M weights, 6 MB, read from memory
+#: once per image) takes about 0.7 ms on one core.
+PARALLEL_MIN_WORK = 250_000
+
+
+def _threading_layer() -> str:
+    """numba's threading layer: the one running, else the one configured."""
+    import numba
+
+    try:
+        return str(numba.threading_layer())
+    except ValueError:  # no parallel region has run yet
+        return str(numba.config.THREADING_LAYER)
 
 
 class InputError(NasbnnError):
@@ -160,6 +172,7 @@ class BinaryEngine:
         self.arch = model.arch
         self.threads = threads
         self._work: dict[str, np.ndarray] = {}
+        self._plans: dict[tuple[int, ...], Plan] = {}
         t = model.tensors
         stem = model.layers[0]
         self.in_channels = stem.in_channels
@@ -291,16 +304,18 @@ class BinaryEngine:
         return buf[:size]
 
     @staticmethod
-    def _jobs(npix: int, threads: int, row_words: int = 0) -> int:
-        """Output pixels per parallel job: a multiple of the block, about 4 jobs per thread.
+    def _cap(row_words: int) -> int:
+        """Most output pixels per job: 256, and few enough that the job's gathered words (``row_words``
+        per pixel) stay within 32 KiB, so that they are read from the L1 cache."""
+        blk = K.BLOCK
+        return 256 if row_words == 0 else max(blk, min(256, 4096 // row_words) // blk * blk)
 
-        At most 256, and few enough that the job's gathered words (``row_words`` per pixel) stay
-        within 32 KiB, so that they are read from the L1 cache.
-        """
+    @classmethod
+    def _jobs(cls, npix: int, threads: int, row_words: int = 0) -> int:
+        """Output pixels per job of a pixel-only split: a multiple of the block, about 4 jobs per thread."""
         blk = K.BLOCK
         per = -(-npix // (4 * threads))
-        cap = 256 if row_words == 0 else max(blk, min(256, 4096 // row_words) // blk * blk)
-        return int(min(cap, max(blk, -(-per // blk) * blk)))
+        return int(min(cls._cap(row_words), max(blk, -(-per // blk) * blk)))
 
     def _forward(self, x: np.ndarray, threads: int, timings: list[LayerTiming] | None, trace: Any) -> np.ndarray:
         """Runs the layers; see :meth:`run`."""
@@ -314,13 +329,13 @@ class BinaryEngine:
         t0 = clock()
         f_cur = self._buffer("f0", b_ * ho * wo * c, np.float32).reshape(b_ * ho * wo, c)
         nxt = units[0] if units else None
-        ppj = self._jobs(b_ * ho * wo, threads, st.kernel_size**2 * st.in_channels // 2)
-        p_cur, zcount = self._pack_target("p0", b_ * ho * wo, nxt, ppj)
-        parallel = self._parallel(threads, b_ * ho * wo * c * st.kernel_size**2)
-        stem = K.stem_forward if parallel else K.stem_forward_serial
-        stem(x, self._stem_w, st.kernel_size, st.stride, (st.kernel_size - 1) // 2, st.groups,
-             self._stem_og, self._stem_tp, f_cur, ho, wo, nxt is not None, *self._next_args(nxt, p_cur), ppj, zcount)
-        zc_next = self._zero_fix(zcount, f_cur, nxt, b_, ho, wo)
+        plan = self._plan(-1, b_ * ho * wo, threads)
+        p_cur, zcount = self._pack_target("p0", b_ * ho * wo, nxt, plan.jobs)
+        stem = K.stem_forward if plan.parallel else K.stem_forward_serial
+        zeros = stem(x, self._stem_w, st.kernel_size, st.stride, (st.kernel_size - 1) // 2, st.groups,
+             self._stem_og, self._stem_tp, f_cur, ho, wo, nxt is not None, *self._next_args(nxt, p_cur),
+             plan.pix_per_job, zcount)
+        zc_next = self._zero_fix(zeros, f_cur, nxt, b_, ho, wo)
         if timings is not None:
             timings.append(LayerTiming(st.name, st.kind, clock() - t0))
         if trace is not None:
@@ -338,15 +353,16 @@ class BinaryEngine:
             out_key = "1" if cur_key == "0" else "0"
             nxt = units[i + 1] if i + 1 < len(units) else None
             f_out = self._buffer("f" + out_key, npix * u.cout, np.float32).reshape(npix, u.cout)
-            ppj = self._jobs(npix, threads, 0 if u.k == 1 and u.s == 1 else u.wt.shape[1])
-            p_out, zcount = self._pack_target("p" + out_key, npix, nxt, ppj)
+            plan = self._plan(i, npix, threads)
+            p_out, zcount = self._pack_target("p" + out_key, npix, nxt, plan.jobs)
             res = f_block.reshape(b_, hb, wb, u.cin) if is_kxk else f_cur.reshape(b_, h, w, u.cin)
             zc, has_zc = (zc_next, True) if zc_next is not None else (self._dummy_zc(), False)
-            conv = K.bconv_forward if self._parallel(threads, npix * u.cout * u.wt.shape[1]) else K.bconv_forward_serial
-            conv(p_cur, b_, h, w, u.k, u.s, (u.k - 1) // 2, u.groups, u.wg, u.cg, u.merge, u.wt, u.cog, u.dbase, u.tp,
-                 res, is_kxk and u.s != 1, u.rix, u.rsame, f_out, ho, wo, nxt is not None,
-                 *self._next_args(nxt, p_out), *u.pack_offsets, zc, has_zc, ppj, zcount)
-            zc_next = self._zero_fix(zcount, f_out, nxt, b_, ho, wo)
+            conv = K.bconv_forward if plan.parallel else K.bconv_forward_serial
+            zeros = conv(p_cur, b_, h, w, u.k, u.s, (u.k - 1) // 2, u.groups, u.wg, u.cg, u.merge, u.wt, u.cog,
+                         u.dbase, u.tp, res, is_kxk and u.s != 1, u.rix, u.rsame, f_out, ho, wo, nxt is not None,
+                         *self._next_args(nxt, p_out), *u.pack_offsets, zc, has_zc, plan.pix_per_job, plan.cranges,
+                         zcount)
+            zc_next = self._zero_fix(zeros, f_out, nxt, b_, ho, wo)
             if timings is not None:
                 timings.append(LayerTiming(u.name, "binary conv", clock() - t0))
             if trace is not None:
@@ -367,16 +383,41 @@ class BinaryEngine:
     # ------------------------------------------------------------------ helpers
     @staticmethod
     def _parallel(threads: int, work: int) -> bool:
-        """Whether a layer of ``work`` element-words is worth the thread pool."""
-        return threads > 1 and work >= PARALLEL_MIN_WORK
+        """Whether the classifier's ``work`` multiply-adds are worth the thread pool (8x more with workqueue)."""
+        scale = 1 if _threading_layer() in ("tbb", "omp") else 8
+        return threads > 1 and work >= scale * PARALLEL_MIN_WORK
 
-    def _pack_target(self, key: str, npix: int, nxt: _Unit | None, ppj: int) -> tuple[np.ndarray, np.ndarray]:
+    def _pack_target(self, key: str, npix: int, nxt: _Unit | None, jobs: int) -> tuple[np.ndarray, np.ndarray]:
         """The packed output buffer for the next conv (a dummy when there is none) and the zero counters."""
         words = nxt.groups * nxt.wg if nxt is not None else 1
         p_out = self._buffer(key, npix * words if nxt is not None else 1, np.uint64)
         p_out = p_out.reshape(npix if nxt is not None else 1, words)
-        zcount = np.zeros(-(-npix // ppj), np.int64)
-        return p_out, zcount
+        return p_out, self._buffer("z" + key, jobs, np.int64)  # every job writes its counter
+
+    def _plan(self, index: int, npix: int, threads: int) -> Plan:
+        """How layer ``index`` (-1: the stem) splits ``npix`` output pixels among ``threads`` (memoised)."""
+        key = (index, npix, threads)
+        plan = self._plans.get(key)
+        if plan is not None:
+            return plan
+        units = self._units
+        nxt = units[index + 1] if index + 1 < len(units) else None
+        if index < 0:
+            st = self._stem
+            kw = st.kernel_size**2 * st.in_channels // st.groups
+            plan = plan_layer(npix, st.out_channels, self._stem_og, kw, threads=threads, cap=self._cap(kw // 2),
+                              serial_ppj=self._jobs(npix, 1, kw // 2), next_cg=nxt and nxt.cg, gathered=True,
+                              layer=_threading_layer(), split_channels=False)
+        else:
+            u = units[index]
+            row = 0 if u.k == 1 and u.s == 1 else u.wt.shape[1]
+            plan = plan_layer(npix, u.cout, u.cog, u.wt.shape[1], threads=threads, cap=self._cap(row),
+                              serial_ppj=self._jobs(npix, 1, row), next_cg=nxt and nxt.cg, gathered=row > 0,
+                              layer=_threading_layer())
+        if len(self._plans) > 4096:
+            self._plans.clear()
+        self._plans[key] = plan
+        return plan
 
     @staticmethod
     def _next_args(nxt: _Unit | None, p_out: np.ndarray) -> tuple[Any, ...]:
@@ -402,10 +443,10 @@ class BinaryEngine:
         return z
 
     @staticmethod
-    def _zero_fix(zcount: np.ndarray, f: np.ndarray, nxt: _Unit | None, b_: int, h: int,
+    def _zero_fix(zeros: int, f: np.ndarray, nxt: _Unit | None, b_: int, h: int,
                   w: int) -> np.ndarray | None:
         """The sign(0) = 0 correction for the next conv, or None when its input has no exact zeros."""
-        if nxt is None or not zcount.any():
+        if nxt is None or not zeros:
             return None
         ho, wo = conv_out_size(h, nxt.s), conv_out_size(w, nxt.s)
         zc = np.zeros((b_ * ho * wo, nxt.cout), np.int64)

@@ -80,12 +80,13 @@ def _cost_fns(cfg: RunConfig, space: SearchSpace):  # type: ignore[no-untyped-de
         return c.mflops, c.mbops, c.mops
 
     if scfg.cost == "ops":
-        return (lambda a: arch_cost(a, space, convention=conv).mops), describe, "MOPs"
+        return (lambda a: arch_cost(a, space, convention=conv).mops), describe, "MOPs", None
     if scfg.latency_model is None:
         raise NasbnnError("search.cost=latency needs search.latency_model=<file> (fit one with `nasbnn latency fit`)")
     from ..engine.latency import LatencyModel, latency_cost_fn
 
-    return latency_cost_fn(LatencyModel.load(scfg.latency_model), space), describe, "ms"
+    model = LatencyModel.load(scfg.latency_model, threads=scfg.latency_threads)
+    return latency_cost_fn(model, space), describe, "ms", model.threads
 
 
 def _distributed_evaluate(evaluator: SupernetEvaluator, dist_info):  # type: ignore[no-untyped-def]
@@ -143,7 +144,7 @@ def run_search(cfg: RunConfig, *, checkpoint: str | Path, run_dir: str | Path | 
     out = ctx.run_dir / "search"
     model, state = load_supernet(checkpoint, ctx.device, expect=cfg)
     space = model.space
-    cost_fn, describe, _ = _cost_fns(cfg, space)
+    cost_fn, describe, _, latency_threads = _cost_fns(cfg, space)
     budget.check_feasible(cost_fn(space.smallest()), cost_fn(space.largest()))
     meta = {
         "title": f"NAS-BNN search on {space.name}",
@@ -167,6 +168,8 @@ def run_search(cfg: RunConfig, *, checkpoint: str | Path, run_dir: str | Path | 
     seeds = imported_family(out, space) or []
     if seeds:
         meta["initial"] = f"imported official family ({len(seeds)} members)"
+    if latency_threads is not None:  # the engine thread count the latency model was measured at
+        meta["latency_threads"] = latency_threads
     history: list[Candidate] = []
     hist_path = out / "history.jsonl"
     if resume:
