@@ -43,14 +43,13 @@ VARIANTS = {
 def subnet_accuracies(cfg: RunConfig, checkpoint: Path, archs: dict[str, list[Arch]]) -> dict[str, list[float]]:
     """Test top-1 of each named group of architectures, BN recalibrated as for deployment."""
     from nasbnn.data import build_data
-    from nasbnn.deploy import calibration_batches
+    from nasbnn.runs import calibration_batches, load_supernet, trained_data_config
     from nasbnn.search.evaluator import SupernetEvaluator
-    from nasbnn.search.run import load_supernet, search_data_config
     from nasbnn.utils.device import autocast, resolve_device
 
     dev = resolve_device(cfg.device)
     model, state = load_supernet(checkpoint, dev, expect=cfg)
-    dcfg, seed = search_data_config(cfg, state)
+    dcfg, seed = trained_data_config(cfg, state)
     data = build_data(dcfg.data, resolution=model.space.resolution, seed=seed)
     calib = calibration_batches(data, cfg, dev, seed=seed)
     test = list(data.test.loader(batch_size=cfg.data.eval_batch_size, train=False, seed=0, device=dev))

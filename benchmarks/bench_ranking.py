@@ -149,13 +149,13 @@ def ensure_supernet(cfg: RunConfig, run: Path) -> Path:
 def supernet_scores(checkpoint: Path, cfg: RunConfig, archs: list[Arch]) -> list[float]:
     """Search-validation top-1 of each architecture with inherited weights, BN recalibrated."""
     from nasbnn.data import build_data
+    from nasbnn.runs import load_supernet, trained_data_config
     from nasbnn.search.evaluator import SupernetEvaluator
-    from nasbnn.search.run import load_supernet, search_data_config
     from nasbnn.utils.device import autocast, resolve_device
 
     dev = resolve_device(cfg.device)
     model, state = load_supernet(checkpoint, dev)
-    dcfg, seed = search_data_config(cfg, state)
+    dcfg, seed = trained_data_config(cfg, state)
     data = build_data(dcfg.data, resolution=model.space.resolution, seed=seed)
     s = cfg.search
     loader = data.train.loader(batch_size=s.calib_batch_size, train=True, device=dev, drop_last=False,

@@ -19,8 +19,8 @@ import torch
 
 from nasbnn.config import RunConfig, load_config
 from nasbnn.data import build_data
+from nasbnn.runs import load_supernet, trained_data_config
 from nasbnn.search.evaluator import SupernetEvaluator
-from nasbnn.search.run import load_supernet, search_data_config
 from nasbnn.utils.device import resolve_device
 from nasbnn.utils.seeding import derive_rng, derive_seed
 from nasbnn.utils.stats import kendall_tau
@@ -44,7 +44,7 @@ def main() -> None:
     dev = resolve_device(a.device)
     model, state = load_supernet(a.checkpoint, dev)
     space = model.space
-    dcfg, seed = search_data_config(cfg, state)
+    dcfg, seed = trained_data_config(cfg, state)
     data = build_data(dcfg.data, resolution=space.resolution, seed=seed)
     s = cfg.search
     loader = data.train.loader(batch_size=s.calib_batch_size, train=True, seed=derive_seed(seed, "search-calibration"),

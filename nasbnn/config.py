@@ -18,6 +18,7 @@ from .errors import ConfigError
 from .utils.io import atomic_write_text
 
 __all__ = [
+    "BudgetConfig",
     "DataConfig",
     "EvalConfig",
     "ExportConfig",
@@ -148,6 +149,20 @@ class TrainConfig(Strict):
                                             "(recommended on CUDA; a one-time compile cost per process)")
 
 
+class BudgetConfig(Strict):
+    """The cost range of the search and the width of its buckets, in the unit of ``search.cost``: MOPs for
+    ``ops``, predicted engine milliseconds for ``latency``. Every consumer (the search, the family's buckets,
+    the random baseline of the main job) measures architectures by that same cost."""
+
+    min: float = Field(20.0, ge=0)
+    max: float = Field(180.0, gt=0)
+    step: float = Field(2.0, gt=0)
+
+
+#: Keys of earlier releases whose names claimed MOPs whatever ``search.cost`` said.
+_RENAMED_SEARCH_KEYS = {"min_mops": "budget.min", "max_mops": "budget.max", "step_mops": "budget.step"}
+
+
 class SearchConfig(Strict):
     """Evolutionary search. Defaults are the upstream ImageNet protocol (README of the official code)."""
 
@@ -156,10 +171,9 @@ class SearchConfig(Strict):
     num_mutations: int = Field(128, ge=0)
     num_crossovers: int = Field(128, ge=0)
     mutate_prob: float = Field(0.2, ge=0, le=1)
-    min_mops: float = Field(20.0, ge=0)
-    max_mops: float = Field(180.0, gt=0)
-    step_mops: float = Field(2.0, gt=0)
-    cost: Literal["ops", "latency"] = "ops"
+    budget: BudgetConfig = Field(default_factory=lambda: BudgetConfig())
+    cost: Literal["ops", "latency"] = Field("ops", description="what the budget counts: MOPs (ops) or predicted "
+                                            "engine milliseconds (latency)")
     latency_model: str | None = Field(None, description="fitted latency model JSON for cost=latency")
     latency_threads: int | None = Field(None, ge=1, description="engine threads of the deployment: cost=latency "
                                         "uses the model fitted at this count (None: the file's only model)")
@@ -169,6 +183,15 @@ class SearchConfig(Strict):
     val_images: int | None = Field(None, ge=1, description="cap of search-validation images (None: all)")
     random_baseline: int = Field(0, ge=0, description="random architectures per bucket to compare the family to")
     max_attempts: int = Field(100_000, ge=1, description="tries to find a new in-range candidate")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for old, new in _RENAMED_SEARCH_KEYS.items():
+                if old in data:
+                    raise ValueError(f"search.{old} is now search.{new} (its unit follows search.cost: MOPs or ms)")
+        return data
 
 
 class FinetuneConfig(Strict):

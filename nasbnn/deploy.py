@@ -15,25 +15,13 @@ from typing import Any
 import torch
 
 from .bundle import save_bundle
-from .config import RunConfig
 from .errors import NasbnnError
 from .export import export_subnet
 from .models import StaticBNN, SuperBNN
 from .space import Arch
 from .train.bn import evaluate_top1, recalibrate_bn
-from .utils.seeding import derive_seed
 
-__all__ = ["calibration_batches", "evaluate_network", "export_arch", "parse_family_spec", "read_family"]
-
-
-def calibration_batches(data: Any, cfg: RunConfig, device: torch.device, *, channels_last: bool = False,
-                        seed: int | None = None) -> list[torch.Tensor]:
-    """``cfg.eval.calib_batches`` batches of ``cfg.eval.calib_batch_size`` training images (train
-    augmentation, as upstream test.py), drawn once with a fixed seed."""
-    s = derive_seed(cfg.seed if seed is None else seed, "deploy-calibration")
-    loader = data.train.loader(batch_size=min(cfg.eval.calib_batch_size, len(data.train)), train=True, seed=s,
-                               device=device, channels_last=channels_last, drop_last=False)
-    return [x for _, (x, _y) in zip(range(cfg.eval.calib_batches), loader)]
+__all__ = ["evaluate_network", "export_arch", "parse_family_spec", "read_family"]
 
 
 def evaluate_network(net: torch.nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]], *,
@@ -48,10 +36,11 @@ def evaluate_network(net: torch.nn.Module, batches: Sequence[tuple[torch.Tensor,
 def export_arch(model: SuperBNN, arch: Arch, folder: str | Path, *, calib: Sequence[torch.Tensor] | None,
                 config: dict[str, Any], source: dict[str, Any],
                 test: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
-                autocast: Any = None) -> tuple[StaticBNN, dict[str, Any]]:
-    """Exports ``arch``, recalibrates its BN (when ``calib``), evaluates (when ``test``), writes a bundle."""
+                autocast: Any = None, metrics: dict[str, Any] | None = None) -> tuple[StaticBNN, dict[str, Any]]:
+    """Exports ``arch``, recalibrates its BN (when ``calib``), evaluates (when ``test``), writes a bundle
+    whose metrics are these and ``metrics``."""
     net = export_subnet(model, arch).eval()
-    metrics: dict[str, Any] = {}
+    metrics = dict(metrics or {})
     with torch.inference_mode():
         if calib:
             recalibrate_bn(net, calib, autocast=autocast)

@@ -13,14 +13,13 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .config import RunConfig, config_to_dict, load_config
-from .cost import arch_cost
-from .errors import NasbnnError
 from .space import Arch, SearchSpace
 from .utils.io import atomic_write_text
 from .utils.seeding import derive_rng
@@ -34,9 +33,11 @@ def default_config(overrides: list[str] | None = None, path: str | Path | None =
     return load_config(RunConfig, path or DEFAULT_CONFIG, overrides or [])
 
 
-def random_in_bucket(space: SearchSpace, lo: float, hi: float, count: int, *, seed: int, convention: str = "upstream",
-                     exclude: set[Arch] | None = None, max_tries: int = 200_000) -> list[Arch]:
-    """``count`` distinct random members (the upstream sampler) with lo <= MOPs < hi."""
+def random_in_bucket(space: SearchSpace, lo: float, hi: float, count: int, *, seed: int,
+                     cost_fn: Callable[[Arch], float], exclude: set[Arch] | None = None,
+                     max_tries: int = 200_000) -> list[Arch]:
+    """``count`` distinct random members (the upstream sampler) with ``lo <= cost_fn(arch) < hi``: the cost
+    that made the buckets (MOPs or predicted milliseconds), so a bucket's random members are its peers."""
     rng = derive_rng(seed, "random-baseline", round(lo, 9), round(hi, 9))
     out: list[Arch] = []
     seen = set(exclude or ())
@@ -46,8 +47,7 @@ def random_in_bucket(space: SearchSpace, lo: float, hi: float, count: int, *, se
         a = space.sample(rng)
         if a in seen:
             continue
-        m = arch_cost(a, space, convention=convention).mops  # type: ignore[arg-type]
-        if lo <= m < hi:
+        if lo <= cost_fn(a) < hi:
             out.append(a)
             seen.add(a)
     return out
@@ -64,124 +64,140 @@ def _supernet_done(run: Path) -> bool:
     return int(state["step"]) >= int(extra.get("total_steps", 1 << 62))
 
 
+class _Laps:
+    """Wall-clock seconds per stage, in order."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def __call__(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.seconds[stage] = round(now - self._t, 1)
+        self._t = now
+
+
 def run_pipeline(cfg: RunConfig, *, progress: bool = True, log=print) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """Runs every stage; returns (and writes to ``<out>/summary.json``) the summary."""
-    from .bundle import save_bundle
-    from .context import make_context
-    from .deploy import calibration_batches
-    from .export import export_subnet
-    from .search.evaluator import SupernetEvaluator
-    from .search.run import load_supernet, run_search, search_data_config
-    from .train.bn import evaluate_top1, preserved_bn_state, recalibrate_bn
-    from .train.supernet import train_supernet
-
     run = Path(cfg.out)
-    ckpt = run / "checkpoint.pt"
-    seconds: dict[str, float] = {}
-    t0 = time.perf_counter()
-
-    def lap(stage: str) -> None:
-        nonlocal t0
-        now = time.perf_counter()
-        seconds[stage] = round(now - t0, 1)
-        t0 = now
-
-    # 1. supernet
-    if _supernet_done(run):
-        log(f"[1/6] supernet: reusing the finished checkpoint {ckpt}")
-    else:
-        resume = ckpt.is_file() and (run / "config.yaml").is_file()
-        log(f"[1/6] supernet: {'resuming' if resume else 'training'} ({cfg.train.epochs:g} epochs of "
-            f"{cfg.data.name}) -> {run}")
-        train_supernet(cfg, run_dir=run, resume=resume, progress=progress)
+    lap = _Laps()
+    _train_stage(cfg, run, progress=progress, log=log)
     lap("supernet")
-    # 2. search
-    search_dir = run / "search"
-    resume_search = (search_dir / "meta.json").is_file() and (search_dir / "history.jsonl").is_file()
-    log(f"[2/6] search: {'resuming' if resume_search else 'evolutionary search'} "
-        f"({cfg.search.population} + {cfg.search.generations} x "
-        f"{cfg.search.num_mutations + cfg.search.num_crossovers} candidates)")
-    try:
-        res = run_search(cfg, checkpoint=ckpt, run_dir=run, resume=resume_search, progress=progress)
-    except NasbnnError as exc:
-        if resume_search and "other settings" in str(exc):
-            res = run_search(cfg, checkpoint=ckpt, run_dir=run, force=True, progress=progress)
-        else:
-            raise
+    res = _search_stage(cfg, run, progress=progress, log=log)
     lap("search")
-    # 3. family export + test evaluation; 4. random baseline per bucket
-    ctx = make_context(cfg, run)
-    model, state = load_supernet(ckpt, ctx.device)
-    space = model.space
-    dcfg, seed = search_data_config(cfg, state)
-    from .data import build_data
-
-    data = build_data(dcfg.data, resolution=space.resolution, seed=seed, run_dir=run)
-    calib = calibration_batches(data, cfg, ctx.device, seed=seed)
-    test = list(data.test.loader(batch_size=cfg.data.eval_batch_size, train=False, seed=0, device=ctx.device))
-    tester = SupernetEvaluator(model, calib, test)  # float32, as the search and eval
-    family = res["family"]
-    step = cfg.search.step_mops
-    log(f"[3/6] family: exporting and testing {len(family)} members")
-    fam_out = []
-    for f in family:
-        arch = Arch.parse(f["arch"])
-        net = export_subnet(model, arch)
-        with torch.inference_mode():
-            recalibrate_bn(net, calib)
-            top1 = evaluate_top1(net, test, topk=(1, 5))
-        folder = run / "family" / f"mops_{float(f['bucket']):g}"
-        save_bundle(net.cpu(), folder, config=config_to_dict(cfg),
-                    source={"checkpoint": str(ckpt), "search": res["pareto"], "bucket": f["bucket"]},
-                    metrics={"test_top1": top1["top1"], "test_top5": top1["top5"], "search_val_top1": f["top1"]})
-        fam_out.append({"bucket": f["bucket"], "arch": f["arch"], "mflops": f["mflops"], "mbops": f["mbops"],
-                        "mops": f["mops"], "top1": top1["top1"], "direct_top1": top1["top1"], "top5": top1["top5"],
-                        "search_val_top1": f["top1"], "bundle": str(folder)})
+    ctx, model, data, calib, test = _deployment_data(cfg, run)
+    fam_out = _family_stage(cfg, run, model, calib, test, res, log=log)
     lap("family")
-    k = cfg.search.random_baseline
-    gaps = []
-    if k > 0:
-        log(f"[4/6] random baseline: {k} random architectures per bucket, evaluated the same way")
-        for f in fam_out:
-            lo, hi = float(f["bucket"]) - step / 2, float(f["bucket"]) + step / 2
-            member = Arch.parse(f["arch"])
-            rand = random_in_bucket(space, lo, hi, k, seed=cfg.seed, convention=cfg.search.convention,
-                                    exclude={member})
-            scores = []
-            for a in rand:
-                with preserved_bn_state(model):
-                    scores.append(tester.score(a))
-            f["random_top1"] = scores
-            if scores:
-                med = statistics.median(scores)
-                f["random_median_top1"] = med
-                f["gap_over_random_median"] = f["top1"] - med
-                gaps.append(f["top1"] - med)
+    gaps = _random_baseline_stage(cfg, model, calib, test, fam_out, log=log)
     lap("random_baseline")
-    del tester, calib, test
+    del calib, test
     _finetune_members(cfg, run, fam_out, progress=progress, log=log)
     lap("finetune")
     bench = _deploy_members(cfg, fam_out, data.name, log=log)
     lap("deploy")
-    largest_member = max(fam_out, key=lambda f: f["mops"]) if fam_out else None
+    largest = max(fam_out, key=lambda f: f["mops"]) if fam_out else {}
     summary = {
-        "dataset": data.name,
-        "space": space.name,
-        "device": str(ctx.device),
-        "family": fam_out,
-        "largest_top1": largest_member["top1"] if largest_member else None,
-        "largest_finetuned_top1": largest_member.get("finetuned_top1") if largest_member else None,
-        "gap_over_random_median": (sum(gaps) / len(gaps)) if gaps else None,
-        "buckets_compared": len(gaps),
-        "evaluated_in_search": res["evaluated"],
-        "pareto_json": res["pareto"],
-        "plot": res["plot"],
-        "supernet": str(ckpt),
-        "bench": bench,
-        "seconds": seconds,
+        "dataset": data.name, "space": model.space.name, "device": str(ctx.device), "family": fam_out,
+        "largest_top1": largest.get("top1"), "largest_finetuned_top1": largest.get("finetuned_top1"),
+        "gap_over_random_median": (sum(gaps) / len(gaps)) if gaps else None, "buckets_compared": len(gaps),
+        "evaluated_in_search": res["evaluated"], "pareto_json": res["pareto"], "plot": res["plot"],
+        "supernet": str(run / "checkpoint.pt"), "bench": bench, "seconds": lap.seconds,
     }
     atomic_write_text(run / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _train_stage(cfg: RunConfig, run: Path, *, progress: bool, log) -> None:  # type: ignore[no-untyped-def]
+    """1. The supernet: reused when finished, resumed when interrupted."""
+    from .train.supernet import train_supernet
+
+    ckpt = run / "checkpoint.pt"
+    if _supernet_done(run):
+        log(f"[1/6] supernet: reusing the finished checkpoint {ckpt}")
+        return
+    resume = ckpt.is_file() and (run / "config.yaml").is_file()
+    log(f"[1/6] supernet: {'resuming' if resume else 'training'} ({cfg.train.epochs:g} epochs of "
+        f"{cfg.data.name}) -> {run}")
+    train_supernet(cfg, run_dir=run, resume=resume, progress=progress)
+
+
+def _search_stage(cfg: RunConfig, run: Path, *, progress: bool, log) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """2. The evolutionary search: resumed when interrupted, started over when its settings changed."""
+    from .search.run import SearchSettingsChanged, run_search
+
+    search_dir, ckpt = run / "search", run / "checkpoint.pt"
+    resume = (search_dir / "meta.json").is_file() and (search_dir / "history.jsonl").is_file()
+    log(f"[2/6] search: {'resuming' if resume else 'evolutionary search'} ({cfg.search.population} + "
+        f"{cfg.search.generations} x {cfg.search.num_mutations + cfg.search.num_crossovers} candidates)")
+    try:
+        return run_search(cfg, checkpoint=ckpt, run_dir=run, resume=resume, progress=progress)
+    except SearchSettingsChanged as exc:
+        log(f"  {exc}: starting the search over")
+        return run_search(cfg, checkpoint=ckpt, run_dir=run, force=True, progress=progress)
+
+
+def _deployment_data(cfg: RunConfig, run: Path) -> tuple[Any, Any, Any, list[torch.Tensor], list[Any]]:
+    """The supernet, its data split as it trained, the calibration images and the whole test split."""
+    from .context import make_context
+    from .runs import calibration_batches, eval_batches, load_supernet, run_data
+
+    ctx = make_context(cfg, run)
+    model, state = load_supernet(run / "checkpoint.pt", ctx.device)
+    data, seed = run_data(cfg, state, model.space, run_dir=run)
+    return ctx, model, data, calibration_batches(data, cfg, ctx.device, seed=seed), eval_batches(data.test, cfg,
+                                                                                                ctx.device)
+
+
+def _family_stage(cfg: RunConfig, run: Path, model: Any, calib: list[torch.Tensor], test: list[Any],
+                  res: dict[str, Any], *, log) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+    """3. Every family member exported with recalibrated BN, tested on the whole test split, as a bundle."""
+    from .deploy import export_arch
+
+    family = res["family"]
+    log(f"[3/6] family: exporting and testing {len(family)} members")
+    out = []
+    for f in family:
+        folder = run / "family" / f"mops_{float(f['bucket']):g}"
+        _, m = export_arch(model, Arch.parse(f["arch"]), folder, calib=calib, test=test, config=config_to_dict(cfg),
+                           source={"checkpoint": str(run / "checkpoint.pt"), "search": res["pareto"],
+                                   "bucket": f["bucket"]},
+                           metrics={"search_val_top1": f["top1"]})
+        out.append({"bucket": f["bucket"], "arch": f["arch"], "mflops": f["mflops"], "mbops": f["mbops"],
+                    "mops": f["mops"], "top1": m["test_top1"], "direct_top1": m["test_top1"], "top5": m["test_top5"],
+                    "search_val_top1": f["top1"], "bundle": str(folder)})
+    return out
+
+
+def _random_baseline_stage(cfg: RunConfig, model: Any, calib: list[torch.Tensor], test: list[Any],
+                           fam_out: list[dict[str, Any]], *, log) -> list[float]:  # type: ignore[no-untyped-def]
+    """4. ``search.random_baseline`` random members of each member's bucket, evaluated the same way; returns
+    the gaps of the members over their bucket's median."""
+    from .search.evaluator import SupernetEvaluator
+    from .search.run import search_cost
+    from .train.bn import preserved_bn_state
+
+    k, step = cfg.search.random_baseline, cfg.search.budget.step
+    if k <= 0:
+        return []
+    log(f"[4/6] random baseline: {k} random architectures per bucket, evaluated the same way")
+    cost_fn = search_cost(cfg, model.space).fn  # the cost that made the buckets
+    tester = SupernetEvaluator(model, calib, test)  # float32, as the search and eval
+    gaps = []
+    for f in fam_out:
+        lo, hi = float(f["bucket"]) - step / 2, float(f["bucket"]) + step / 2
+        rand = random_in_bucket(model.space, lo, hi, k, seed=cfg.seed, cost_fn=cost_fn,
+                                exclude={Arch.parse(f["arch"])})
+        scores = []
+        for a in rand:
+            with preserved_bn_state(model):
+                scores.append(tester.score(a))
+        f["random_top1"] = scores
+        if scores:
+            med = statistics.median(scores)
+            f["random_median_top1"] = med
+            f["gap_over_random_median"] = f["top1"] - med
+            gaps.append(f["top1"] - med)
+    return gaps
 
 
 def _finetune_members(cfg: RunConfig, run: Path, fam_out: list[dict[str, Any]], *, progress: bool,

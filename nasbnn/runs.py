@@ -46,17 +46,22 @@ def explicit_override(overrides: Sequence[str] | None, key: str) -> str | None:
     return None
 
 
-def load_supernet(checkpoint: str | Path, device: torch.device | str = "cpu", *,
+def load_supernet(checkpoint: str | Path, device: torch.device | str = "cpu", *, expect: RunConfig | None = None,
                   expect_space: str | None = None) -> tuple[SuperBNN, dict[str, Any]]:
     """A trained supernet from a checkpoint (file or run folder), in eval mode, and the checkpoint.
 
+    The network is built with the strategy switches the checkpoint records.
+
     Args:
+        expect: a config whose strategy switches must equal the checkpoint's.
         expect_space: a space name the user asked for explicitly; a checkpoint of another space is refused
             rather than silently winning.
 
     Raises:
-        CheckpointError: not a supernet checkpoint, or one of another space than ``expect_space``.
+        CheckpointError: not a supernet checkpoint, other switches than ``expect``, or another space than
+            ``expect_space``.
     """
+    from .strategies import check_strategies, model_kwargs, strategies_from_config, strategies_from_record
     from .train.checkpoint import load_checkpoint, space_from_checkpoint
 
     state = load_checkpoint(checkpoint, kind="supernet")
@@ -64,7 +69,10 @@ def load_supernet(checkpoint: str | Path, device: torch.device | str = "cpu", *,
     if expect_space is not None and expect_space != space.name:
         raise CheckpointError(f"{str(checkpoint)!r} holds a supernet of space {space.name!r}, but space.name="
                               f"{expect_space} was asked for; drop the override or use a checkpoint of that space")
-    model = SuperBNN(space)
+    found = strategies_from_record(state.get("config"))
+    if expect is not None:
+        check_strategies(found, strategies_from_config(expect), f"checkpoint {str(checkpoint)!r}")
+    model = SuperBNN(space, **model_kwargs(found))
     model.load_state_dict(state["model"])
     return model.to(device).eval(), state
 

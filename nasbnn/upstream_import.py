@@ -99,7 +99,7 @@ def _pareto_doc(family: list[dict[str, Any]], cfg: RunConfig, space: SearchSpace
         "cost": "ops",
         "convention": cfg.search.convention,
         "note": "top1 is the accuracy upstream's search recorded on its own held-out split",
-        "budget": {"min": cfg.search.min_mops, "max": cfg.search.max_mops, "step": cfg.search.step_mops,
+        "budget": {"min": cfg.search.budget.min, "max": cfg.search.budget.max, "step": cfg.search.budget.step,
                    "unit": "MOPs"},
         "evaluated": len(family),
         "family": family,

@@ -28,7 +28,7 @@ def test_every_shipped_config_validates(name):
     if name.startswith("detect"):
         pytest.skip("detection configs have their own schema (tests/test_detect.py)")
     cfg = load_config(RunConfig, resolve_config_path(name))
-    assert cfg.search.min_mops <= cfg.search.max_mops
+    assert cfg.search.budget.min <= cfg.search.budget.max
 
 
 def test_cost_json_matches_library(capsys):

@@ -43,7 +43,7 @@ def test_search_split_across_two_ranks_matches_one_process(tmp_path):
             "data.synthetic.num_train=160", "data.synthetic.num_test=32", "train.epochs=1", "train.eval_images=32",
             "device=cpu"]
     search = ["search.population=12", "search.generations=2", "search.num_mutations=5", "search.num_crossovers=5",
-              "search.min_mops=0.002", "search.max_mops=0.012", "search.step_mops=0.002", "search.calib_batches=2",
+              "search.budget.min=0.002", "search.budget.max=0.012", "search.budget.step=0.002", "search.calib_batches=2",
               "search.calib_batch_size=32"]
     sup = tmp_path / "sup"
     train_supernet(load_config(RunConfig, None, [*tiny, f"out={sup}"]), progress=False)

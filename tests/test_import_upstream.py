@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = ["space.name=tiny", "data.name=synthetic", "data.holdout_per_class=8", "data.batch_size=16",
         "data.eval_batch_size=64", "data.synthetic.num_train=160", "data.synthetic.num_test=64"]
 SEARCH = ["search.population=6", "search.generations=1", "search.num_mutations=3", "search.num_crossovers=3",
-          "search.min_mops=0.001", "search.max_mops=0.014", "search.step_mops=0.002", "search.calib_batches=1",
+          "search.budget.min=0.001", "search.budget.max=0.014", "search.budget.step=0.002", "search.calib_batches=1",
           "search.calib_batch_size=16", "--no-progress"]
 
 
@@ -69,7 +69,7 @@ def test_import_writes_a_run_folder_that_search_continues(tmp_path, capsys):
                         capsys)
     assert rc == 0, err
     from nasbnn.cost import arch_cost
-    from nasbnn.search.run import load_supernet
+    from nasbnn.runs import load_supernet
 
     model, state = load_supernet(run)
     assert state["extra"]["upstream_epoch"] == 7 and state["config"]["data"]["holdout_per_class"] == 8

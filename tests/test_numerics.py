@@ -16,7 +16,7 @@ TINY = ["space.name=tiny", "data.name=synthetic", "data.holdout_per_class=16", "
         "data.eval_batch_size=64", "data.synthetic.num_train=240", "data.synthetic.num_test=32", "train.epochs=1",
         "train.eval_images=32", "device=cpu"]
 SEARCH = ["search.population=10", "search.generations=1", "search.num_mutations=4", "search.num_crossovers=4",
-          "search.min_mops=0.002", "search.max_mops=0.012", "search.step_mops=0.002", "search.calib_batches=2",
+          "search.budget.min=0.002", "search.budget.max=0.012", "search.budget.step=0.002", "search.calib_batches=2",
           "search.calib_batch_size=32"]
 
 
@@ -61,8 +61,9 @@ def test_bf16_is_honoured_on_cpu_and_stays_close_to_float32(tiny_space):
 
 def test_search_fitness_is_float32_whatever_train_amp(tmp_path):
     """train.amp=bf16 changes the training passes only; the search scores as export and eval do."""
+    from nasbnn.runs import load_supernet
     from nasbnn.search.evaluator import SupernetEvaluator
-    from nasbnn.search.run import load_supernet, run_search
+    from nasbnn.search.run import run_search
     from nasbnn.space import Arch
     from nasbnn.train.supernet import train_supernet
 

@@ -128,7 +128,7 @@ TINY = ["space.name=tiny", "data.name=synthetic", "data.holdout_per_class=8", "d
         "data.eval_batch_size=64", "data.synthetic.num_train=160", "data.synthetic.num_test=64", "train.epochs=1",
         "train.eval_images=32", "train.log_every=5"]
 SEARCH = ["search.population=24", "search.generations=4", "search.num_mutations=10", "search.num_crossovers=10",
-          "search.min_mops=0.002", "search.max_mops=0.012", "search.step_mops=0.002", "search.calib_batches=2",
+          "search.budget.min=0.002", "search.budget.max=0.012", "search.budget.step=0.002", "search.calib_batches=2",
           "search.calib_batch_size=32"]
 
 
@@ -178,9 +178,9 @@ def test_search_bad_input_writes_nothing(trained, tmp_path, capsys):
 
     ckpt = str(trained / "checkpoint.pt")
     cases = [
-        (["search.min_mops=5", "search.max_mops=6"], "no architecture fits"),
-        (["search.min_mops=0.01", "search.max_mops=0.005"], "above maximum"),
-        (["search.step_mops=0"], "config key 'search.step_mops'"),
+        (["search.budget.min=5", "search.budget.max=6"], "no architecture fits"),
+        (["search.budget.min=0.01", "search.budget.max=0.005"], "above maximum"),
+        (["search.budget.step=0"], "config key 'search.budget.step'"),
     ]
     for extra, msg in cases:
         out = tmp_path / f"bad{len(extra[0])}"
@@ -208,8 +208,8 @@ def test_search_with_latency_cost(trained, tmp_path):
     step = (hi - lo) / 4
     cfg = load_config(RunConfig, None, [*TINY, *SEARCH, "search.cost=latency", f"search.latency_model={path}",
                                         "search.latency_threads=2",
-                                        f"search.min_mops={lo}", f"search.max_mops={hi + 1e-9}",
-                                        f"search.step_mops={step}", f"out={tmp_path}"])
+                                        f"search.budget.min={lo}", f"search.budget.max={hi + 1e-9}",
+                                        f"search.budget.step={step}", f"out={tmp_path}"])
     run_search(cfg, checkpoint=trained / "checkpoint.pt", progress=False)
     hist = [json.loads(x) for x in (tmp_path / "search" / "history.jsonl").read_text().splitlines()]
     assert hist

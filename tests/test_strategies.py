@@ -19,7 +19,7 @@ from nasbnn.export import export_subnet
 from nasbnn.models import SuperBNN
 from nasbnn.ops.elastic import ElasticBinaryConv2d
 from nasbnn.presets import create_space
-from nasbnn.search.run import load_supernet
+from nasbnn.runs import load_supernet
 from nasbnn.train.checkpoint import load_checkpoint
 from nasbnn.train.losses import smooth_cross_entropy
 from nasbnn.train.optim import build_optimizer, build_scheduler

@@ -57,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from ..config import RunConfig, load_config
-    from ..search.run import load_supernet
+    from ..runs import load_supernet
 
     cfg = load_config(RunConfig, args.config, args.overrides)
     ckpt = args.checkpoint or str(Path(cfg.out) / "checkpoint.pt")
@@ -69,9 +69,9 @@ def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 def _data(cfg, state, space):  # type: ignore[no-untyped-def]
     from ..data import build_data
-    from ..search.run import search_data_config
+    from ..runs import trained_data_config
 
-    dcfg, seed = search_data_config(cfg, state)
+    dcfg, seed = trained_data_config(cfg, state)
     return build_data(dcfg.data, resolution=space.resolution, seed=seed, run_dir=Path(cfg.out)), seed
 
 
@@ -104,7 +104,8 @@ def _targets(space, *, largest: bool = False, smallest: bool = False, upstream_a
 
 
 def _export(args: argparse.Namespace) -> int:
-    from ..deploy import calibration_batches, export_arch
+    from ..deploy import export_arch
+    from ..runs import calibration_batches
 
     cfg, ckpt, model, state = _load(args)
     space = model.space
@@ -150,8 +151,9 @@ def _write_other_format(net, folder: Path, fmt: str, *, dataset: str) -> str:  #
 
 def _eval(args: argparse.Namespace) -> int:
     from ..config import RunConfig, load_config
-    from ..deploy import calibration_batches, evaluate_network
+    from ..deploy import evaluate_network
     from ..export import export_subnet
+    from ..runs import calibration_batches
     from ..utils.io import atomic_write_text
 
     if args.bundle:

@@ -68,7 +68,7 @@ def build_backbone(cfg: BackboneConfig, *, seed: int = 0) -> tuple[StaticBNN, di
         net = load_bundle(cfg.bundle)
         return net, {"kind": "bundle", "bundle": str(cfg.bundle), "arch": str(net.arch), "space": net.space.name}
     if cfg.checkpoint is not None:
-        from ..search.run import load_supernet
+        from ..runs import load_supernet
 
         supernet, _ = load_supernet(cfg.checkpoint)
         arch = _arch_of(supernet.space, cfg.arch)

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import Any, NamedTuple
 
 from ..config import RunConfig
 from ..cost import arch_cost
 from ..errors import NasbnnError, SearchError
-from ..models import SuperBNN
+from ..runs import load_supernet, trained_data_config
 from ..space import Arch, SearchSpace
 from ..train.distributed import barrier
 from ..utils.io import atomic_write_text, ensure_dir
@@ -28,50 +26,30 @@ from .evaluator import SupernetEvaluator
 from .evolution import EvolutionSearch, SearchState
 from .result import REFERENCE_POINTS, Budget, Candidate, write_results
 
-__all__ = ["load_supernet", "run_search", "search_data_config"]
+__all__ = ["SearchCost", "SearchSettingsChanged", "run_search", "search_cost"]
 
 _logger = logging.getLogger(__name__)
 
 
-def load_supernet(checkpoint: str | Path, device: torch.device | str = "cpu", *,
-                  expect: RunConfig | None = None) -> tuple[SuperBNN, dict[str, Any]]:
-    """A trained supernet from a nasbnn checkpoint (file or run folder), in eval mode, and the checkpoint.
+class SearchSettingsChanged(SearchError):
+    """A resumed search whose settings differ from those the folder's search ran with."""
 
-    The network is built with the strategy switches the checkpoint records. With ``expect``, a config
-    whose switches differ from the checkpoint's is refused (:class:`~nasbnn.errors.CheckpointError`).
+
+class SearchCost(NamedTuple):
+    """What the search's budget counts (``search.cost``), and the description recorded for every candidate."""
+
+    fn: Callable[[Arch], float]
+    describe: Callable[[Arch], tuple[float, float, float]]  # (MFLOPs, MBOPs, MOPs)
+    unit: str  # "MOPs" or "ms"
+    latency_threads: int | None  # the engine threads a latency model was measured at
+
+
+def search_cost(cfg: RunConfig, space: SearchSpace) -> SearchCost:
+    """The cost of ``search.cost`` on ``space``: MOPs, or a latency model's predicted milliseconds.
+
+    Raises:
+        NasbnnError: ``search.cost=latency`` without a usable latency model.
     """
-    from ..strategies import check_strategies, model_kwargs, strategies_from_config, strategies_from_record
-    from ..train.checkpoint import load_checkpoint, space_from_checkpoint
-
-    state = load_checkpoint(checkpoint, kind="supernet")
-    space = space_from_checkpoint(state)
-    found = strategies_from_record(state.get("config"))
-    if expect is not None:
-        check_strategies(found, strategies_from_config(expect), f"checkpoint {str(checkpoint)!r}")
-    model = SuperBNN(space, **model_kwargs(found))
-    model.load_state_dict(state["model"])
-    return model.to(device).eval(), state
-
-
-def search_data_config(cfg: RunConfig, state: dict[str, Any]) -> tuple[RunConfig, int]:
-    """The config whose data split matches the supernet's training run, and the split seed.
-
-    The search-validation split must be the images held out of supernet training, so its dataset,
-    hold-out size and seed come from the checkpoint (only the dataset root may differ).
-    """
-    trained = state.get("config", {}) or {}
-    tdata = trained.get("data", {})
-    data = cfg.data.model_copy(update={k: tdata[k] for k in ("name", "holdout_per_class", "limit_train", "synthetic")
-                                       if k in tdata})
-    if data.synthetic is not None and isinstance(data.synthetic, dict):
-        from ..config import SyntheticDataConfig
-
-        data = data.model_copy(update={"synthetic": SyntheticDataConfig(**data.synthetic)})
-    seed = int(trained.get("seed", cfg.seed))
-    return cfg.model_copy(update={"data": data}), seed
-
-
-def _cost_fns(cfg: RunConfig, space: SearchSpace):  # type: ignore[no-untyped-def]
     scfg = cfg.search
     conv = scfg.convention
 
@@ -80,13 +58,13 @@ def _cost_fns(cfg: RunConfig, space: SearchSpace):  # type: ignore[no-untyped-de
         return c.mflops, c.mbops, c.mops
 
     if scfg.cost == "ops":
-        return (lambda a: arch_cost(a, space, convention=conv).mops), describe, "MOPs", None
+        return SearchCost(lambda a: arch_cost(a, space, convention=conv).mops, describe, "MOPs", None)
     if scfg.latency_model is None:
         raise NasbnnError("search.cost=latency needs search.latency_model=<file> (fit one with `nasbnn latency fit`)")
     from ..engine.latency import LatencyModel, latency_cost_fn
 
     model = LatencyModel.load(scfg.latency_model, threads=scfg.latency_threads)
-    return latency_cost_fn(model, space), describe, "ms", model.threads
+    return SearchCost(latency_cost_fn(model, space), describe, "ms", model.threads)
 
 
 def _distributed_evaluate(evaluator: SupernetEvaluator, dist_info):  # type: ignore[no-untyped-def]
@@ -138,13 +116,14 @@ def run_search(cfg: RunConfig, *, checkpoint: str | Path, run_dir: str | Path | 
     from ..context import make_context
 
     scfg = cfg.search
-    budget_unit = "MOPs" if scfg.cost == "ops" else "ms"
-    budget = Budget(scfg.min_mops, scfg.max_mops, scfg.step_mops, budget_unit)  # validates before any work
+    budget = Budget(scfg.budget.min, scfg.budget.max, scfg.budget.step,
+                    "MOPs" if scfg.cost == "ops" else "ms")  # validates before any work
     ctx = make_context(cfg, run_dir)
     out = ctx.run_dir / "search"
     model, state = load_supernet(checkpoint, ctx.device, expect=cfg)
     space = model.space
-    cost_fn, describe, _, latency_threads = _cost_fns(cfg, space)
+    cost = search_cost(cfg, space)
+    cost_fn, describe, latency_threads = cost.fn, cost.describe, cost.latency_threads
     budget.check_feasible(cost_fn(space.smallest()), cost_fn(space.largest()))
     meta = {
         "title": f"NAS-BNN search on {space.name}",
@@ -180,7 +159,8 @@ def run_search(cfg: RunConfig, *, checkpoint: str | Path, run_dir: str | Path | 
         grows = isinstance(old.get("generations"), int) and meta["generations"] >= old["generations"]
         diff = [k for k in meta if k != "title" and old.get(k) != meta[k] and not (k == "generations" and grows)]
         if diff:
-            raise SearchError(f"cannot resume: the search in {str(out)!r} used other settings ({', '.join(diff)})")
+            raise SearchSettingsChanged(f"cannot resume: the search in {str(out)!r} used other settings "
+                                        f"({', '.join(diff)})")
         history = [Candidate.from_json(r) for r in read_jsonl(hist_path)]
     elif hist_path.exists() and not force:
         raise SearchError(f"search results already exist in {str(out)!r}; pass --resume to continue or --force "
@@ -198,7 +178,7 @@ def run_search(cfg: RunConfig, *, checkpoint: str | Path, run_dir: str | Path | 
             atomic_write_text(hist_path, "".join(json.dumps(c.to_json()) + "\n" for c in history))
 
     barrier(ctx.dist)
-    scfg_cfg, split_seed = search_data_config(cfg, state)
+    scfg_cfg, split_seed = trained_data_config(cfg, state)
     from ..data import build_data
 
     data = build_data(scfg_cfg.data, resolution=space.resolution, seed=split_seed, run_dir=ctx.run_dir)
