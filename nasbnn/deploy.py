@@ -15,13 +15,16 @@ from typing import Any
 import torch
 
 from .bundle import save_bundle
+from .config import RunConfig, config_to_dict
 from .errors import NasbnnError
 from .export import export_subnet
 from .models import StaticBNN, SuperBNN
+from .registry import Registry
 from .space import Arch
 from .train.bn import evaluate_top1, recalibrate_bn
 
-__all__ = ["evaluate_network", "export_arch", "parse_family_spec", "read_family"]
+__all__ = ["EXPORT_FORMATS", "evaluate_network", "evaluate_spec", "export_arch", "export_from_checkpoint",
+           "read_family"]
 
 
 def evaluate_network(net: torch.nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]], *,
@@ -69,13 +72,93 @@ def read_family(pareto_json: str | Path) -> list[dict[str, Any]]:
     return fam
 
 
-def parse_family_spec(spec: str) -> tuple[str, float | None]:
-    """``"path/pareto.json@100"`` -> (path, 100.0); ``"path/pareto.json"`` -> (path, None)."""
-    if "@" in spec:
-        path, bucket = spec.rsplit("@", 1)
-        try:
-            return path, float(bucket)
-        except ValueError:
-            raise NasbnnError(f"bad bucket {bucket!r} in {spec!r}; expected e.g. pareto.json@57") from None
-    return spec, None
+#: Files written beside a bundle's weights: ``fn(net, folder, dataset) -> description``.
+EXPORT_FORMATS: Registry[str] = Registry("export format")
 
+
+@EXPORT_FORMATS.register("bundle")
+def _bundle_only(net: StaticBNN, folder: Path, dataset: str) -> str:
+    return ""
+
+
+@EXPORT_FORMATS.register("onnx")
+def _write_onnx(net: StaticBNN, folder: Path, dataset: str) -> str:
+    from .engine.onnx_export import export_onnx
+
+    path = folder / "model.onnx"
+    export_onnx(net, path)
+    return str(path)
+
+
+@EXPORT_FORMATS.register("packed")
+def _write_packed(net: StaticBNN, folder: Path, dataset: str) -> str:
+    from .data.build import preprocess_info
+    from .engine.packed import pack_model
+
+    path = folder / "model.nbp"
+    packed = pack_model(net, preprocess=preprocess_info(dataset))
+    packed.save(path)
+    return f"{path} ({packed.nbytes / 1e6:.2f} MB packed vs {packed.float_bytes / 1e6:.2f} MB float)"
+
+
+def export_from_checkpoint(cfg: RunConfig, *, checkpoint: str | Path, spec: str, dest: str | Path | None = None,
+                           fmt: str = "bundle", recalibrate: bool = True, evaluate: bool = False,
+                           expect_space: str | None = None) -> list[dict[str, Any]]:
+    """Exports the architectures of ``spec`` (see :func:`nasbnn.runs.resolve_archs`) from a supernet.
+
+    Every architecture is validated before anything is written. One architecture with ``dest`` goes to
+    ``dest``; otherwise each goes to ``<dest or <out>/export>/<name>``. Returns one record per export.
+    """
+    from .runs import calibration_batches, eval_batches, load_supernet, resolve_archs, run_data
+    from .utils.device import resolve_device
+
+    write = EXPORT_FORMATS.get(fmt)
+    model, state = load_supernet(checkpoint, resolve_device(cfg.device), expect_space=expect_space)
+    targets = resolve_archs(model.space, spec)
+    root = Path(dest) if dest else Path(cfg.out) / "export"
+    device = next(model.parameters()).device
+    calib = test = None
+    if recalibrate or evaluate:
+        data, seed = run_data(cfg, state, model.space, run_dir=Path(cfg.out))
+        calib = calibration_batches(data, cfg, device, seed=seed) if recalibrate else None
+        test = eval_batches(data.test, cfg, device) if evaluate else None
+    out = []
+    for name, arch in targets:
+        folder = root if len(targets) == 1 and dest else root / name
+        net, metrics = export_arch(model, arch, folder, calib=calib, test=test, config=config_to_dict(cfg),
+                                   source={"checkpoint": str(checkpoint), "step": int(state.get("step", 0))})
+        out.append({"name": name, "arch": str(arch), "folder": str(folder), "files": write(net, folder, cfg.data.name),
+                    "metrics": metrics})
+    return out
+
+
+def evaluate_spec(cfg: RunConfig, *, bundle: str | Path | None = None, checkpoint: str | Path | None = None,
+                  spec: str | None = None, recalibrate: bool = False,
+                  expect_space: str | None = None) -> dict[str, Any]:
+    """Top-1/top-5 on the test split of a bundle's network, or of one architecture of a supernet (always BN
+    recalibrated), on the data split its run used; with the architecture and its OPs."""
+    from .bundle import load_bundle, read_bundle_info
+    from .cost import arch_cost
+    from .runs import calibration_batches, eval_batches, load_supernet, resolve_archs, run_data
+    from .utils.device import resolve_device
+
+    if bundle is not None:
+        net = load_bundle(bundle)
+        data, seed = run_data(cfg, {"config": read_bundle_info(bundle).get("config") or {}}, net.space)
+        source: dict[str, Any] = {"bundle": str(bundle)}
+    else:
+        if checkpoint is None or spec is None:
+            raise NasbnnError("with --checkpoint, give --arch, --largest or --smallest")
+        model, state = load_supernet(checkpoint, resolve_device(cfg.device), expect_space=expect_space)
+        targets = resolve_archs(model.space, spec)
+        if len(targets) != 1:
+            raise NasbnnError(f"{spec!r} names {len(targets)} architectures; evaluate one (pareto.json@BUCKET)")
+        net = export_subnet(model, targets[0][1])
+        data, seed = run_data(cfg, state, model.space, run_dir=Path(cfg.out))
+        recalibrate, source = True, {"checkpoint": str(checkpoint), "arch": str(targets[0][1])}
+    device = next(net.parameters()).device
+    calib = calibration_batches(data, cfg, device, seed=seed) if recalibrate else None
+    res = evaluate_network(net, eval_batches(data.test, cfg, device), calib=calib)
+    c = arch_cost(net.arch, net.space)
+    return {**source, "arch": str(net.arch), "mflops": c.mflops, "mbops": c.mbops, "mops": c.mops,
+            "bn_recalibrated": bool(calib), **res}

@@ -31,3 +31,46 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+#: The tiny space on a generated dataset: the overrides every quick CLI or library run of the tests starts from.
+TINY = ["space.name=tiny", "data.name=synthetic", "data.holdout_per_class=8", "data.batch_size=16",
+        "data.eval_batch_size=64", "data.synthetic.num_train=160", "data.synthetic.num_test=64", "device=cpu"]
+#: A search over the tiny space's whole OPs range in a few seconds.
+TINY_SEARCH = ["search.population=24", "search.generations=4", "search.num_mutations=10", "search.num_crossovers=10",
+               "search.budget.min=0.002", "search.budget.max=0.012", "search.budget.step=0.002",
+               "search.calib_batches=2", "search.calib_batch_size=32"]
+
+
+def torchrun(nproc: int = 2) -> list[str]:
+    """The torchrun prefix; ``--standalone`` lets it pick a free rendezvous port itself (no probed port that
+    another process may take first)."""
+    import sys
+
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+
+
+def run_frozen(tmp_path, point: str, n: int, args: list[str], env: dict[str, str], timeout: float = 300):  # type: ignore[no-untyped-def]
+    """Starts ``nasbnn ARGS`` frozen at ``point`` ``n`` (see ``freeze_at.py``), waits until it says it is
+    there, kills it with SIGKILL and returns its exit status. Fails if it ends before reaching the point."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    marker = Path(tmp_path) / f"frozen-{point}-{n}"
+    script = Path(__file__).with_name("freeze_at.py")
+    proc = subprocess.Popen([sys.executable, str(script), str(marker), point, str(n), *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout  # a safety net only: the kill point is the step, not the time
+    while not marker.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended (status {proc.returncode}) before {point} {n}: "
+                                 f"{proc.stderr.read()[-2000:] if proc.stderr else ''}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"the run did not reach {point} {n} within {timeout} s")
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    return proc.wait()

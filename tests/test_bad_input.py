@@ -69,3 +69,12 @@ def test_export_to_a_file(tiny_files, tmp_path, capsys):
 def test_finetune_into_a_read_only_file_system(tiny_files, capsys):
     _one_line_error(capsys, ["finetune", "--config", "tiny", "--bundle", str(tiny_files / "bundle"),
                              "--to", "/sys/nasbnn-ft", "--no-progress"], "cannot be created")
+
+
+@pytest.mark.parametrize("command", ["export", "search", "eval"])
+def test_an_explicit_space_that_the_checkpoint_does_not_have(tiny_files, tmp_path, capsys, command):
+    argv = [command, "--config", "tiny", "--checkpoint", str(tiny_files / "super.pt"), "space.name=fashion-mnist",
+            f"out={tmp_path / 'out'}"]
+    argv += {"export": ["--smallest", "--no-recalibrate"], "search": ["--no-progress"], "eval": ["--smallest"]}[command]
+    _one_line_error(capsys, argv, "space 'tiny'", "space.name=fashion-mnist")
+    assert not (tmp_path / "out").exists()

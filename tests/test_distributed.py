@@ -1,26 +1,19 @@
 """Two gloo processes on CPU (torchrun) end with identical weights and BN statistics."""
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
+from helpers import TINY, TINY_SEARCH, torchrun
 
 HERE = Path(__file__).resolve().parent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_ranks_hold_identical_weights(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(HERE.parent))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
-           f"--master_port={_free_port()}", str(HERE / "ddp_worker.py"), str(tmp_path)]
+    cmd = [*torchrun(2), str(HERE / "ddp_worker.py"), str(tmp_path)]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     a = torch.load(tmp_path / "rank0.pt", weights_only=True)
@@ -39,12 +32,9 @@ def test_search_split_across_two_ranks_matches_one_process(tmp_path):
     from nasbnn.config import RunConfig, load_config
     from nasbnn.train.supernet import train_supernet
 
-    tiny = ["space.name=tiny", "data.name=synthetic", "data.holdout_per_class=8", "data.batch_size=16",
-            "data.synthetic.num_train=160", "data.synthetic.num_test=32", "train.epochs=1", "train.eval_images=32",
-            "device=cpu"]
-    search = ["search.population=12", "search.generations=2", "search.num_mutations=5", "search.num_crossovers=5",
-              "search.budget.min=0.002", "search.budget.max=0.012", "search.budget.step=0.002", "search.calib_batches=2",
-              "search.calib_batch_size=32"]
+    tiny = [*TINY, "data.synthetic.num_test=32", "train.epochs=1", "train.eval_images=32"]
+    search = [*TINY_SEARCH, "search.population=12", "search.generations=2", "search.num_mutations=5",
+              "search.num_crossovers=5"]
     sup = tmp_path / "sup"
     train_supernet(load_config(RunConfig, None, [*tiny, f"out={sup}"]), progress=False)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(HERE.parent))
@@ -52,8 +42,7 @@ def test_search_split_across_two_ranks_matches_one_process(tmp_path):
     one = subprocess.run([sys.executable, "-m", "nasbnn", "search", *tiny, *search, f"out={tmp_path / 'one'}",
                           "--checkpoint", ck, "--no-progress"], env=env, capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                          f"--master_port={_free_port()}", "-m", "nasbnn", "search", *tiny, *search,
+    two = subprocess.run([*torchrun(2), "-m", "nasbnn", "search", *tiny, *search,
                           f"out={tmp_path / 'two'}", "--checkpoint", ck, "--no-progress"],
                          env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
@@ -68,9 +57,7 @@ def _unused_record(tmp_path, world: int):
     for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         env.pop(k, None)
     worker = str(HERE / "ddp_unused_worker.py")
-    cmd = [sys.executable, worker, str(tmp_path)] if world == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
-        f"--master_port={_free_port()}", worker, str(tmp_path)]
+    cmd = [sys.executable, worker, str(tmp_path)] if world == 1 else [*torchrun(2), worker, str(tmp_path)]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     return [torch.load(tmp_path / f"unused_rank{r}_of{world}.pt", weights_only=True) for r in range(world)]

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import helpers
 import pytest
 import torch
 from test_upstream_import import _to_upstream_state
@@ -26,10 +27,9 @@ from nasbnn.presets import create_space
 from nasbnn.upstream import arch_to_upstream
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["space.name=tiny", "data.name=synthetic", "data.holdout_per_class=8", "data.batch_size=16",
-        "data.eval_batch_size=64", "data.synthetic.num_train=160", "data.synthetic.num_test=64"]
-SEARCH = ["search.population=6", "search.generations=1", "search.num_mutations=3", "search.num_crossovers=3",
-          "search.budget.min=0.001", "search.budget.max=0.014", "search.budget.step=0.002", "search.calib_batches=1",
+TINY = helpers.TINY
+SEARCH = [*helpers.TINY_SEARCH, "search.population=6", "search.generations=1", "search.num_mutations=3",
+          "search.num_crossovers=3", "search.budget.min=0.001", "search.budget.max=0.014", "search.calib_batches=1",
           "search.calib_batch_size=16", "--no-progress"]
 
 

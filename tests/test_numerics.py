@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import helpers
 import pytest
 import torch
 
@@ -12,12 +13,10 @@ from nasbnn.config import RunConfig, TrainConfig, load_config
 from nasbnn.errors import ConfigError
 from nasbnn.utils.device import autocast, uses_bf16
 
-TINY = ["space.name=tiny", "data.name=synthetic", "data.holdout_per_class=16", "data.batch_size=16",
-        "data.eval_batch_size=64", "data.synthetic.num_train=240", "data.synthetic.num_test=32", "train.epochs=1",
-        "train.eval_images=32", "device=cpu"]
-SEARCH = ["search.population=10", "search.generations=1", "search.num_mutations=4", "search.num_crossovers=4",
-          "search.budget.min=0.002", "search.budget.max=0.012", "search.budget.step=0.002", "search.calib_batches=2",
-          "search.calib_batch_size=32"]
+TINY = [*helpers.TINY, "data.holdout_per_class=16", "data.synthetic.num_train=240", "data.synthetic.num_test=32",
+        "train.epochs=1", "train.eval_images=32"]
+SEARCH = [*helpers.TINY_SEARCH, "search.population=10", "search.generations=1", "search.num_mutations=4",
+          "search.num_crossovers=4"]
 
 
 def test_amp_defaults_to_float32_and_parses_off_and_fp32():

@@ -8,9 +8,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+import helpers
 import pytest
 
 from nasbnn.cost import arch_cost
@@ -124,12 +124,8 @@ def test_candidate_json_round_trip():
 
 
 # ------------------------------------------------------------------ the command, killed and resumed
-TINY = ["space.name=tiny", "data.name=synthetic", "data.holdout_per_class=8", "data.batch_size=16",
-        "data.eval_batch_size=64", "data.synthetic.num_train=160", "data.synthetic.num_test=64", "train.epochs=1",
-        "train.eval_images=32", "train.log_every=5"]
-SEARCH = ["search.population=24", "search.generations=4", "search.num_mutations=10", "search.num_crossovers=10",
-          "search.budget.min=0.002", "search.budget.max=0.012", "search.budget.step=0.002", "search.calib_batches=2",
-          "search.calib_batch_size=32"]
+TINY = [*helpers.TINY, "train.epochs=1", "train.eval_images=32", "train.log_every=5"]
+SEARCH = helpers.TINY_SEARCH
 
 
 @pytest.fixture(scope="module")
@@ -153,18 +149,14 @@ def test_sigkill_mid_generation_then_resume_gives_the_same_pareto(trained, tmp_p
     ref = subprocess.run(_search_cmd(tmp_path / "ref", ckpt), env=env, capture_output=True, text=True, timeout=300)
     assert ref.returncode == 0, ref.stderr[-2000:]
     out = tmp_path / "killed"
-    proc = subprocess.Popen(_search_cmd(out, ckpt), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Killed while scoring candidate 60: the population (24) and the first generation (20) are done, the
+    # second generation is half way.
+    status = helpers.run_frozen(tmp_path, "candidate", 60, _search_cmd(out, ckpt)[3:], env)
+    assert status == -signal.SIGKILL
     hist = out / "search" / "history.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if hist.exists() and any(json.loads(x)["generation"] >= 2 for x in hist.read_text().splitlines()[:-1]
-                                 if x.strip()):
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (out / "search" / "generations.jsonl").exists() or len(
-        (out / "search" / "generations.jsonl").read_text().splitlines()) < 5  # really killed mid-search
+    gens = [json.loads(x)["generation"] for x in hist.read_text().splitlines() if x.strip()]
+    assert 44 <= len(gens) < 60 and max(gens) >= 1  # really killed mid-search, after some generations
+    assert len((out / "search" / "generations.jsonl").read_text().splitlines()) < 5
     res = subprocess.run(_search_cmd(out, ckpt, "--resume"), env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert (out / "search" / "pareto.json").read_text() == (tmp_path / "ref" / "search" / "pareto.json").read_text()

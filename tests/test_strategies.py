@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import helpers
 import pytest
 import torch
 import torch.nn.functional as F
@@ -26,10 +27,8 @@ from nasbnn.train.optim import build_optimizer, build_scheduler
 from nasbnn.train.sampler import SandwichSampler
 from nasbnn.train.supernet import SupernetTrainer, train_supernet
 
-TINY = ["space.name=tiny", "data.name=synthetic", "data.holdout_per_class=8", "data.batch_size=16",
-        "data.eval_batch_size=64", "data.synthetic.num_train=160", "data.synthetic.num_test=64",
-        "train.epochs=1", "train.log_every=1", "train.checkpoint_every=2", "train.eval_images=32",
-        "train.lr=0.005", "device=cpu"]
+TINY = [*helpers.TINY, "train.epochs=1", "train.log_every=1", "train.checkpoint_every=2", "train.eval_images=32",
+        "train.lr=0.005"]
 ALL_OFF = ["train.bi_teacher=false", "model.bi_transformation=false", "model.weight_norm=false"]
 
 

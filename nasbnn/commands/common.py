@@ -24,32 +24,38 @@ def add_arch_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
     g.add_argument("--arch-json", metavar="FILE", help="a JSON file with an architecture dict")
 
 
-def resolve_arch(args: argparse.Namespace, space: Any) -> Any:
-    """The architecture selected by :func:`add_arch_args` options, validated against ``space``."""
-    import json
-    from pathlib import Path
-
-    from ..space import Arch
-    from ..upstream import arch_from_upstream, parse_upstream_ints
-
+def arch_spec(args: argparse.Namespace) -> str | None:
+    """The architecture spec (see :func:`nasbnn.runs.resolve_archs`) that the options of a command name."""
     if getattr(args, "largest", False):
-        return space.largest()
+        return "largest"
     if getattr(args, "smallest", False):
-        return space.smallest()
+        return "smallest"
     if getattr(args, "upstream_arch", None):
-        return arch_from_upstream(parse_upstream_ints(args.upstream_arch), space, nondecreasing=False)
-    if getattr(args, "arch_json", None):
-        p = Path(args.arch_json)
-        if not p.is_file():
-            raise NasbnnError(f"architecture file {str(p)!r} does not exist")
-        try:
-            data = json.loads(p.read_text())
-        except json.JSONDecodeError as exc:
-            raise NasbnnError(f"{str(p)!r} is not valid JSON: {exc}") from None
-        return space.validate(Arch.from_dict(data.get("arch", data) if isinstance(data, dict) else data))
-    if getattr(args, "arch", None):
-        return space.parse(args.arch)
-    raise NasbnnError("no architecture given; use --arch, --largest, --smallest or --upstream-arch")
+        return f"upstream:{args.upstream_arch}"
+    for name in ("arch_json", "family", "arch"):
+        if getattr(args, name, None):
+            return str(getattr(args, name))
+    return None
+
+
+def resolve_arch(args: argparse.Namespace, space: Any) -> Any:
+    """The one architecture selected by :func:`add_arch_args` options, validated against ``space``."""
+    from ..runs import resolve_archs
+
+    spec = arch_spec(args)
+    if spec is None:
+        raise NasbnnError("no architecture given; use --arch, --largest, --smallest or --upstream-arch")
+    targets = resolve_archs(space, spec)
+    if len(targets) != 1:
+        raise NasbnnError(f"{spec!r} names {len(targets)} architectures; give one (pareto.json@BUCKET)")
+    return targets[0][1]
+
+
+def space_override(args: argparse.Namespace) -> str | None:
+    """The ``space.name`` the command line asked for explicitly (a checkpoint of another space is refused)."""
+    from ..runs import explicit_override
+
+    return explicit_override(getattr(args, "overrides", None), "space.name")
 
 
 def print_json(obj: object) -> None:

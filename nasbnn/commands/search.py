@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_config_args
+from .common import add_config_args, space_override
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,7 +29,8 @@ def _search(args: argparse.Namespace) -> int:
 
     cfg = load_config(RunConfig, args.config, args.overrides)
     ckpt = args.checkpoint or str(Path(cfg.out) / "checkpoint.pt")
-    res = run_search(cfg, checkpoint=ckpt, resume=args.resume, force=args.force, progress=not args.no_progress)
+    res = run_search(cfg, checkpoint=ckpt, resume=args.resume, force=args.force, progress=not args.no_progress,
+                     expect_space=space_override(args))
     rows = [[f["bucket"], f["mops"], f["top1"], f["arch"]] for f in res["family"]]
     print(format_table(["bucket", "MOPs", "top-1 %", "arch"], rows))
     print(f"evaluated {res['evaluated']} architectures ({res['newly_evaluated']} in this run)")

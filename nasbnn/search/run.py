@@ -106,7 +106,7 @@ def _warn_if_not_official_split(state: dict[str, Any], cfg: RunConfig, run_dir: 
 
 
 def run_search(cfg: RunConfig, *, checkpoint: str | Path, run_dir: str | Path | None = None, resume: bool = False,
-               force: bool = False, progress: bool = True) -> dict[str, Any]:
+               force: bool = False, progress: bool = True, expect_space: str | None = None) -> dict[str, Any]:
     """Searches a trained supernet for the best architecture per cost bucket.
 
     Raises:
@@ -120,7 +120,7 @@ def run_search(cfg: RunConfig, *, checkpoint: str | Path, run_dir: str | Path | 
                     "MOPs" if scfg.cost == "ops" else "ms")  # validates before any work
     ctx = make_context(cfg, run_dir)
     out = ctx.run_dir / "search"
-    model, state = load_supernet(checkpoint, ctx.device, expect=cfg)
+    model, state = load_supernet(checkpoint, ctx.device, expect=cfg, expect_space=expect_space)
     space = model.space
     cost = search_cost(cfg, space)
     cost_fn, describe, latency_threads = cost.fn, cost.describe, cost.latency_threads
