@@ -12,7 +12,6 @@ Files are read with ``torch.load(..., weights_only=True)``: nothing in them is e
 
 from __future__ import annotations
 
-import pickle
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from torch import Tensor
 
 from .errors import CheckpointError, InvalidArch
 from .space import Arch, BlockArch, SearchSpace, StageArch
+from .utils.torch_files import safe_torch_load
 
 __all__ = [
     "UpstreamFamilyMember",
@@ -121,52 +121,6 @@ def parse_upstream_ints(text: str) -> list[int]:
 
 
 # ---------------------------------------------------------------------------------------------- loading
-def _numpy_scalar_globals() -> list[Any]:
-    """What pickled numpy scalars (an accuracy stored as ``np.float64``) need: the scalar rebuilder and
-    the dtypes. Rebuilding them copies bytes into a number; no code from the file runs."""
-    import numpy as np
-
-    try:
-        from numpy._core.multiarray import scalar  # numpy >= 2
-    except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core.multiarray import scalar  # type: ignore[no-redef]
-    dtypes = [type(np.dtype(t)) for t in (np.float64, np.float32, np.float16, np.int64, np.int32, np.bool_)]
-    return [scalar, np.dtype, *dtypes]
-
-
-def safe_torch_load(path: str | Path, *, numpy_scalars: bool = False) -> Any:
-    """``torch.load`` restricted to tensors and plain containers (never executes code).
-
-    Args:
-        numpy_scalars: also accept numpy scalars (search results may record accuracies as numpy floats).
-
-    Raises:
-        CheckpointError: missing file, or content that would need arbitrary unpickling.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"file {str(p)!r} does not exist")
-    try:
-        if numpy_scalars:
-            with torch.serialization.safe_globals(_numpy_scalar_globals()):
-                return torch.load(p, map_location="cpu", weights_only=True)
-        return torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        msg = str(exc)
-        m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", msg)
-        if m is not None:
-            raise CheckpointError(
-                f"refusing to load {str(p)!r}: it holds a {m.group(1)} object, and loading it would run code "
-                "from the file; only tensors and plain containers are read (re-save its state_dict)"
-            ) from None
-        detail = re.search(r"WeightsUnpickler error: \s*(.+?)\n", msg)
-        reason = detail.group(1).strip() if detail else "not a torch file"
-        raise CheckpointError(f"cannot read {str(p)!r} as a torch file ({reason})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot read {str(p)!r} as a torch file: {first[:200]}") from None
-
-
 _STEM_MAP = {
     "conv.weight": "conv.weight",
     "conv.w_scale": "conv.step_size",

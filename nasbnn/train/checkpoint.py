@@ -56,7 +56,7 @@ def load_checkpoint(path: str | Path, *, kind: str | None = None, space: SearchS
         CheckpointError: missing, unreadable, of another kind or format version, or of another
             search space than ``space`` (the message names both fingerprints).
     """
-    from ..upstream import safe_torch_load
+    from ..utils.torch_files import safe_torch_load
 
     p = Path(path)
     if p.is_dir():
