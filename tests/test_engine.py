@@ -378,7 +378,7 @@ def test_bad_packed_files(tmp_path, tiny_static):
         assert "\n" not in str(info.value), label
 
 
-def test_padding_bits_and_uninitialised_networks(tiny_static):
+def test_padding_bits_and_uninitialised_networks(tiny_static, caplog):
     packed = pack_model(tiny_static)
     bad = dict(packed.tensors)
     w = bad["blocks.0.conv_kxk.weight"].copy()
@@ -397,8 +397,15 @@ def test_padding_bits_and_uninitialised_networks(tiny_static):
         w[0] = 0
         w[0, 0] = 1
         w[0, 1] = -1  # the other weights of filter 0 equal its mean: sign 0
-    with pytest.raises(NasbnnError, match="sign 0"):
-        pack_model(tie)
+    with caplog.at_level("WARNING", logger="nasbnn.engine.packed"):
+        tied = pack_model(tie)  # the zero weights pack as +1, with a warning naming the layer and count
+    assert "blocks.1.conv_1x1: " in caplog.text and "sign 0" in caplog.text
+    n_in = tie.blocks[1].conv_1x1.weight.shape[1]
+    zero_count = int((tie.blocks[1].conv_1x1.prepared_weight()[0] == 0).sum())
+    assert zero_count == n_in - 2 > 0
+    words = tied.tensors["blocks.1.conv_1x1.weight"]
+    bits = np.unpackbits(np.ascontiguousarray(words[0]).reshape(-1).view(np.uint8), bitorder="little")[:n_in]
+    assert bits.tolist() == [0, 1] + [0] * (n_in - 2)  # bit 1 is -1: only the -1 weight; the ties are +1
     with pytest.raises(NasbnnError, match="StaticBNN"):
         pack_model(torch.nn.Linear(2, 2))
 

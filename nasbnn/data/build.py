@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ..config import DataConfig
 from ..errors import DataError
+from ..registry import Registry
 from .augment import Augment, Normalize, resize_images
 from .base import DataBundle, TensorSplit, holdout_split
 
-__all__ = ["CLASS_NAMES", "IN_MEMORY_SPECS", "build_data", "preprocess_info"]
+__all__ = ["CLASS_NAMES", "DATASETS", "IN_MEMORY_SPECS", "build_data", "preprocess_info"]
 
 #: Normalisation and training augmentation of the in-memory datasets.
 IN_MEMORY_SPECS: dict[str, tuple[Normalize, Augment]] = {
@@ -75,24 +77,41 @@ def build_data(cfg: DataConfig, *, resolution: int, seed: int, run_dir: str | Pa
         DataError: a missing or malformed dataset, a hold-out larger than a class allows, or
             ``data.resolution`` set for a dataset other than imagefolder (to another size).
     """
-    if cfg.name == "imagefolder":
-        from .imagefolder import build_imagefolder
-
-        return build_imagefolder(cfg, resolution=resolution, seed=seed, run_dir=run_dir)
-    if cfg.resolution is not None and cfg.resolution != resolution:
+    if cfg.name != "imagefolder" and cfg.resolution is not None and cfg.resolution != resolution:
         raise DataError(f"data.resolution={cfg.resolution} applies to imagefolder only; {cfg.name} images are "
                         f"resized to the model resolution {resolution} (set space.resolution instead)")
-    if cfg.name == "synthetic":
-        return _build_synthetic(cfg, resolution=resolution, seed=seed)
+    return DATASETS.get(cfg.name)(cfg, resolution=resolution, seed=seed, run_dir=run_dir)
 
-    if cfg.name in ("fashion-mnist", "mnist"):
-        from .idx import load_idx_dataset
 
-        ds = load_idx_dataset(cfg.name, cfg.root)
-    else:
-        from .cifar import load_cifar
+#: Dataset name -> builder ``(cfg, *, resolution, seed, run_dir) -> DataBundle``.
+DATASETS: Registry[DataBundle] = Registry("dataset")
 
-        ds = load_cifar(cfg.name, cfg.root)  # type: ignore[assignment]
+
+@DATASETS.register("imagefolder")
+def _build_imagefolder(cfg: DataConfig, *, resolution: int, seed: int, run_dir: str | Path | None) -> DataBundle:
+    from .imagefolder import build_imagefolder
+
+    return build_imagefolder(cfg, resolution=resolution, seed=seed, run_dir=run_dir)
+
+
+@DATASETS.register("fashion-mnist")
+@DATASETS.register("mnist")
+def _build_idx(cfg: DataConfig, *, resolution: int, seed: int, run_dir: str | Path | None) -> DataBundle:
+    from .idx import load_idx_dataset
+
+    return _build_in_memory(cfg, load_idx_dataset(cfg.name, cfg.root), resolution=resolution, seed=seed)
+
+
+@DATASETS.register("cifar10")
+@DATASETS.register("cifar100")
+def _build_cifar(cfg: DataConfig, *, resolution: int, seed: int, run_dir: str | Path | None) -> DataBundle:
+    from .cifar import load_cifar
+
+    return _build_in_memory(cfg, load_cifar(cfg.name, cfg.root), resolution=resolution, seed=seed)
+
+
+def _build_in_memory(cfg: DataConfig, ds: Any, *, resolution: int, seed: int) -> DataBundle:
+    """The splits of a dataset held in memory: hold-out per class, ``limit_train``, resizing, augmentation."""
     norm, augment = IN_MEMORY_SPECS[cfg.name]
     if cfg.crop_padding is not None or cfg.flip is not None:
         augment = Augment(crop_pad=augment.crop_pad if cfg.crop_padding is None else cfg.crop_padding,
@@ -115,7 +134,8 @@ def build_data(cfg: DataConfig, *, resolution: int, seed: int, run_dir: str | Pa
     )
 
 
-def _build_synthetic(cfg: DataConfig, *, resolution: int, seed: int) -> DataBundle:
+@DATASETS.register("synthetic")
+def _build_synthetic(cfg: DataConfig, *, resolution: int, seed: int, run_dir: str | Path | None = None) -> DataBundle:
     from .synthetic import make_synthetic
 
     s = cfg.synthetic

@@ -11,6 +11,7 @@ alone, so that a device can run ``.nbp`` files without the training stack.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,8 @@ from ..space import Arch, SearchSpace
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
+
+_logger = logging.getLogger(__name__)
 
 __all__ = [
     "FORMAT_NAME",
@@ -397,8 +400,9 @@ def pack_model(static: torch.nn.Module, *, preprocess: dict[str, Any] | None = N
             :func:`nasbnn.data.build.preprocess_info`); stored in the file's header.
 
     Raises:
-        NasbnnError: the network is not a StaticBNN, or a binary weight has sign 0 or is not finite
-            (e.g. an uninitialised network from :meth:`StaticBNN.build`).
+        NasbnnError: the network is not a StaticBNN, or a binary weight is not finite (e.g. an
+            uninitialised network from :meth:`StaticBNN.build`). A weight of sign 0 (exactly its filter's
+            mean) packs as +1, with a warning.
     """
     import torch
 
@@ -446,9 +450,13 @@ def _pack_tensors(static: torch.nn.Module) -> dict[str, np.ndarray]:
             if not torch.isfinite(wn).all():
                 raise NasbnnError(f"{pre}.{conv_name}: latent weights are not finite after standardisation "
                                   "(a constant filter?); cannot pack an uninitialised network")
-            if (signs == 0).any():
-                raise NasbnnError(f"{pre}.{conv_name}: {int((signs == 0).sum())} binary weights have sign 0 "
-                                  "(latent weight equal to its filter mean); the packed format stores ±1 only")
+            zeros = int((signs == 0).sum())
+            if zeros:
+                # sign(0) = 0 drops the weight from the simulated sum; one bit cannot: it packs as +1.
+                _logger.warning("%s.%s: %d binary weight(s) with sign 0 (latent weight equal to its filter mean) "
+                                "packed as +1; the engine can differ from the simulated network on them",
+                                pre, conv_name, zeros)
+                signs = torch.where(signs == 0, torch.ones_like(signs), signs)
             alpha = wn.abs().mean(dim=(1, 2, 3))
             t[f"{pre}.{conv_name}.weight"] = pack_bits(signs.numpy(), bconv.groups)
             t[f"{pre}.{conv_name}.mul"], t[f"{pre}.{conv_name}.bias"] = _fold_bn(bn, alpha)

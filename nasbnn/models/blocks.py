@@ -6,13 +6,22 @@ exact-size layers in an exported network. The computation is the same code eithe
 
 from __future__ import annotations
 
+from enum import Enum
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.fused import block_tail
 from ..ops.layers import shortcut_add
 
-__all__ = ["BinaryBlock", "Stem", "pool_features", "set_fused"]
+__all__ = ["BinaryBlock", "Fusion", "Stem", "pool_features", "set_fused"]
+
+
+class Fusion(str, Enum):
+    """How a block runs its element-wise tails as one region."""
+
+    COMPILED = "compiled"  # torch.compile kernels
+    EAGER = "eager"  # the same code, uncompiled
 
 
 class Stem(nn.Module):
@@ -47,13 +56,13 @@ class BinaryBlock(nn.Module):
         self.conv_1x1 = conv_1x1
         self.bn2 = bn2
         self.rprelu2 = rprelu2
-        #: None, or how to run the element-wise tails (BN, shortcut, RPReLU, next RSign) as one
-        #: region: "compiled" (torch.compile kernels) or "eager" (same code, uncompiled).
-        self.fused: str | None = None
+        #: None (module by module), or how to run the element-wise tails (BN, shortcut, RPReLU, next
+        #: RSign) as one region.
+        self.fused: Fusion | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         if self.fused is not None:
-            compiled = self.fused == "compiled"
+            compiled = self.fused is Fusion.COMPILED
             out1, signed = block_tail(self.conv_kxk(self.rsign1(x)), x, self.bn1, self.rprelu1, self.rsign2,
                                       compiled=compiled)
             out2, _ = block_tail(self.conv_1x1(signed), out1, self.bn2, self.rprelu2, None, compiled=compiled)
@@ -67,12 +76,18 @@ def pool_features(x: Tensor) -> Tensor:
     return F.adaptive_avg_pool2d(x, 1).flatten(1)
 
 
-def set_fused(model: nn.Module, mode: str | None = "compiled") -> nn.Module:
-    """Sets how every :class:`BinaryBlock` of ``model`` runs its element-wise tails: ``"compiled"``,
-    ``"eager"`` or ``None`` (the plain module-by-module path)."""
-    if mode not in (None, "compiled", "eager"):
-        raise ValueError(f"unknown fusion mode {mode!r}; valid: compiled, eager, None")
+def set_fused(model: nn.Module, mode: Fusion | str | None = Fusion.COMPILED) -> nn.Module:
+    """Sets how every :class:`BinaryBlock` of ``model`` runs its element-wise tails: a :class:`Fusion` (or its
+    name) or ``None`` (the plain module-by-module path).
+
+    Raises:
+        ValueError: an unknown mode; the message lists the valid ones.
+    """
+    try:
+        fusion = None if mode is None else Fusion(mode)
+    except ValueError:
+        raise ValueError(f"unknown fusion mode {mode!r}; valid: {', '.join(f.value for f in Fusion)}, None") from None
     for m in model.modules():
         if isinstance(m, BinaryBlock):
-            m.fused = mode
+            m.fused = fusion
     return model

@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 from ..space import Arch, SearchSpace
 from ..utils.seeding import derive_rng
+
+
+class Role(Enum):
+    """What a student of the sandwich rule is: its losses are logged under its role's name."""
+
+    LARGEST = "largest"
+    SMALLEST = "smallest"
+    RANDOM = "random"
 
 
 @dataclass(frozen=True)
@@ -13,7 +22,7 @@ class StepPlan:
     """The teacher (largest, real-valued weights) and the students (binary weights) of one step."""
 
     teacher: Arch
-    students: tuple[tuple[str, Arch], ...]  # (name, arch): "smallest", "random0", ...
+    students: tuple[tuple[Role, Arch], ...]  # (role, arch), in training order
 
 
 class SandwichSampler:
@@ -36,7 +45,7 @@ class SandwichSampler:
 
     def plan(self, step: int) -> StepPlan:
         rng = derive_rng(self.seed, "sandwich", step)
-        students = [("largest", self._largest)] if self.largest_student else []
-        students.append(("smallest", self._smallest))
-        students += [(f"random{i}", self.space.sample(rng)) for i in range(self.num_random)]
+        students = [(Role.LARGEST, self._largest)] if self.largest_student else []
+        students.append((Role.SMALLEST, self._smallest))
+        students += [(Role.RANDOM, self.space.sample(rng)) for _ in range(self.num_random)]
         return StepPlan(self._largest, tuple(students))

@@ -19,7 +19,7 @@ from torch import Tensor
 from ..config import RunConfig, TrainConfig
 from ..errors import NasbnnError
 from ..models import SuperBNN
-from ..models.blocks import set_fused
+from ..models.blocks import Fusion, set_fused
 from ..ops.fused import compiled_tail_works
 from ..space import Arch
 from ..strategies import check_strategies, model_kwargs, strategies_from_config, strategies_from_record
@@ -29,7 +29,7 @@ from .distributed import DistInfo, all_reduce_gradients, average_buffers
 from .losses import smooth_cross_entropy, soft_distillation
 from .optim import build_optimizer, build_scheduler
 from .run import Cadence, TrainingDiverged, TrainingRun, check_finite
-from .sampler import SandwichSampler
+from .sampler import Role, SandwichSampler
 
 __all__ = ["SupernetTrainer", "TrainingDiverged", "train_supernet"]
 
@@ -82,7 +82,7 @@ class SupernetTrainer:
         out["loss_teacher"] = loss_t.detach()
         out["teacher_top1"] = (soft.argmax(1) == labels).float().mean() * 100
         random_losses = []
-        for name, arch in plan.students:
+        for role, arch in plan.students:
             model.set_arch(arch)
             with self._ctx():
                 logits = model(images)
@@ -90,13 +90,12 @@ class SupernetTrainer:
             if cfg.weight_distill:
                 loss = loss + model.weight_distillation_loss(cfg.weight_distill_scale)
             loss.backward()
-            if name == "smallest":
-                out["loss_smallest"] = loss.detach()
-                out["smallest_top1"] = (logits.detach().argmax(1) == labels).float().mean() * 100
-            elif name == "largest":
-                out["loss_largest"] = loss.detach()
-            else:
+            if role is Role.RANDOM:
                 random_losses.append(loss.detach())
+            else:
+                out[f"loss_{role.value}"] = loss.detach()
+            if role is Role.SMALLEST:
+                out["smallest_top1"] = (logits.detach().argmax(1) == labels).float().mean() * 100
         if random_losses:
             out["loss_random"] = torch.stack(random_losses).mean()
         total = out["loss_teacher"] + out["loss_smallest"] + sum(random_losses, torch.zeros_like(loss_t))
@@ -145,7 +144,7 @@ class SupernetRecipe:
         if tcfg.compile:
             reason = compiled_tail_works(ctx.device)
             if reason is None:
-                set_fused(self.model, "compiled")
+                set_fused(self.model, Fusion.COMPILED)
             else:
                 _logger.warning("train.compile: torch.compile is not usable here (%s); training without fusion",
                                 reason)
