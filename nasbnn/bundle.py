@@ -19,7 +19,7 @@ from .cost import arch_cost
 from .errors import CheckpointError
 from .models.static import StaticBNN
 from .space import Arch, SearchSpace
-from .utils.io import atomic_write_bytes, atomic_write_text
+from .utils.io import atomic_write_bytes, atomic_write_text, read_json
 
 __all__ = ["BUNDLE_FORMAT", "load_bundle", "read_bundle_info", "save_bundle"]
 
@@ -78,12 +78,8 @@ def read_bundle_info(folder: str | Path) -> dict[str, Any]:
     """
     p = Path(folder)
     f = p / "bundle.json"
-    if not f.is_file():
-        raise CheckpointError(f"{str(p)!r} is not a nasbnn bundle (no bundle.json); export one with `nasbnn export`")
-    try:
-        info = json.loads(f.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{str(f)!r} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    info = read_json(f, error=CheckpointError,
+                     missing=f"{str(p)!r} is not a nasbnn bundle (no bundle.json); export one with `nasbnn export`")
     if info.get("format") != BUNDLE_FORMAT:
         raise CheckpointError(f"{str(f)!r} is not a nasbnn bundle description")
     if info.get("format_version") != BUNDLE_VERSION:

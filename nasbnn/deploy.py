@@ -7,7 +7,6 @@ statistics on training images, evaluate on the test set. (The "fine-tuned" path 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from .models import StaticBNN, SuperBNN
 from .registry import Registry
 from .space import Arch
 from .train.bn import evaluate_top1, recalibrate_bn
+from .utils.io import read_json
 
 __all__ = ["EXPORT_FORMATS", "evaluate_network", "evaluate_spec", "export_arch", "export_from_checkpoint",
            "read_family"]
@@ -60,13 +60,8 @@ def read_family(pareto_json: str | Path) -> list[dict[str, Any]]:
     p = Path(pareto_json)
     if p.is_dir():
         p = p / "pareto.json" if (p / "pareto.json").is_file() else p / "search" / "pareto.json"
-    if not p.is_file():
-        raise NasbnnError(f"no search result at {str(p)!r} (run `nasbnn search` first)")
-    try:
-        doc = json.loads(p.read_text())
-    except json.JSONDecodeError as exc:
-        raise NasbnnError(f"{str(p)!r} is not valid JSON: {exc.msg}") from None
-    fam = doc.get("family")
+    doc = read_json(p, missing=f"no search result at {str(p)!r} (run `nasbnn search` first)")
+    fam = doc.get("family") if isinstance(doc, dict) else None
     if not isinstance(fam, list):
         raise NasbnnError(f"{str(p)!r} has no 'family' list; is it a nasbnn pareto.json?")
     return fam

@@ -8,7 +8,6 @@ architecture from the same words.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from .config import RunConfig, SyntheticDataConfig
 from .errors import CheckpointError, NasbnnError
 from .models import SuperBNN
 from .space import Arch, SearchSpace
+from .utils.io import read_json
 from .utils.seeding import derive_seed
 
 __all__ = [
@@ -140,8 +140,8 @@ def resolve_archs(space: SearchSpace, spec: str) -> list[tuple[str, Arch]]:
         return [("upstream", arch_from_upstream(parse_upstream_ints(spec[9:]), space, nondecreasing=False))]
     path, _, bucket = spec.rpartition("@") if "@" in spec else (spec, "", "")
     if path.endswith(".json") or Path(path).is_dir():
-        if Path(path).is_file() and path.endswith(".json") and "family" not in _read_json(path):
-            data = _read_json(path)
+        if Path(path).is_file() and path.endswith(".json") and "family" not in read_json(path):
+            data = read_json(path)
             return [("arch", space.validate(Arch.from_dict(data.get("arch", data)), nondecreasing=False))]
         return _family_members(space, read_family(path), path, bucket)
     return [("arch", space.parse(spec))]
@@ -163,11 +163,3 @@ def _family_members(space: SearchSpace, family: list[dict[str, Any]], path: str,
             for f in family]
 
 
-def _read_json(path: str | Path) -> Any:
-    p = Path(path)
-    if not p.is_file():
-        raise NasbnnError(f"{str(p)!r} does not exist")
-    try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError as exc:
-        raise NasbnnError(f"{str(p)!r} is not valid JSON: {exc.msg}") from None

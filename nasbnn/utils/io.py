@@ -10,13 +10,15 @@ would have given it (0666 less the umask), so a bundle copied into a shared mode
 from __future__ import annotations
 
 import errno
+import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from ..errors import NasbnnError
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "ensure_dir", "umask"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "ensure_dir", "read_json", "umask"]
 
 
 def umask() -> int:
@@ -77,3 +79,19 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Writes ``text`` (UTF-8) to ``path`` atomically."""
     atomic_write_bytes(path, text.encode())
+
+
+def read_json(path: str | Path, *, error: type[NasbnnError] = NasbnnError, missing: str | None = None) -> Any:
+    """The parsed JSON file ``path``.
+
+    Raises:
+        error: the file is missing (``missing`` is the message, if given) or not valid JSON.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise error(missing or f"{str(p)!r} does not exist")
+    try:
+        return json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        where = f" ({exc.msg} at line {exc.lineno})" if isinstance(exc, json.JSONDecodeError) else ""
+        raise error(f"{str(p)!r} is not valid JSON{where}") from None
