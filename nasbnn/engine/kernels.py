@@ -509,8 +509,10 @@ def _conv_group(src, r0, c0w, kw, wgt, acc, npx, zrow0, orow0, coords, g, cog, n
     c0 = g * cog
     cols = out_f.shape[1]
     hr, wr_, cr = res.shape[1], res.shape[2], res.shape[3]
-    # The vector path reads the shortcut in place unless it is pooled or tiled across vector boundaries.
-    vec_direct = not res_pool and (rsame or cr % FLOAT_LANES == 0)
+    # The vector path reads the shortcut in place unless it is pooled or tiled across vector boundaries, or
+    # the group's first channel is not on a vector boundary (24 channels per group with 16-lane vectors):
+    # in-place reads address whole vectors of the shortcut pixel.
+    vec_direct = not res_pool and (rsame or cr % FLOAT_LANES == 0) and c0 % FLOAT_LANES == 0
     nvec = 0 if has_zc else (nhi - nlo) // FLOAT_LANES
     nend = npad if nhi == cog else nhi  # weights are zero-padded past cog up to npad
     span = nend - nlo
