@@ -18,7 +18,7 @@ from ..space import Arch
 from ..train.checkpoint import load_checkpoint, space_from_checkpoint
 from ..train.distributed import DistInfo, all_reduce_gradients, average_buffers, barrier
 from ..train.optim import build_scheduler, param_groups
-from ..train.run import Cadence, TrainingRun, check_finite
+from ..train.run import Cadence, TrainingRun, check_finite, load_training_state, training_state
 from ..utils.io import atomic_write_text
 from ..utils.seeding import derive_seed
 from .coco import CategoryMap, CocoSplit, load_coco_split
@@ -273,13 +273,10 @@ class DetectorRecipe:
         return stats
 
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict()}
+        return training_state(self.model, self.optimizer, self.scheduler)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        load_training_state(state, self.model, self.optimizer, self.scheduler)
 
     def checkpoint_extra(self) -> dict[str, Any]:
         return self.extra

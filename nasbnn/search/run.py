@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 from ..config import RunConfig
 from ..cost import arch_cost
 from ..errors import NasbnnError, SearchError
-from ..runs import load_supernet, trained_data_config
+from ..runs import eval_batches, load_supernet, trained_data_config
 from ..space import Arch, SearchSpace
 from ..train.distributed import barrier
 from ..utils.io import atomic_write_text, ensure_dir
@@ -194,8 +194,7 @@ def run_search(cfg: RunConfig, *, checkpoint: str | Path, run_dir: str | Path | 
                                      seed=derive_seed(split_seed, "search-calibration"), device=ctx.device,
                                      channels_last=cl, drop_last=False)
     calib = [x for _, (x, _y) in zip(range(scfg.calib_batches), calib_loader)]
-    val = list(val_split.loader(batch_size=cfg.data.eval_batch_size, train=False, seed=0, device=ctx.device,
-                                channels_last=cl))
+    val = eval_batches(val_split, cfg, ctx.device, channels_last=cl)
     evaluator = SupernetEvaluator(model, calib, val)  # float32 whatever train.amp: as export and eval score
     search = EvolutionSearch(space, cost_fn=cost_fn, describe_fn=describe,
                              evaluate_fn=_distributed_evaluate(evaluator, ctx.dist), budget=budget,

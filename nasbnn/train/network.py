@@ -14,7 +14,7 @@ from ..space import SearchSpace
 from .bn import evaluate_top1
 from .distributed import all_reduce_gradients, average_buffers
 from .optim import build_optimizer, build_scheduler
-from .run import check_finite
+from .run import check_finite, load_training_state, training_state
 
 __all__ = ["NetworkRecipe", "Optimization"]
 
@@ -90,13 +90,10 @@ class NetworkRecipe:
         return {f"test_{k}": v for k, v in evaluate_top1(self.net, self._test).items()}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict()}
+        return training_state(self.net, self.optimizer, self.scheduler)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.net.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        load_training_state(state, self.net, self.optimizer, self.scheduler)
 
     def checkpoint_extra(self) -> dict[str, Any]:
         return dict(self.extra)

@@ -59,6 +59,19 @@ def check_finite(loss: torch.Tensor, step: int) -> None:
         raise TrainingDiverged(f"loss became {float(loss.detach())} at step {step}")
 
 
+def training_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any]:
+    """What a recipe's checkpoint holds: the model's, the optimizer's and the schedule's state dicts."""
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+
+
+def load_training_state(state: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                        scheduler: Any) -> None:
+    """Restores what :func:`training_state` saved."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+
+
 @dataclass(frozen=True)
 class Cadence:
     """How often the loop logs, evaluates and checkpoints, in steps.

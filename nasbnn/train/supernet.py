@@ -28,7 +28,7 @@ from .bn import evaluate_top1, preserved_bn_state, recalibrate_bn
 from .distributed import DistInfo, all_reduce_gradients, average_buffers
 from .losses import smooth_cross_entropy, soft_distillation
 from .optim import build_optimizer, build_scheduler
-from .run import Cadence, TrainingDiverged, TrainingRun, check_finite
+from .run import Cadence, TrainingDiverged, TrainingRun, check_finite, load_training_state, training_state
 from .sampler import Role, SandwichSampler
 
 __all__ = ["SupernetTrainer", "TrainingDiverged", "train_supernet"]
@@ -172,6 +172,8 @@ class SupernetRecipe:
         return self.trainer.step(batch[0], batch[1], step)
 
     def evaluate(self) -> dict[str, float]:
+        from ..runs import eval_batches
+
         cfg, ctx, space = self.cfg, self.ctx, self.space
         if self._eval is None:  # built on first use: calibration images and a capped test subset
             calib_loader = self.data.train.loader(batch_size=min(cfg.data.batch_size, 256), train=True,
@@ -181,23 +183,19 @@ class SupernetRecipe:
             test = self.data.test
             if cfg.train.eval_images is not None:
                 test = test.subset(range(min(cfg.train.eval_images, len(test))))
-            self._eval = (calib, list(test.loader(batch_size=cfg.data.eval_batch_size, train=False, seed=0,
-                                                  device=ctx.device, channels_last=ctx.channels_last)))
+            self._eval = (calib, eval_batches(test, cfg, ctx.device, channels_last=ctx.channels_last))
         teacher_mode = "fp" if cfg.train.bi_teacher else "binary"
         archs = {"teacher": (space.largest(), teacher_mode), "largest": (space.largest(), "binary"),
                  "smallest": (space.smallest(), "binary")}
         return _evaluate_archs(self.model, archs, *self._eval, None)  # float32, as deployment
 
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict()}
+        return training_state(self.model, self.optimizer, self.scheduler)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         check_strategies(strategies_from_record(state.get("config")), strategies_from_config(self.cfg),
                          "the checkpoint")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        load_training_state(state, self.model, self.optimizer, self.scheduler)
 
     def checkpoint_extra(self) -> dict[str, Any]:
         return {"epochs": self.cfg.train.epochs}
