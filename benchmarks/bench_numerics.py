@@ -35,36 +35,23 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @torch.no_grad()
 def logits_figures(folder: Path, noise_cases: int) -> list[dict]:
-    import numpy as np
+    from nasbnn.parity import logits_cases
 
-    from nasbnn.models import SuperBNN
-    from nasbnn.parity import _make_state, fixture_files
-    from nasbnn.presets import create_space
-    from nasbnn.upstream import arch_from_upstream, load_upstream_checkpoint
-
-    space = create_space("imagenet")
     rows = []
-    for f in fixture_files(folder, "logits"):
-        data = json.loads(f.read_text())
-        net = SuperBNN(space).eval()
-        load_upstream_checkpoint(net, _make_state(folder, int(data["seed"])))
-        x = torch.from_numpy(np.load(folder / data["input"]))
-        noisy = x + 1e-4 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
-        for i, case in enumerate(data["cases"]):
-            net.set_arch(arch_from_upstream(case["arch"], space, nondecreasing=False), nondecreasing=False)
-            ref = torch.tensor(case["logits"], dtype=torch.float32)
-            with net.precision(case["weights"]):
-                fp32 = net(x)
-                with autocast(CPU, "bf16"):
-                    bf16 = net(x)
-                noise = net(noisy) if i < noise_cases else None
-            row = {"case": case["name"], "weights": case["weights"], "fp32_vs_upstream": _rel(fp32, ref),
-                   "bf16_vs_upstream": _rel(bf16, ref),
-                   "bf16_top1_agrees": bool((bf16.argmax(1) == ref.argmax(1)).all())}
-            if noise is not None:
-                row["fp32_noise_1e-4_vs_upstream"] = _rel(noise, ref)
-            rows.append(row)
-            print(json.dumps(row), file=sys.stderr, flush=True)  # progress: each 224-pixel case is slow on a CPU
+    for _, i, net, x, case in logits_cases(folder):
+        ref = torch.tensor(case["logits"], dtype=torch.float32)
+        with net.precision(case["weights"]):
+            fp32 = net(x)
+            with autocast(CPU, "bf16"):
+                bf16 = net(x)
+            if i < noise_cases:  # the same noise for every case of a file (one generator seed)
+                noise = net(x + 1e-4 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0)))
+        row = {"case": case["name"], "weights": case["weights"], "fp32_vs_upstream": _rel(fp32, ref),
+               "bf16_vs_upstream": _rel(bf16, ref), "bf16_top1_agrees": bool((bf16.argmax(1) == ref.argmax(1)).all())}
+        if i < noise_cases:
+            row["fp32_noise_1e-4_vs_upstream"] = _rel(noise, ref)
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)  # progress: each 224-pixel case is slow on a CPU
     return rows
 
 

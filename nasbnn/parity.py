@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["check_logits", "check_ops", "fixture_files"]
+__all__ = ["check_logits", "check_ops", "fixture_files", "logits_cases"]
 
 
 def fixture_files(folder: str | Path, kind: str) -> list[Path]:
@@ -51,8 +52,9 @@ def check_ops(folder: str | Path) -> list[dict[str, Any]]:
     return out
 
 
-def check_logits(folder: str | Path) -> list[dict[str, Any]]:
-    """Per case of every ``logits_seed*.json``: relative L2 error of our logits vs upstream's."""
+def logits_cases(folder: str | Path) -> Iterator[tuple[str, int, Any, Any, dict[str, Any]]]:
+    """Every case of every ``logits_seed*.json``: ``(file name, index in the file, supernet, input, case)``, the
+    supernet holding the fixture's state with the case's architecture set (in eval mode)."""
     import numpy as np
     import torch
 
@@ -62,17 +64,25 @@ def check_logits(folder: str | Path) -> list[dict[str, Any]]:
 
     folder = Path(folder)
     space = create_space("imagenet")
-    results = []
     for f in fixture_files(folder, "logits"):
         data = json.loads(f.read_text())
         net = SuperBNN(space).eval()
         load_upstream_checkpoint(net, _make_state(folder, int(data["seed"])))
         x = torch.from_numpy(np.load(folder / data["input"]))
-        for case in data["cases"]:
+        for i, case in enumerate(data["cases"]):
             net.set_arch(arch_from_upstream(case["arch"], space, nondecreasing=False), nondecreasing=False)
-            with torch.no_grad(), net.precision(case["weights"]):
-                y = net(x)
-            ref = torch.tensor(case["logits"], dtype=torch.float32)
-            rel = float((y - ref).norm() / ref.norm())
-            results.append({"file": f.name, "case": case["name"], "weights": case["weights"], "rel_l2": rel})
+            yield f.name, i, net, x, case
+
+
+def check_logits(folder: str | Path) -> list[dict[str, Any]]:
+    """Per case of every ``logits_seed*.json``: relative L2 error of our logits vs upstream's."""
+    import torch
+
+    results = []
+    for name, _, net, x, case in logits_cases(folder):
+        with torch.no_grad(), net.precision(case["weights"]):
+            y = net(x)
+        ref = torch.tensor(case["logits"], dtype=torch.float32)
+        rel = float((y - ref).norm() / ref.norm())
+        results.append({"file": name, "case": case["name"], "weights": case["weights"], "rel_l2": rel})
     return results
