@@ -193,3 +193,26 @@ def test_unreadable_training_image_in_a_worker_names_the_file(tmp_path):
     with pytest.raises(imf.DataError, match=r"cannot decode image .*train/bee/001\.jpg .*remove or replace"):
         list(split.loader(batch_size=3, train=True, seed=0))
     assert split._kept is None  # the failed pass did not keep its workers
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_cpu_uint8_normalisation_is_bit_identical_to_addcmul(channels, layout):
+    """The table lookup of a CPU uint8 batch equals the device path's ``addcmul(shift, x.float(), scale)``
+    exactly, for NCHW and NHWC-viewed-as-NCHW batches, and returns contiguous NCHW float32."""
+    from nasbnn.data.augment import Normalize
+    from nasbnn.data.base import finish_images
+
+    gen = torch.Generator().manual_seed(channels)
+    norm = Normalize((0.4914, 0.4822, 0.4465)[:channels], (0.2470, 0.2435, 0.2616)[:channels])
+    if layout == "nhwc":
+        x = torch.randint(0, 256, (5, 17, 19, channels), dtype=torch.uint8, generator=gen).permute(0, 3, 1, 2)
+    else:
+        x = torch.randint(0, 256, (5, channels, 17, 19), dtype=torch.uint8, generator=gen)
+    scale, shift = norm.scale_shift(channels, True, torch.device("cpu"))
+    expected = torch.addcmul(shift, x.contiguous().float(), scale)
+    got = finish_images(x, norm, False, {})
+    assert got.dtype == torch.float32 and got.is_contiguous()
+    assert torch.equal(got, expected)
+    cl = finish_images(x, norm, True, {})
+    assert cl.is_contiguous(memory_format=torch.channels_last) and torch.equal(cl, expected)

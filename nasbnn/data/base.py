@@ -11,6 +11,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -143,12 +144,25 @@ def finish_images(
                 norm = Normalize((0.0,), (1.0,))
             cache[key] = norm.scale_shift(x.shape[1], uint8, x.device)
         scale, shift = cache[key]
-        x = torch.addcmul(shift, x.float(), scale)
+        if uint8 and x.device.type == "cpu" and x.dim() == 4:
+            x = _normalise_on_cpu(x, scale, shift, cache)
+        else:
+            x = torch.addcmul(shift, x.float(), scale)
     elif x.dtype != torch.float32:
         x = x.float()
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
+    # Image-folder batches arrive as NHWC buffers viewed as NCHW: the device path keeps whichever layout it got.
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def _normalise_on_cpu(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, cache: dict) -> torch.Tensor:
+    """``addcmul(shift, x.float(), scale)`` of a CPU uint8 batch, bit for bit, through a 256-entry table per
+    channel (one pass instead of three; see :mod:`.pixels`)."""
+    from .pixels import normalise_uint8, uint8_table
+
+    key = ("cpu-table", x.shape[1], True)  # beside the (device, channels, uint8) entry of scale and shift
+    if key not in cache:
+        cache[key] = (uint8_table(scale, shift),)
+    return normalise_uint8(x, cache[key][0])
 
 
 # ------------------------------------------------------------------------------------------ splits
@@ -161,10 +175,18 @@ class Batches(ABC):
 
     Attributes:
         plan: the :class:`EpochPlan` (``plan.order`` is the epoch's sample order).
+        train, seed, epoch, device, channels_last: the pass' settings, as :meth:`Split.loader` got them
+            (``train``: augment).
     """
 
-    def __init__(self, plan: EpochPlan) -> None:
+    def __init__(self, plan: EpochPlan, *, train: bool = False, seed: int = 0, epoch: int = 0,
+                 device: torch.device = torch.device("cpu"), channels_last: bool = False) -> None:
         self.plan = plan
+        self.train = train
+        self.seed = seed
+        self.epoch = epoch
+        self.device = device
+        self.channels_last = channels_last
 
     def __len__(self) -> int:
         return len(self.plan)
@@ -174,21 +196,22 @@ class Batches(ABC):
 
 
 class Split(ABC):
-    """A fixed, ordered set of labelled images with its transforms."""
+    """A fixed, ordered set of labelled images with its transforms (subclasses set ``_labels``)."""
 
-    @abstractmethod
-    def __len__(self) -> int: ...
+    _labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self._labels.shape[0])
 
     @property
-    @abstractmethod
     def labels(self) -> torch.Tensor:
         """int64 [N] labels, in split order (no image decoding)."""
+        return self._labels
 
     @abstractmethod
     def subset(self, indices: Sequence[int] | torch.Tensor) -> Split:
         """The samples at ``indices`` (positions in this split), in that order, with the same transforms."""
 
-    @abstractmethod
     def loader(
         self,
         *,
@@ -230,6 +253,15 @@ class Split(ABC):
             DataError: a training batch size not divisible by ``world_size``, a bad rank, or a
                 ``start_batch`` past the end of the epoch.
         """
+        plan = EpochPlan.make(len(self), batch_size=batch_size, train=train, seed=seed, epoch=epoch,
+                              start_batch=start_batch, rank=rank, world_size=world_size, drop_last=drop_last)
+        return self._batches(plan, train=train, seed=seed, epoch=epoch, device=torch.device(device),
+                             workers=workers, channels_last=channels_last)
+
+    @abstractmethod
+    def _batches(self, plan: EpochPlan, *, train: bool, seed: int, epoch: int, device: torch.device,
+                 workers: int | None, channels_last: bool) -> Batches:
+        """The batches of ``plan`` (the arguments as :meth:`loader` got them)."""
 
 
 def as_index(indices: Sequence[int] | torch.Tensor, n: int) -> torch.Tensor:
@@ -272,40 +304,18 @@ class TensorSplit(Split):
         self.augment = augment if augment is not None and augment.active else None
         self._norm_cache: dict[tuple[str, int, bool], tuple] = {}
 
-    def __len__(self) -> int:
-        return int(self._labels.shape[0])
-
     def __repr__(self) -> str:
         c, h, w = self._images.shape[1:]
         return f"TensorSplit({len(self)} images, {c}x{h}x{w}, augment={self.augment})"
-
-    @property
-    def labels(self) -> torch.Tensor:
-        return self._labels
 
     def subset(self, indices: Sequence[int] | torch.Tensor) -> TensorSplit:
         idx = as_index(indices, len(self))
         base = idx if self._index is None else self._index[idx]
         return TensorSplit(self._images, self._all_labels, norm=self.norm, augment=self.augment, index=base)
 
-    def loader(
-        self,
-        *,
-        batch_size: int,
-        train: bool,
-        seed: int,
-        epoch: int = 0,
-        start_batch: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        device: torch.device | str = "cpu",
-        drop_last: bool | None = None,
-        workers: int | None = None,
-        channels_last: bool = False,
-    ) -> Batches:
-        plan = EpochPlan.make(len(self), batch_size=batch_size, train=train, seed=seed, epoch=epoch,
-                              start_batch=start_batch, rank=rank, world_size=world_size, drop_last=drop_last)
-        return _TensorBatches(self, plan, train=train, seed=seed, epoch=epoch, device=torch.device(device),
+    def _batches(self, plan: EpochPlan, *, train: bool, seed: int, epoch: int, device: torch.device,
+                 workers: int | None, channels_last: bool) -> Batches:
+        return _TensorBatches(self, plan, train=train, seed=seed, epoch=epoch, device=device,
                               channels_last=channels_last)
 
     def take(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -315,24 +325,9 @@ class TensorSplit(Split):
 
 
 class _TensorBatches(Batches):
-    def __init__(
-        self,
-        split: TensorSplit,
-        plan: EpochPlan,
-        *,
-        train: bool,
-        seed: int,
-        epoch: int,
-        device: torch.device,
-        channels_last: bool,
-    ) -> None:
-        super().__init__(plan)
+    def __init__(self, split: TensorSplit, plan: EpochPlan, **settings: Any) -> None:
+        super().__init__(plan, **settings)
         self.split = split
-        self.train = train
-        self.seed = seed
-        self.epoch = epoch
-        self.device = device
-        self.channels_last = channels_last
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for i in range(self.plan.start_batch, self.plan.num_batches):

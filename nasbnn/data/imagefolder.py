@@ -246,6 +246,7 @@ def decode_eval(path: Path, resolution: int) -> np.ndarray:
         return np.asarray(center_crop_resize(img, resolution))
 
 
+@dataclass
 class _DecodeDataset(Dataset):
     """Decodes ``(file index, epoch, epoch position, flip)`` items to uint8 [res, res, 3] arrays (in workers).
 
@@ -253,14 +254,12 @@ class _DecodeDataset(Dataset):
     drawn in the main process), so a batch does not depend on which worker, or how many, decoded it.
     """
 
-    def __init__(self, root: Path, files: list[str], resolution: int, random_crop: bool, seed: int,
-                 draft: bool) -> None:
-        self.root = root
-        self.files = files
-        self.resolution = resolution
-        self.random_crop = random_crop
-        self.seed = seed
-        self.draft = draft
+    root: Path
+    files: list[str]
+    resolution: int
+    random_crop: bool
+    seed: int
+    draft: bool
 
     def __len__(self) -> int:
         return len(self.files)
@@ -281,7 +280,11 @@ class _DecodeDataset(Dataset):
 
 class _Collate:
     """Stacks decoded images into one uint8 [B, 3, res, res] tensor, in shared memory inside a worker (so
-    the batch crosses to the main process without another copy)."""
+    the batch crosses to the main process without another copy).
+
+    The buffer is NHWC, as PIL decodes, viewed as NCHW (channels-last strides): the normalisation that
+    follows reads either layout, so the worker spends nothing on a transpose.
+    """
 
     def __init__(self, resolution: int) -> None:
         self.resolution = resolution
@@ -291,15 +294,16 @@ class _Collate:
             if isinstance(it, _Failure):
                 return it
         res = self.resolution
-        out = torch.empty((len(items), 3, res, res), dtype=torch.uint8)
+        out = torch.empty((len(items), res, res, 3), dtype=torch.uint8)
         if get_worker_info() is not None:
             out.share_memory_()
         view = out.numpy()
         for i, a in enumerate(items):
-            view[i] = a.transpose(2, 0, 1)  # type: ignore[union-attr]
-        return out
+            view[i] = a
+        return out.permute(0, 3, 1, 2)
 
 
+@dataclass
 class _ShardSampler(Sampler):
     """Yields, per global batch from ``start_batch``, this rank's ``(file index, epoch, position, flip)`` items.
 
@@ -307,11 +311,10 @@ class _ShardSampler(Sampler):
     serves every epoch.
     """
 
-    def __init__(self, plan: EpochPlan, epoch: int, seed: int, flip: bool) -> None:
-        self.plan = plan
-        self.epoch = epoch
-        self.seed = seed
-        self.flip = flip
+    plan: EpochPlan
+    epoch: int
+    seed: int
+    flip: bool
 
     def __len__(self) -> int:
         return len(self.plan)
@@ -364,42 +367,19 @@ class FolderSplit(Split):
         self._norm_cache: dict[tuple[str, int, bool], tuple] = {}
         self._kept: _KeptLoader | None = None
 
-    def __len__(self) -> int:
-        return len(self.files)
-
     def __repr__(self) -> str:
         return f"FolderSplit({len(self)} images under {self.root}, {self.resolution}px, augment={self.augment})"
-
-    @property
-    def labels(self) -> torch.Tensor:
-        return self._labels
 
     def subset(self, indices: Sequence[int] | torch.Tensor) -> FolderSplit:
         idx = as_index(indices, len(self))
         return FolderSplit(self.root, [self.files[i] for i in idx.tolist()], self._labels[idx],
                            resolution=self.resolution, augment=self.augment, workers=self.workers, draft=self.draft)
 
-    def loader(
-        self,
-        *,
-        batch_size: int,
-        train: bool,
-        seed: int,
-        epoch: int = 0,
-        start_batch: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        device: torch.device | str = "cpu",
-        drop_last: bool | None = None,
-        workers: int | None = None,
-        channels_last: bool = False,
-    ) -> Batches:
-        plan = EpochPlan.make(len(self), batch_size=batch_size, train=train, seed=seed, epoch=epoch,
-                              start_batch=start_batch, rank=rank, world_size=world_size, drop_last=drop_last)
+    def _batches(self, plan: EpochPlan, *, train: bool, seed: int, epoch: int, device: torch.device,
+                 workers: int | None, channels_last: bool) -> Batches:
         n = self.workers if workers is None else workers
-        return _FolderBatches(self, plan, train=train and self.augment, seed=seed, epoch=epoch,
-                              device=torch.device(device), workers=check_workers(n), channels_last=channels_last,
-                              persistent=train and n > 0)
+        return _FolderBatches(self, plan, train=train and self.augment, seed=seed, epoch=epoch, device=device,
+                              workers=check_workers(n), channels_last=channels_last, persistent=train and n > 0)
 
     def _loader_for(self, sampler: _ShardSampler, *, augment: bool, workers: int, cuda: bool,
                     keep: bool) -> tuple[DataLoader, _KeptLoader | None]:
@@ -445,24 +425,19 @@ _END = object()
 
 
 class _FolderBatches(Batches):
-    def __init__(self, split: FolderSplit, plan: EpochPlan, *, train: bool, seed: int, epoch: int,
-                 device: torch.device, workers: int, channels_last: bool, persistent: bool) -> None:
-        super().__init__(plan)
+    def __init__(self, split: FolderSplit, plan: EpochPlan, *, workers: int, persistent: bool,
+                 **settings: Any) -> None:
+        super().__init__(plan, **settings)
         self.split = split
-        self.augment = train
-        self.seed = seed
-        self.epoch = epoch
-        self.device = device
         self.workers = workers
-        self.channels_last = channels_last
         self.persistent = persistent
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         split, plan = self.split, self.plan
         cuda = self.device.type == "cuda" and torch.cuda.is_available()
-        sampler = _ShardSampler(plan, self.epoch, self.seed, self.augment)
+        sampler = _ShardSampler(plan, self.epoch, self.seed, self.train)
         # Shuffled passes come back every epoch: keep their loader, and its workers, alive between them.
-        loader, kept = split._loader_for(sampler, augment=self.augment, workers=self.workers, cuda=cuda,
+        loader, kept = split._loader_for(sampler, augment=self.train, workers=self.workers, cuda=cuda,
                                          keep=self.persistent)
         if kept is not None:
             kept.busy = True
