@@ -179,8 +179,8 @@ class Batches(ABC):
             (``train``: augment).
     """
 
-    def __init__(self, plan: EpochPlan, *, train: bool = False, seed: int = 0, epoch: int = 0,
-                 device: torch.device = torch.device("cpu"), channels_last: bool = False) -> None:
+    def __init__(self, plan: EpochPlan, *, train: bool, seed: int, epoch: int, device: torch.device,
+                 channels_last: bool) -> None:
         self.plan = plan
         self.train = train
         self.seed = seed
