@@ -25,6 +25,7 @@ __all__ = [
     "FinetuneConfig",
     "ModelConfig",
     "PipelineConfig",
+    "RunBase",
     "RunConfig",
     "SearchConfig",
     "SpaceConfig",
@@ -229,12 +230,17 @@ class PipelineConfig(Strict):
     bench_threads: int | None = Field(None, ge=1, description="threads of both sides (default: all cores)")
 
 
-class RunConfig(Strict):
-    """Everything a run needs; each command reads the sections it uses."""
+class RunBase(Strict):
+    """The top-level settings of every kind of run (classification and detection): seed, device, folder."""
 
     seed: int = 0
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     out: str = Field("nasbnn-run", description="run folder")
+
+
+class RunConfig(RunBase):
+    """Everything a run needs; each command reads the sections it uses."""
+
     space: SpaceConfig = Field(default_factory=SpaceConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)

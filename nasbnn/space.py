@@ -52,12 +52,8 @@ class BlockArch(NamedTuple):
         return f"BlockArch({str(self)!r})"
 
     def to_dict(self) -> dict[str, int]:
-        return {
-            "width": self.width,
-            "kernel_size": self.kernel_size,
-            "groups": self.groups,
-            "pw_groups": self.pw_groups,
-        }
+        """The choices by field name, in field order (the JSON form of a block)."""
+        return self._asdict()
 
 
 class StageArch(NamedTuple):

@@ -38,33 +38,34 @@ def box_area(boxes: Tensor) -> Tensor:
     return (boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(min=0)
 
 
-def box_iou(a: Tensor, b: Tensor) -> Tensor:
-    """Pairwise IoU: [N, 4] × [M, 4] -> [N, M]; pairs with an empty union get 0."""
-    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
-    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+def _intersection_union(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """Intersection and union areas of ``a`` and ``b`` ([..., 4], broadcast against each other).
+
+    Pairwise and element-wise IoU differ only in how their inputs are broadcast, so both take the
+    areas from here.
+    """
+    lt = torch.maximum(a[..., :2], b[..., :2])
+    rb = torch.minimum(a[..., 2:], b[..., 2:])
     wh = (rb - lt).clamp(min=0)
     inter = wh[..., 0] * wh[..., 1]
-    union = box_area(a)[:, None] + box_area(b)[None, :] - inter
+    return inter, box_area(a) + box_area(b) - inter
+
+
+def box_iou(a: Tensor, b: Tensor) -> Tensor:
+    """Pairwise IoU: [N, 4] × [M, 4] -> [N, M]; pairs with an empty union get 0."""
+    inter, union = _intersection_union(a[:, None, :], b[None, :, :])
     return torch.where(union > 0, inter / union.clamp(min=torch.finfo(union.dtype).tiny), torch.zeros_like(inter))
 
 
 def elementwise_iou(a: Tensor, b: Tensor, eps: float = 1e-7) -> Tensor:
     """IoU of corresponding boxes: [N, 4] × [N, 4] -> [N]."""
-    lt = torch.maximum(a[:, :2], b[:, :2])
-    rb = torch.minimum(a[:, 2:], b[:, 2:])
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[:, 0] * wh[:, 1]
-    union = box_area(a) + box_area(b) - inter
+    inter, union = _intersection_union(a, b)
     return inter / (union + eps)
 
 
 def elementwise_giou(a: Tensor, b: Tensor, eps: float = 1e-7) -> Tensor:
     """Generalised IoU of corresponding boxes (Rezatofighi et al., 2019): [N, 4] × [N, 4] -> [N] in (-1, 1]."""
-    lt = torch.maximum(a[:, :2], b[:, :2])
-    rb = torch.minimum(a[:, 2:], b[:, 2:])
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[:, 0] * wh[:, 1]
-    union = box_area(a) + box_area(b) - inter
+    inter, union = _intersection_union(a, b)
     iou = inter / (union + eps)
     hull = box_area(torch.cat((torch.minimum(a[:, :2], b[:, :2]), torch.maximum(a[:, 2:], b[:, 2:])), dim=1))
     return iou - (hull - union) / (hull + eps)

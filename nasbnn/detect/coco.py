@@ -117,6 +117,25 @@ def _short(values: Sequence[Any], n: int = 8) -> str:
     return shown + (f", ... ({len(values)} in all)" if len(values) > n else "")
 
 
+def _new_entry_id(path: Path, kind: str, i: int, entry: Any, seen: set[int]) -> int:
+    """The integer ``id`` of the ``i``-th ``kind`` entry, added to ``seen``.
+
+    Images and annotations are checked alike: an object, with an integer id not seen before.
+
+    Raises:
+        DataError: the entry is not an object, has no integer id, or repeats one.
+    """
+    if not isinstance(entry, dict):
+        raise DataError(f"{str(path)!r}: {kind} entry {i} is not an object")
+    eid = _int(entry.get("id"))
+    if eid is None:
+        raise DataError(f"{str(path)!r}: {kind} entry {i} has no integer 'id'")
+    if eid in seen:
+        raise DataError(f"{str(path)!r}: {kind} id {eid} is listed twice")
+    seen.add(eid)
+    return eid
+
+
 def read_annotation_json(path: Path) -> dict[str, Any]:
     """The parsed annotation file; malformed JSON and non-COCO top levels are one-line :class:`DataError`."""
     if not path.is_file():
@@ -158,14 +177,7 @@ def _parse_images(path: Path, raw: list[Any]) -> list[CocoImage]:
     images = []
     seen: set[int] = set()
     for i, im in enumerate(raw):
-        if not isinstance(im, dict):
-            raise DataError(f"{str(path)!r}: image entry {i} is not an object")
-        iid = _int(im.get("id"))
-        if iid is None:
-            raise DataError(f"{str(path)!r}: image entry {i} has no integer 'id'")
-        if iid in seen:
-            raise DataError(f"{str(path)!r}: image id {iid} is listed twice")
-        seen.add(iid)
+        iid = _new_entry_id(path, "image", i, im, seen)
         name = im.get("file_name")
         if not isinstance(name, str) or not name:
             raise DataError(f"{str(path)!r}: image {iid} has no 'file_name'")
@@ -206,14 +218,7 @@ def load_coco_split(annotation_file: str | Path, image_dir: str | Path, *, skip_
     per_image: list[list[tuple[float, float, float, float, int]]] = [[] for _ in images]
     ann_ids: set[int] = set()
     for i, a in enumerate(data["annotations"]):
-        if not isinstance(a, dict):
-            raise DataError(f"{str(path)!r}: annotation entry {i} is not an object")
-        aid = _int(a.get("id"))
-        if aid is None:
-            raise DataError(f"{str(path)!r}: annotation entry {i} has no integer 'id'")
-        if aid in ann_ids:
-            raise DataError(f"{str(path)!r}: annotation id {aid} is listed twice")
-        ann_ids.add(aid)
+        aid = _new_entry_id(path, "annotation", i, a, ann_ids)
         iid = _int(a.get("image_id"))
         if iid is None or iid not in index:
             raise DataError(f"{str(path)!r}: annotation {aid} refers to image_id {a.get('image_id')!r}, which is "

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from ..config import AmpMode, Strict
+from ..config import AmpMode, RunBase, Strict
 
 __all__ = [
     "BackboneConfig",
@@ -166,11 +166,9 @@ class DetectEvalConfig(Strict):
     max_detections: int = Field(100, ge=1, description="detections per image")
 
 
-class DetectRunConfig(Strict):
+class DetectRunConfig(RunBase):
     """Everything a detector run needs."""
 
-    seed: int = 0
-    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     out: str = Field("nasbnn-detect", description="run folder")
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
     data: DetectDataConfig = Field(default_factory=DetectDataConfig)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from ..space import Arch
 from ..train.checkpoint import load_checkpoint, space_from_checkpoint
 from ..train.distributed import DistInfo, all_reduce_gradients, average_buffers, barrier
 from ..train.optim import build_scheduler, param_groups
-from ..train.run import Cadence, TrainingRun, check_finite, load_training_state, training_state
+from ..train.run import Cadence, StepTrainer, TrainingRun, check_finite, load_training_state, training_state
 from ..utils.io import atomic_write_text
 from ..utils.seeding import derive_seed
 from .coco import CategoryMap, CocoSplit, load_coco_split
@@ -175,7 +175,7 @@ def build_detector_optimizer(model: BinaryDetector, cfg: DetectTrainConfig) -> t
 
 
 # ------------------------------------------------------------------------------------------- step
-class DetectorTrainer:
+class DetectorTrainer(StepTrainer[BinaryDetector]):
     """One optimizer step of the detector; no logging, no I/O.
 
     Raises (from :meth:`step`):
@@ -185,19 +185,15 @@ class DetectorTrainer:
     def __init__(self, model: BinaryDetector, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler, *, grad_clip: float | None = None,
                  dist: DistInfo | None = None, autocast: AbstractContextManager | None = None) -> None:
-        self.model = model
-        self.optimizer = optimizer
-        self.scheduler = scheduler
+        super().__init__(model, optimizer, scheduler, dist=dist, autocast=autocast)
         self.grad_clip = grad_clip
-        self.dist = dist or DistInfo()
-        self._autocast = autocast
 
     def step(self, images: torch.Tensor, boxes: list[torch.Tensor], labels: list[torch.Tensor],
              step: int) -> dict[str, torch.Tensor]:
         model = self.model
         model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        with self._autocast if self._autocast is not None else nullcontext():
+        with self.autocast():
             out = model(images)
         loc = make_locations(out.sizes, model.strides, model.cfg.range_scale, images.device)
         losses = fcos_losses(out, loc, boxes, labels, model.cfg, self.dist)

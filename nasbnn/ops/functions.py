@@ -16,13 +16,20 @@ from torch import Tensor
 __all__ = ["approx_sign", "grad_scale", "round_ste", "ste_sign"]
 
 
-class _ApproxSign(torch.autograd.Function):
-    """sign(x) forward; (2 - 2|x|)·1[|x| <= 1] backward. ``sign(0) = 0`` as in torch."""
+class _Sign(torch.autograd.Function):
+    """sign(x) forward, keeping ``x`` for the backward; ``sign(0) = 0`` as in torch.
+
+    The two sign estimators differ only in their backward, which each subclass defines.
+    """
 
     @staticmethod
     def forward(ctx: Any, x: Tensor) -> Tensor:
         ctx.save_for_backward(x)
         return torch.sign(x)
+
+
+class _ApproxSign(_Sign):
+    """sign(x) forward; (2 - 2|x|)·1[|x| <= 1] backward."""
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tensor:
@@ -33,13 +40,8 @@ class _ApproxSign(torch.autograd.Function):
         return g.mul_(grad)
 
 
-class _SteSign(torch.autograd.Function):
+class _SteSign(_Sign):
     """sign(x) forward; clipped straight-through 1[|x| <= 1] backward."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor) -> Tensor:
-        ctx.save_for_backward(x)
-        return torch.sign(x)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tensor:

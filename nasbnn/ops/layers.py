@@ -172,7 +172,36 @@ def lsq_init_step(w: Tensor) -> Tensor:
     return torch.maximum((mu - 3 * sd).abs(), (mu + 3 * sd).abs()) / 2 ** (8 - 1)
 
 
-class BinaryConv2d(nn.Module):
+class _StaticConv2d(nn.Module):
+    """A convolution of a fixed-size latent weight with "same" zero padding.
+
+    The geometry, the forward and the shape part of the repr are common to the static layers; each
+    subclass says through :meth:`effective_weight` what its latent weight becomes before the conv.
+    """
+
+    def __init__(self, weight: Tensor, *, stride: int, groups: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight.detach().clone())
+        self.stride = stride
+        self.groups = groups
+        self.kernel_size = weight.shape[-1]
+        self.in_channels = weight.shape[1] * groups
+        self.out_channels = weight.shape[0]
+
+    def effective_weight(self) -> Tensor:
+        """The weight the convolution uses."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, self.effective_weight(), None, self.stride, (self.kernel_size - 1) // 2, 1,
+                        self.groups)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, groups={self.groups}")
+
+
+class BinaryConv2d(_StaticConv2d):
     """A static binary convolution: latent weight -> normalise -> alpha·sign -> conv.
 
     Args:
@@ -183,14 +212,8 @@ class BinaryConv2d(nn.Module):
     """
 
     def __init__(self, weight: Tensor, *, stride: int = 1, groups: int = 1, weight_norm: bool = True) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(weight.detach().clone())
+        super().__init__(weight, stride=stride, groups=groups)
         self.weight_norm = weight_norm
-        self.stride = stride
-        self.groups = groups
-        self.kernel_size = weight.shape[-1]
-        self.in_channels = weight.shape[1] * groups
-        self.out_channels = weight.shape[0]
 
     def prepared_weight(self) -> Tensor:
         """What the sign and the per-filter scale are taken of (standardised, or raw without weight norm)."""
@@ -199,36 +222,27 @@ class BinaryConv2d(nn.Module):
     def binary_weight(self) -> Tensor:
         return binarize_weight(self.prepared_weight())
 
-    def forward(self, x: Tensor) -> Tensor:
-        return F.conv2d(x, self.binary_weight(), None, self.stride, (self.kernel_size - 1) // 2, 1,
-                        self.groups)
+    def effective_weight(self) -> Tensor:
+        """The binary weight, alpha·sign of the prepared one."""
+        return self.binary_weight()
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"stride={self.stride}, groups={self.groups}"
-                + ("" if self.weight_norm else ", weight_norm=False"))
+        return super().extra_repr() + ("" if self.weight_norm else ", weight_norm=False")
 
 
-class QConv2d(nn.Module):
+class QConv2d(_StaticConv2d):
     """A static 8-bit (LSQ) convolution on a full-precision input: the stem."""
 
     def __init__(self, weight: Tensor, step_size: Tensor, *, stride: int = 1, groups: int = 1) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(weight.detach().clone())
+        super().__init__(weight, stride=stride, groups=groups)
         self.step_size = nn.Parameter(step_size.detach().clone())
-        self.stride = stride
-        self.groups = groups
-        self.kernel_size = weight.shape[-1]
-        self.in_channels = weight.shape[1] * groups
-        self.out_channels = weight.shape[0]
 
     def quantized_weight(self) -> Tensor:
         return lsq_quantize_weight(self.weight, self.step_size)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return F.conv2d(x, self.quantized_weight(), None, self.stride, (self.kernel_size - 1) // 2, 1,
-                        self.groups)
+    def effective_weight(self) -> Tensor:
+        """The fake-quantised 8-bit weight."""
+        return self.quantized_weight()
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"stride={self.stride}, groups={self.groups}, bits=8")
+        return super().extra_repr() + ", bits=8"

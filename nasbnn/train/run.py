@@ -22,9 +22,10 @@ import json
 import logging
 import math
 from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import torch
 from pydantic import BaseModel
@@ -37,7 +38,7 @@ from ..utils.metrics import MetricsWriter, Throughput, step_record
 from .checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .distributed import DistInfo, barrier
 
-__all__ = ["CHECKPOINT_NAME", "Cadence", "Recipe", "TrainingDiverged", "TrainingRun"]
+__all__ = ["CHECKPOINT_NAME", "Cadence", "Recipe", "StepTrainer", "TrainingDiverged", "TrainingRun"]
 
 _logger = logging.getLogger(__name__)
 
@@ -70,6 +71,30 @@ def load_training_state(state: dict[str, Any], model: torch.nn.Module, optimizer
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+
+
+ModelT = TypeVar("ModelT", bound=torch.nn.Module)
+
+
+class StepTrainer(Generic[ModelT]):
+    """What every recipe's optimizer step works with: the model, the optimizer and schedule it steps
+    once per call, the ranks it averages over, and the autocast of its training forward passes.
+
+    Subclasses define ``step``; like them, this holds no logging and does no I/O.
+    """
+
+    def __init__(self, model: ModelT, optimizer: torch.optim.Optimizer,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler, *, dist: DistInfo | None = None,
+                 autocast: AbstractContextManager | None = None) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.dist = dist or DistInfo()
+        self._autocast = autocast
+
+    def autocast(self) -> AbstractContextManager:
+        """The context of a training forward pass: the run's autocast, or none."""
+        return self._autocast if self._autocast is not None else nullcontext()
 
 
 @dataclass(frozen=True)

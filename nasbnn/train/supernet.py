@@ -9,7 +9,7 @@ step (synchronised once across ranks).
 from __future__ import annotations
 
 import logging
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from .bn import evaluate_top1, preserved_bn_state, recalibrate_bn
 from .distributed import DistInfo, all_reduce_gradients, average_buffers
 from .losses import smooth_cross_entropy, soft_distillation
 from .optim import build_optimizer, build_scheduler
-from .run import Cadence, TrainingDiverged, TrainingRun, check_finite, load_training_state, training_state
+from .run import Cadence, StepTrainer, TrainingDiverged, TrainingRun, check_finite, load_training_state, training_state
 from .sampler import Role, SandwichSampler
 
 __all__ = ["SupernetTrainer", "TrainingDiverged", "train_supernet"]
@@ -36,7 +36,7 @@ __all__ = ["SupernetTrainer", "TrainingDiverged", "train_supernet"]
 _logger = logging.getLogger(__name__)
 
 
-class SupernetTrainer:
+class SupernetTrainer(StepTrainer[SuperBNN]):
     """One optimizer step of the sandwich rule; no logging, no I/O.
 
     Args:
@@ -51,16 +51,9 @@ class SupernetTrainer:
     def __init__(self, model: SuperBNN, cfg: TrainConfig, sampler: SandwichSampler,
                  optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler, *,
                  dist: DistInfo | None = None, autocast: AbstractContextManager | None = None) -> None:
-        self.model = model
+        super().__init__(model, optimizer, scheduler, dist=dist, autocast=autocast)
         self.cfg = cfg
         self.sampler = sampler
-        self.optimizer = optimizer
-        self.scheduler = scheduler
-        self.dist = dist or DistInfo()
-        self._autocast = autocast
-
-    def _ctx(self) -> AbstractContextManager:
-        return self._autocast if self._autocast is not None else nullcontext()
 
     def step(self, images: Tensor, labels: Tensor, step: int) -> dict[str, Tensor]:
         """Trains on one batch; returns detached losses and the teacher's batch accuracy.
@@ -74,7 +67,7 @@ class SupernetTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         out: dict[str, Tensor] = {}
         model.set_arch(plan.teacher)
-        with model.precision("fp" if cfg.bi_teacher else "binary"), self._ctx():
+        with model.precision("fp" if cfg.bi_teacher else "binary"), self.autocast():
             teacher_logits = model(images)
             loss_t = smooth_cross_entropy(teacher_logits, labels, cfg.label_smoothing)
         loss_t.backward()
@@ -84,7 +77,7 @@ class SupernetTrainer:
         random_losses = []
         for role, arch in plan.students:
             model.set_arch(arch)
-            with self._ctx():
+            with self.autocast():
                 logits = model(images)
                 loss = soft_distillation(logits, soft, cfg.kd_temperature)
             if cfg.weight_distill:
