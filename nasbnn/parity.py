@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["check_logits", "check_ops", "fixture_files", "logits_cases"]
+__all__ = ["check_logits", "check_ops", "fixture_files", "format_parity", "logits_cases", "run_parity"]
 
 
 def fixture_files(folder: str | Path, kind: str) -> list[Path]:
@@ -86,3 +86,42 @@ def check_logits(folder: str | Path) -> list[dict[str, Any]]:
         rel = float((y - ref).norm() / ref.norm())
         results.append({"file": name, "case": case["name"], "weights": case["weights"], "rel_l2": rel})
     return results
+
+
+def run_parity(fixtures: str | Path | None = None, *, isa: str = "AVX2", tolerance: float = 1e-3) -> dict[str, Any]:
+    """:func:`check_logits` and :func:`check_ops` on a fixture folder, in a child interpreter whose oneDNN is held
+    to ``isa`` (it must be set before PyTorch loads); ``ok`` says whether every logit case is within
+    ``tolerance`` and every OPs figure within 1e-6.
+
+    Raises:
+        NasbnnError: not a fixture folder, or the check could not run.
+    """
+    import os
+    import subprocess
+    import sys
+
+    from .errors import NasbnnError
+
+    folder = Path(fixtures or os.environ.get("NASBNN_UPSTREAM_FIXTURES", "../shared/fixtures/upstream"))
+    if not (folder / "make_state.py").is_file():
+        raise NasbnnError(f"{str(folder)!r} is not a parity fixture folder (no make_state.py)")
+    env = dict(os.environ, ONEDNN_MAX_CPU_ISA=isa)
+    code = ("import json,sys; from nasbnn.parity import check_logits, check_ops; "
+            "print(json.dumps({'logits': check_logits(sys.argv[1]), 'ops': check_ops(sys.argv[1])}))")
+    proc = subprocess.run([sys.executable, "-c", code, str(folder)], env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise NasbnnError(f"parity check failed to run: {proc.stderr.strip().splitlines()[-1]}")
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    ok = all(r["rel_l2"] <= tolerance for r in res["logits"]) and all(r["rel_err"] <= 1e-6 for r in res["ops"])
+    return {**res, "ok": ok}
+
+
+def format_parity(res: dict[str, Any]) -> str:
+    """The logits table, the worst OPs error and the verdict of a :func:`run_parity` result."""
+    from .utils.table import format_table
+
+    rows = [[r["file"], r["case"], r["weights"], r["rel_l2"]] for r in res["logits"]]
+    worst = max((r["rel_err"] for r in res["ops"]), default=0.0)
+    return "\n".join([format_table(["file", "case", "weights", "rel L2"], rows),
+                      f"OPs: {len(res['ops'])} architectures, worst relative error {worst:.2e}",
+                      "parity: OK" if res["ok"] else "parity: FAILED"])

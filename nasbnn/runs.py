@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .config import RunConfig, SyntheticDataConfig
+from .config import M, RunConfig, SyntheticDataConfig, load_config
 from .errors import CheckpointError, NasbnnError
 from .models import SuperBNN
 from .space import Arch, SearchSpace
@@ -28,6 +28,7 @@ __all__ = [
     "explicit_override",
     "load_supernet",
     "resolve_archs",
+    "run_config",
     "run_data",
     "trained_data_config",
 ]
@@ -44,6 +45,23 @@ def explicit_override(overrides: Sequence[str] | None, key: str) -> str | None:
         if k.strip() == key:
             return v.strip()
     return None
+
+
+def run_config(schema: type[M], path: str | Path | None, overrides: Sequence[str], *, resume: bool = False) -> M:
+    """The config of a run: ``path`` with ``overrides``; on ``resume`` the config saved in the run folder
+    (``out``) with the same overrides, so that a continued run keeps the settings it started with.
+
+    Raises:
+        NasbnnError: ``resume`` and the run folder has no saved config.
+    """
+    cfg = load_config(schema, path, overrides)
+    if resume:
+        out = cfg.out  # type: ignore[attr-defined]
+        saved = Path(out) / "config.yaml"
+        if not saved.is_file():
+            raise NasbnnError(f"cannot resume: {str(saved)!r} does not exist (is out={out} a run folder?)")
+        cfg = load_config(schema, saved, [*(o for o in overrides if not o.startswith("out=")), f"out={out}"])
+    return cfg
 
 
 def load_supernet(checkpoint: str | Path, device: torch.device | str = "cpu", *, expect: RunConfig | None = None,

@@ -6,16 +6,14 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import add_config_args, arch_spec, space_override
+from .common import add_checkpoint_arg, arch_spec, config_parser, space_override
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export architectures of a supernet as standalone bundles (or ONNX/packed)",
-                       description="Export a static network from a trained supernet. BN statistics are "
-                                   "recalibrated on training images unless --no-recalibrate.")
-    add_config_args(p)
-    p.add_argument("--checkpoint", default=None, metavar="PATH",
-                   help="supernet checkpoint or run folder (default: <out>/checkpoint.pt)")
+    p = config_parser(sub, "export", help="export architectures of a supernet as standalone bundles (or ONNX/packed)",
+                      description="Export a static network from a trained supernet. BN statistics are "
+                                  "recalibrated on training images unless --no-recalibrate.")
+    add_checkpoint_arg(p)
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--arch", metavar="STR", help="architecture string, or pareto.json@BUCKET")
     g.add_argument("--largest", action="store_true")
@@ -31,8 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--evaluate", action="store_true", help="also evaluate each export on the test split")
     p.set_defaults(handler=_export)
 
-    p = sub.add_parser("eval", help="evaluate a bundle, or a supernet architecture, on the test split; writes JSON")
-    add_config_args(p)
+    p = config_parser(sub, "eval", help="evaluate a bundle, or a supernet architecture, on the test split; writes JSON")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--bundle", metavar="DIR")
     src.add_argument("--checkpoint", metavar="PATH", help="supernet checkpoint (with --arch/--largest/--smallest)")
@@ -43,8 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json-out", default=None, metavar="FILE", help="where to write the JSON (default: print)")
     p.set_defaults(handler=_eval)
 
-    p = sub.add_parser("finetune", help="fine-tune an exported bundle (Adam, lr 1e-5, 25 epochs by default)")
-    add_config_args(p)
+    p = config_parser(sub, "finetune", help="fine-tune an exported bundle (Adam, lr 1e-5, 25 epochs by default)")
     p.add_argument("--bundle", required=True, metavar="DIR")
     p.add_argument("--to", dest="dest", default=None, metavar="DIR", help="run folder (default: <bundle>-finetuned)")
     p.add_argument("--resume", action="store_true")
@@ -88,10 +84,9 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _finetune(args: argparse.Namespace) -> int:
-    from ..commands.train import load_run_config
     from ..train.finetune import finetune
 
-    cfg = load_run_config(argparse.Namespace(config=args.config, overrides=args.overrides, resume=False))
+    cfg = _config(args)
     dest = args.dest or f"{str(args.bundle).rstrip('/')}-finetuned"
     res = finetune(cfg, bundle=args.bundle, run_dir=dest, resume=args.resume, progress=not args.no_progress,
                    max_steps=args.max_steps)

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
-from ..errors import NasbnnError
-from .common import add_config_args
+from .common import add_cost_output_args, add_training_args, arch_spec, config_parser, print_json
 
 DEFAULT_CONFIG = "detect-synthetic"
 
@@ -28,38 +26,37 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--max-objects", type=int, default=4, help="objects per image at most (default: %(default)s)")
     q.set_defaults(handler=_synth)
 
-    q = dsub.add_parser("train", help="train a detector (writes config.yaml, checkpoint.pt, metrics, eval.json)",
-                        description="Train an FCOS detector on a NAS-BNN backbone. Without a backbone checkpoint "
-                                    "or bundle, a randomly initialised member of backbone.space is used.")
-    add_config_args(q, default_config=DEFAULT_CONFIG)
-    _add_backbone_args(q)
-    q.add_argument("--resume", action="store_true", help="continue the run in out=... from its last checkpoint")
-    q.add_argument("--max-steps", type=int, default=None, help="stop after this step (the schedule is unchanged)")
-    q.add_argument("--no-progress", action="store_true", help="no progress bar")
+    q = _backbone_parser(dsub, "train", help="train a detector (writes config.yaml, checkpoint.pt, metrics, eval.json)",
+                         description="Train an FCOS detector on a NAS-BNN backbone. Without a backbone checkpoint "
+                                     "or bundle, a randomly initialised member of backbone.space is used.")
+    add_training_args(q)
     q.set_defaults(handler=_train)
 
-    q = dsub.add_parser("eval", help="COCO mAP of a trained detector on its evaluation split; writes JSON",
-                        description="Evaluate a detector checkpoint with pycocotools' COCOeval (bbox). The run's "
-                                    "config.yaml is used, with KEY=VALUE overrides (e.g. data.root=...).")
-    add_config_args(q, default_config=None)
+    q = config_parser(dsub, "eval", help="COCO mAP of a trained detector on its evaluation split; writes JSON",
+                      description="Evaluate a detector checkpoint with pycocotools' COCOeval (bbox). The run's "
+                                  "config.yaml is used, with KEY=VALUE overrides (e.g. data.root=...).")
     q.add_argument("--checkpoint", default=None, metavar="PATH",
                    help="detector checkpoint or run folder (default: <out>/checkpoint.pt)")
     q.add_argument("--json-out", default=None, metavar="FILE", help="metrics file (default: <run>/eval.json)")
     q.set_defaults(handler=_eval)
 
-    q = dsub.add_parser("cost", help="FLOPs, BOPs and OPs of a detector, per layer and in total",
-                        description="The analytic cost table of a detector (backbone rows as `nasbnn cost`, then "
-                                    "the neck and head); the backbone total is shown beside the detector total.")
-    add_config_args(q, default_config=DEFAULT_CONFIG)
-    _add_backbone_args(q)
+    q = _backbone_parser(dsub, "cost", help="FLOPs, BOPs and OPs of a detector, per layer and in total",
+                         description="The analytic cost table of a detector (backbone rows as `nasbnn cost`, then "
+                                     "the neck and head); the backbone total is shown beside the detector total.")
     q.add_argument("--checkpoint", default=None, metavar="PATH", help="cost of a trained detector's checkpoint")
     q.add_argument("--space", default=None, help="search space of the backbone (sets backbone.space)")
     q.add_argument("--canvas", type=int, default=None, help="input side (sets data.canvas)")
     q.add_argument("--num-classes", type=int, default=None, help="default: from the config's data")
-    q.add_argument("--convention", choices=("upstream", "standard"), default="upstream",
-                   help="how the 8-bit stem is counted (default: %(default)s)")
-    q.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    add_cost_output_args(q)
     q.set_defaults(handler=_cost)
+
+
+def _backbone_parser(dsub: argparse._SubParsersAction, name: str, *, help: str, description: str,
+                     ) -> argparse.ArgumentParser:
+    """A detector subcommand on the demo config by default, whose backbone the command line may choose."""
+    q = config_parser(dsub, name, help=help, description=description, default_config=DEFAULT_CONFIG)
+    _add_backbone_args(q)
+    return q
 
 
 def _add_backbone_args(q: argparse.ArgumentParser) -> None:
@@ -73,30 +70,15 @@ def _add_backbone_args(q: argparse.ArgumentParser) -> None:
     arch.add_argument("--smallest", action="store_true", help="the space's smallest member")
 
 
-def _load(args: argparse.Namespace, config: str | Path | None = None):  # type: ignore[no-untyped-def]
+def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     """The config of a command (on --resume: the run's saved config), with the backbone flags applied."""
+    from ..detect.backbone import choose_backbone
     from ..detect.config import DetectRunConfig
-    from .train import load_run_config
+    from ..runs import run_config
 
-    cfg = load_run_config(args, DetectRunConfig, config)
-    update: dict[str, Any] = {}
-    if getattr(args, "backbone_checkpoint", None):
-        update.update(checkpoint=args.backbone_checkpoint, bundle=None)
-    if getattr(args, "backbone_bundle", None):
-        update.update(bundle=args.backbone_bundle, checkpoint=None)
-    if getattr(args, "arch", None):
-        update["arch"] = args.arch
-    elif getattr(args, "largest", False):
-        update["arch"] = "largest"
-    elif getattr(args, "smallest", False):
-        update["arch"] = "smallest"
-    if getattr(args, "space", None):
-        update["space"] = args.space
-    if update:
-        cfg.backbone = cfg.backbone.model_copy(update=update)
-    if getattr(args, "canvas", None):
-        cfg.data = cfg.data.model_copy(update={"canvas": args.canvas})
-    return cfg
+    cfg = run_config(DetectRunConfig, args.config, args.overrides, resume=getattr(args, "resume", False))
+    return choose_backbone(cfg, checkpoint=args.backbone_checkpoint, bundle=args.backbone_bundle, arch=arch_spec(args),
+                           space=getattr(args, "space", None), canvas=getattr(args, "canvas", None))
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -132,24 +114,10 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from ..config import load_config
-    from ..detect.config import DetectRunConfig
-    from ..detect.train import evaluate_run
+    from ..detect.train import eval_config, evaluate_run
     from ..utils.table import format_table
 
-    if args.checkpoint is not None:
-        ckpt = Path(args.checkpoint)
-    else:
-        ckpt = Path(load_config(DetectRunConfig, args.config or DEFAULT_CONFIG, args.overrides).out)
-    run = ckpt if ckpt.is_dir() else ckpt.parent
-    if (run / "config.yaml").is_file():
-        cfg = load_config(DetectRunConfig, run / "config.yaml", args.overrides)
-    elif args.config is not None:
-        cfg = load_config(DetectRunConfig, args.config, args.overrides)
-    elif args.overrides:
-        raise NasbnnError(f"no config.yaml in {str(run)!r} to apply the overrides to; pass --config FILE")
-    else:
-        cfg = None
+    ckpt, cfg = eval_config(args.checkpoint, args.config, args.overrides, default_config=DEFAULT_CONFIG)
     res = evaluate_run(ckpt, cfg, json_out=args.json_out)
     print(f"{res['images']} images, checkpoint {res['checkpoint']} (step {res['step']})")
     print(format_table(["metric", "value"], [[k, round(v, 4)] for k, v in res["metrics"].items()]))
@@ -158,53 +126,16 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _cost(args: argparse.Namespace) -> int:
-    from ..detect.cost import detector_cost, detector_cost_table, detector_layer_costs
-    from .common import print_json
+    from ..detect.cost import config_geometry, detector_cost_report, detector_cost_text
 
     if args.checkpoint is not None:
-        from ..detect.train import CHECKPOINT_KIND, config_of_checkpoint
-        from ..space import Arch
-        from ..train.checkpoint import load_checkpoint, space_from_checkpoint
+        from ..detect.train import checkpoint_geometry
 
-        state = load_checkpoint(args.checkpoint, kind=CHECKPOINT_KIND)
-        cfg = config_of_checkpoint(state, args.checkpoint)
-        space, arch = space_from_checkpoint(state), Arch.parse(state["extra"]["arch"])
-        num_classes = len(state["extra"]["categories"])
-        canvas = args.canvas or cfg.data.canvas
+        geometry = checkpoint_geometry(args.checkpoint, canvas=args.canvas, num_classes=args.num_classes)
     else:
-        from ..detect.backbone import backbone_geometry
-
-        cfg = _load(args)
-        space, arch = backbone_geometry(cfg.backbone)
-        canvas = cfg.data.canvas
-        num_classes = args.num_classes or _num_classes(cfg)
-    if args.num_classes:
-        num_classes = args.num_classes
+        geometry = config_geometry(_load(args), num_classes=args.num_classes)
     if args.json:
-        total = detector_cost(space, arch, cfg.detect, num_classes, canvas, args.convention)
-        print_json({
-            "space": space.name, "arch": str(arch), "canvas": canvas, "num_classes": num_classes,
-            "convention": args.convention, **total.to_dict(),
-            "layers": [{"name": lc.name, "kind": lc.kind, **lc.cost.to_dict()}
-                       for lc in detector_layer_costs(space, arch, cfg.detect, num_classes, canvas, args.convention)],
-        })
-        return 0
-    table = detector_cost_table(space, arch, cfg.detect, num_classes, canvas, args.convention)
-    towers = "binary" if cfg.detect.binary_towers else "full-precision"
-    print(f"detector on space {space.name!r}, canvas {canvas}x{canvas}, {num_classes} classes, "
-          f"OPs = FLOPs + BOPs/64, stem convention: {args.convention}; neck full precision, {towers} head towers")
-    print(f"backbone arch {arch}")
-    print(table)
+        print_json(detector_cost_report(geometry, args.convention))
+    else:
+        print(detector_cost_text(geometry, args.convention))
     return 0
-
-
-def _num_classes(cfg) -> int:  # type: ignore[no-untyped-def]
-    if cfg.data.synthetic is not None:
-        return cfg.data.synthetic.classes
-    from ..detect.coco import read_annotation_json
-
-    for split in ("val", "train"):
-        ann, _ = cfg.data.split_paths(split)
-        if ann.is_file():
-            return len(read_annotation_json(ann)["categories"])
-    raise NasbnnError("cannot tell the number of classes (no annotation file found); pass --num-classes")

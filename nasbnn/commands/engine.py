@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import NasbnnError
-from .common import add_arch_args, resolve_arch
+from .common import add_arch_args, arch_spec, print_json, print_report, resolve_arch
 
 __all__ = ["register"]
 
@@ -55,84 +56,56 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from ..engine.bench import benchmark, format_bench, random_static
+    from ..engine.bench import bench_network, format_bench
     from ..presets import resolve_space
-    from .common import print_json
 
-    if args.bundle:
-        if args.arch or args.largest or args.smallest or args.upstream_arch or args.arch_json:
-            raise NasbnnError("give either --bundle or an architecture (--arch, --largest, ...), not both")
-        from ..bundle import load_bundle
-
-        static, weights = load_bundle(args.bundle), f"trained ({args.bundle})"
-    else:
-        space = resolve_space(args.space)
-        arch = resolve_arch(args, space)
-        static, weights = random_static(space, arch, seed=args.seed), "random"
-    result = benchmark(static, batch_sizes=args.batch, threads=args.threads, repeats=args.repeats,
-                       warmup=args.warmup, resolution=args.resolution, seed=args.seed)
-    result["weights"] = weights
-    if args.json:
-        print_json(result)
-    else:
-        print(format_bench(result))
+    if args.bundle and arch_spec(args) is not None:
+        raise NasbnnError("give either --bundle or an architecture (--arch, --largest, ...), not both")
+    space = None if args.bundle else resolve_space(args.space)
+    arch = None if space is None else resolve_arch(args, space)
+    result = bench_network(bundle=args.bundle, space=space, arch=arch, seed=args.seed, batch_sizes=args.batch,
+                           threads=args.threads, repeats=args.repeats, warmup=args.warmup, resolution=args.resolution)
+    print_report(result, as_json=args.json, text=format_bench)
     return 0
 
 
 def _latency_fit(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
-    from ..engine.latency import fit_latency_models, save_models
+    from ..engine.latency import fit_summary, format_fit, save_fit
     from ..presets import resolve_space
-    from ..utils.io import atomic_write_text
-    from .common import print_json
 
     space = resolve_space(args.space)
     if len(set(args.threads)) != len(args.threads) or min(args.threads) < 1:
         raise NasbnnError(f"--threads must be distinct positive integers, got {args.threads}")
+    models, report = _measured_fit(space, args)
+    save_fit(models, report, args.out, args.report)
+    if args.json:
+        print_json(fit_summary(report, args.out))
+    else:
+        print(format_fit(space.name, models, report, args.out))
+    return 0
+
+
+def _measured_fit(space: Any, args: argparse.Namespace) -> tuple[list[Any], dict[str, Any]]:
+    """The latency models and report of ``latency fit``, counting the measured architectures on stderr when it
+    is a terminal (and the output is not JSON)."""
+    from ..engine.latency import fit_latency_models
 
     show = not args.json and sys.stderr.isatty()
+    fitted = fit_latency_models(space, samples=args.samples, threads=args.threads, repeats=args.repeats,
+                                resolution=args.resolution, seed=args.seed, progress=_counter(show))
+    if show:
+        print(file=sys.stderr)
+    return fitted
+
+
+def _counter(show: bool) -> Callable[[int, int], None]:
+    """A progress callback that rewrites one stderr line with the count so far (nothing unless ``show``)."""
 
     def progress(i: int, n: int) -> None:
         if show:
             print(f"\rmeasured {i}/{n} architectures", end="", file=sys.stderr, flush=True)
 
-    models, report = fit_latency_models(space, samples=args.samples, threads=args.threads, repeats=args.repeats,
-                                        resolution=args.resolution, seed=args.seed, progress=progress)
-    if show:
-        print(file=sys.stderr)
-    save_models(models, args.out)
-    if args.report:
-        atomic_write_text(Path(args.report), json.dumps(report, indent=2) + "\n")
-    per = report["threads"]
-    if args.json:
-        first = per[str(args.threads[0])]
-        print_json({"model": first["model"], "all": first["all"], "held_out": first["held_out"], "out": args.out,
-                    "threads": {t: {k: r[k] for k in ("model", "all", "held_out")} for t, r in per.items()},
-                    "cross_thread_kendall": report["cross_thread_kendall"]})
-        return 0
-    for model in models:
-        _print_fit(space.name, model, per[str(model.threads)])
-    for pair, tau in report["cross_thread_kendall"].items():
-        print(f"threads {pair.replace('~', ' vs ')}: measured latencies rank the architectures with Kendall tau "
-              f"{tau:.3f}")
-    print(f"wrote {args.out}")
-    return 0
-
-
-def _print_fit(space: str, model: Any, rep: dict[str, Any]) -> None:
-    a, ho = rep["all"], rep["held_out"]
-    print(f"space {space!r}: {a['n']} architectures, threads {model.threads}, batch 1")
-    print(f"latency_ms = {model.a_ms_per_gbop:.4g}·GBOPs + {model.b_ms_per_gflop:.4g}·GFLOPs + "
-          f"{model.c_ms_per_layer:.4g}·layers   (layer R^2 {model.meta['layer_r2']:.3f})")
-    print(f"one binary MAC costs {model.bop_cost_in_flops:.3g} float MACs here (the OPs model assumes 1/64 = 0.0156)")
-    print(f"rank correlation with measured latency, all {a['n']}: OPs spearman {a['ops']['spearman']:.3f} "
-          f"kendall {a['ops']['kendall']:.3f}; model spearman {a['model']['spearman']:.3f} "
-          f"kendall {a['model']['kendall']:.3f}")
-    print(f"held-out half ({ho['n']}, model fitted on the other half): OPs spearman {ho['ops']['spearman']:.3f} "
-          f"kendall {ho['ops']['kendall']:.3f}; model spearman {ho['model']['spearman']:.3f} "
-          f"kendall {ho['model']['kendall']:.3f}, mean |error| {ho['model']['mean_abs_rel_err']:.1%}")
+    return progress
 
 
 def _latency_predict(args: argparse.Namespace) -> int:

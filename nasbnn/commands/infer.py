@@ -34,26 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _infer(args: argparse.Namespace) -> int:
-    from ..engine.infer import InferInputError, load_inputs, near_ties, normalization, predict_topk
-    from ..engine.packed import PackedModel
-    from ..engine.runtime import BinaryEngine
-    from .common import print_json
+    from ..engine.infer import classify_files, format_predictions
+    from .common import print_report
 
-    if args.top_k < 1:
-        raise InferInputError(f"--top-k must be at least 1, got {args.top_k}")
-    model = PackedModel.load(args.packed)
-    spec = model.input
-    x, sources = load_inputs(args.inputs, spec, normalization(spec, args.mean, args.std))
-    engine = BinaryEngine(model, threads=args.threads)
-    logits = engine(x)
-    preds = predict_topk(logits, sources, args.top_k, spec.class_names)
-    ties = near_ties(model, engine, x) if args.ties else [None] * len(preds)
-    if args.json:
-        rows = [{**p.to_dict(), **({"near_ties": t} if t is not None else {})} for p, t in zip(preds, ties)]
-        print_json({"packed": args.packed, "arch": str(model.arch), "dataset": spec.dataset, "predictions": rows})
-        return 0
-    for p, t in zip(preds, ties):
-        ranked = "  ".join(f"{n} {100 * q:.1f}%" for n, q in zip(p.names, p.probabilities))
-        note = f"  ({t['count']} near-tie binarisation(s), first in {t['first_layer']})" if t and t["count"] else ""
-        print(f"{p.source}: {ranked}{note}")
+    result = classify_files(args.packed, args.inputs, top_k=args.top_k, threads=args.threads, mean=args.mean,
+                            std=args.std, ties=args.ties)
+    print_report(result, as_json=args.json, text=format_predictions)
     return 0

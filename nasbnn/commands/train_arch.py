@@ -4,27 +4,25 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_config_args
+from .common import add_training_args, config_parser
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train-arch", help="train one architecture of the space from scratch (stand-alone)",
-                       description="Train one static binary network from scratch with the supernet recipe "
-                                   "(train.* knobs). Writes config.yaml, checkpoint.pt, metrics.jsonl, "
-                                   "standalone_summary.json and bundle/ to the run folder (out=...).")
-    add_config_args(p)
+    p = config_parser(sub, "train-arch", help="train one architecture of the space from scratch (stand-alone)",
+                      description="Train one static binary network from scratch with the supernet recipe "
+                                  "(train.* knobs). Writes config.yaml, checkpoint.pt, metrics.jsonl, "
+                                  "standalone_summary.json and bundle/ to the run folder (out=...).")
     p.add_argument("--arch", required=True, metavar="STR", help="architecture string (a member of the space)")
-    p.add_argument("--resume", action="store_true", help="continue the run in out=... from its last checkpoint")
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this step (the schedule is unchanged)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_training_args(p)
     p.set_defaults(handler=_train_arch)
 
 
 def _train_arch(args: argparse.Namespace) -> int:
+    from ..config import RunConfig
+    from ..runs import run_config
     from ..train.standalone import train_arch
-    from .train import load_run_config
 
-    cfg = load_run_config(args)
+    cfg = run_config(RunConfig, args.config, args.overrides, resume=args.resume)
     summary = train_arch(cfg, args.arch, resume=args.resume, progress=not args.no_progress,
                          max_steps=args.max_steps)
     print(f"train-arch: step {summary['step']}/{summary['total_steps']}, bundle {summary['bundle']}")

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_config_args
+from .common import config_parser
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("import-upstream", help="turn the official checkpoint.pth.tar / info.pth.tar into a run folder",
-                       description="Write a run folder from the official NAS-BNN supernet (and search result): "
-                                   "<to>/checkpoint.pt of the imagenet space, <to>/search/pareto.json with the "
-                                   "official family. export, eval, search, finetune and detect then use it with "
-                                   "out=<to>. Nothing in the files is executed.")
-    add_config_args(p, default_config="imagenet")
+    p = config_parser(sub, "import-upstream", default_config="imagenet",
+                      help="turn the official checkpoint.pth.tar / info.pth.tar into a run folder",
+                      description="Write a run folder from the official NAS-BNN supernet (and search result): "
+                                  "<to>/checkpoint.pt of the imagenet space, <to>/search/pareto.json with the "
+                                  "official family. export, eval, search, finetune and detect then use it with "
+                                  "out=<to>. Nothing in the files is executed.")
     p.add_argument("--checkpoint", required=True, metavar="FILE", help="official supernet (checkpoint.pth.tar)")
     p.add_argument("--search", default=None, metavar="FILE", help="official search result (info.pth.tar)")
     p.add_argument("--split", default=None, metavar="DIR",
@@ -21,11 +21,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--to", dest="dest", required=True, metavar="DIR", help="new run folder (must not exist)")
     p.set_defaults(handler=_import)
 
-    p = sub.add_parser("upstream-split", help="a split manifest from the folder upstream's split_imagenet.py made",
-                       description="Resolve the train/val entries of a split_imagenet.py folder by file name "
-                                   "against data.root/train (its links may dangle) and write a split manifest "
-                                   "for data.manifest=...")
-    add_config_args(p, default_config="imagenet")
+    p = config_parser(sub, "upstream-split", default_config="imagenet",
+                      help="a split manifest from the folder upstream's split_imagenet.py made",
+                      description="Resolve the train/val entries of a split_imagenet.py folder by file name "
+                                  "against data.root/train (its links may dangle) and write a split manifest "
+                                  "for data.manifest=...")
     p.add_argument("--split", required=True, metavar="DIR", help="the split_imagenet.py output folder")
     p.add_argument("--to", dest="dest", required=True, metavar="FILE", help="manifest to write (JSON)")
     p.set_defaults(handler=_split)

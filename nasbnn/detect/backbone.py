@@ -11,9 +11,9 @@ import torch
 from ..models.static import StaticBNN
 from ..space import Arch, SearchSpace
 from ..utils.seeding import derive_seed
-from .config import BackboneConfig
+from .config import BackboneConfig, DetectRunConfig
 
-__all__ = ["backbone_geometry", "build_backbone", "zero_init_residuals"]
+__all__ = ["backbone_geometry", "build_backbone", "choose_backbone", "zero_init_residuals"]
 
 _logger = logging.getLogger(__name__)
 
@@ -30,6 +30,26 @@ def _random_space(cfg: BackboneConfig) -> SearchSpace:
     from ..presets import resolve_space
 
     return resolve_space(cfg.space, in_channels=cfg.in_channels)
+
+
+def choose_backbone(cfg: DetectRunConfig, *, checkpoint: str | None = None, bundle: str | None = None,
+                    arch: str | None = None, space: str | None = None, canvas: int | None = None) -> DetectRunConfig:
+    """``cfg`` with the backbone taken from a supernet ``checkpoint`` or a ``bundle`` (each replaces the
+    other), another ``arch`` or ``space``, and another input side ``canvas``; what is not given is kept."""
+    update: dict[str, Any] = {}
+    if checkpoint:
+        update.update(checkpoint=checkpoint, bundle=None)
+    if bundle:
+        update.update(bundle=bundle, checkpoint=None)
+    if arch:
+        update["arch"] = arch
+    if space:
+        update["space"] = space
+    if update:
+        cfg.backbone = cfg.backbone.model_copy(update=update)
+    if canvas:
+        cfg.data = cfg.data.model_copy(update={"canvas": canvas})
+    return cfg
 
 
 def backbone_geometry(cfg: BackboneConfig) -> tuple[SearchSpace, Arch]:

@@ -4,13 +4,17 @@ the backbone rows of :func:`nasbnn.cost.layer_costs`, then the neck and the per-
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from ..cost import Convention, Cost, LayerCost, layer_costs
+from ..cost_tables import format_cost_table, layers_json
+from ..errors import NasbnnError
 from ..space import Arch, SearchSpace
-from .config import DetectConfig
+from .config import DetectConfig, DetectDataConfig, DetectRunConfig
 from .model import level_specs
 
-__all__ = ["DetectorCost", "detector_cost", "detector_cost_table", "detector_layer_costs"]
+__all__ = ["DetectorCost", "DetectorGeometry", "config_geometry", "detector_cost", "detector_cost_report",
+           "detector_cost_table", "detector_cost_text", "detector_layer_costs"]
 
 
 def _conv(name: str, kind: str, cin: int, cout: int, k: int, stride: int, res: int) -> LayerCost:
@@ -77,16 +81,61 @@ def detector_cost(space: SearchSpace, arch: Arch, cfg: DetectConfig, num_classes
 def detector_cost_table(space: SearchSpace, arch: Arch, cfg: DetectConfig, num_classes: int, canvas: int,
                         convention: Convention = "upstream") -> str:
     """The per-layer table in the format of ``nasbnn cost``, with the backbone total beside the detector's."""
-    from ..utils.table import format_table
-
-    rows = []
-    for lc in detector_layer_costs(space, arch, cfg, num_classes, canvas, convention):
-        rows.append([lc.name, lc.kind, f"{lc.in_channels}->{lc.out_channels}", lc.kernel_size, lc.groups,
-                     lc.stride, lc.out_resolution, lc.cost.mflops, lc.cost.mbops, lc.cost.mops])
     dc = detector_cost(space, arch, cfg, num_classes, canvas, convention)
-    for label, c in (("backbone total", dc.backbone), ("neck+head total", dc.neck_head), ("detector total", dc.total)):
-        rows.append([label, "", "", "", "", "", "", c.mflops, c.mbops, c.mops])
-    return format_table(
-        ["layer", "kind", "channels", "k", "groups", "stride", "out_res", "MFLOPs", "MBOPs", "MOPs"],
-        rows, align="lllrrrrrrr",
-    )
+    return format_cost_table(detector_layer_costs(space, arch, cfg, num_classes, canvas, convention),
+                             [("backbone total", dc.backbone), ("neck+head total", dc.neck_head),
+                              ("detector total", dc.total)])
+
+
+class DetectorGeometry(NamedTuple):
+    """Everything a detector's cost depends on."""
+
+    space: SearchSpace
+    arch: Arch
+    detect: DetectConfig
+    num_classes: int
+    canvas: int
+
+
+def _data_num_classes(cfg: DetectDataConfig) -> int:
+    """The class count of the configured data: the synthetic one's, else that of its annotation files.
+
+    Raises:
+        NasbnnError: neither a synthetic dataset nor an annotation file.
+    """
+    if cfg.synthetic is not None:
+        return cfg.synthetic.classes
+    from .coco import read_annotation_json
+
+    for split in ("val", "train"):
+        ann, _ = cfg.split_paths(split)
+        if ann.is_file():
+            return len(read_annotation_json(ann)["categories"])
+    raise NasbnnError("cannot tell the number of classes (no annotation file found); pass --num-classes")
+
+
+def config_geometry(cfg: DetectRunConfig, *, num_classes: int | None = None) -> DetectorGeometry:
+    """The detector ``cfg`` describes, with ``num_classes`` classes (default: those of its data)."""
+    from .backbone import backbone_geometry
+
+    space, arch = backbone_geometry(cfg.backbone)
+    return DetectorGeometry(space, arch, cfg.detect, num_classes or _data_num_classes(cfg.data), cfg.data.canvas)
+
+
+def detector_cost_report(g: DetectorGeometry, convention: Convention = "upstream") -> dict[str, Any]:
+    """Totals and per-layer costs of a detector (the JSON of ``nasbnn detect cost``)."""
+    total = detector_cost(g.space, g.arch, g.detect, g.num_classes, g.canvas, convention)
+    return {
+        "space": g.space.name, "arch": str(g.arch), "canvas": g.canvas, "num_classes": g.num_classes,
+        "convention": convention, **total.to_dict(),
+        "layers": layers_json(detector_layer_costs(g.space, g.arch, g.detect, g.num_classes, g.canvas, convention)),
+    }
+
+
+def detector_cost_text(g: DetectorGeometry, convention: Convention = "upstream") -> str:
+    """What a detector's cost is counted on, its backbone architecture, then its per-layer table."""
+    table = detector_cost_table(g.space, g.arch, g.detect, g.num_classes, g.canvas, convention)
+    towers = "binary" if g.detect.binary_towers else "full-precision"
+    return (f"detector on space {g.space.name!r}, canvas {g.canvas}x{g.canvas}, {g.num_classes} classes, "
+            f"OPs = FLOPs + BOPs/64, stem convention: {convention}; neck full precision, {towers} head towers\n"
+            f"backbone arch {g.arch}\n{table}")

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..config import load_config
 from ..data.augment import Normalize
-from ..errors import CheckpointError, DataError
+from ..errors import CheckpointError, DataError, NasbnnError
 from ..models.static import StaticBNN
 from ..space import Arch
 from ..train.checkpoint import load_checkpoint, space_from_checkpoint
@@ -23,13 +25,14 @@ from ..utils.io import atomic_write_text
 from ..utils.seeding import derive_seed
 from .coco import CategoryMap, CocoSplit, load_coco_split
 from .config import DetectDataConfig, DetectRunConfig, DetectTrainConfig
+from .cost import DetectorGeometry
 from .data import DetectionDataset, detection_batches
 from .evaluate import evaluate_detector
 from .fcos import fcos_losses, make_locations
 from .model import BinaryDetector
 
-__all__ = ["CHECKPOINT_KIND", "DetectorTrainer", "build_detector", "build_detector_optimizer", "evaluate_run",
-           "load_detector", "load_splits", "train_detector"]
+__all__ = ["CHECKPOINT_KIND", "DetectorTrainer", "build_detector", "build_detector_optimizer", "checkpoint_geometry",
+           "eval_config", "evaluate_run", "load_detector", "load_splits", "train_detector"]
 
 _logger = logging.getLogger(__name__)
 
@@ -163,6 +166,46 @@ def load_detector(checkpoint: str | Path, device: torch.device | str = "cpu"
     return model.to(device).eval(), categories, cfg, state
 
 
+def checkpoint_geometry(checkpoint: str | Path, *, canvas: int | None = None,
+                        num_classes: int | None = None) -> DetectorGeometry:
+    """What the cost of a trained detector depends on, read from its checkpoint; ``canvas`` and
+    ``num_classes``, when given, replace the trained input side and class count.
+
+    Raises:
+        CheckpointError: not a detector checkpoint, or a stored config that does not validate.
+    """
+    state = load_checkpoint(checkpoint, kind=CHECKPOINT_KIND)
+    cfg = config_of_checkpoint(state, checkpoint)
+    space, arch = space_from_checkpoint(state), Arch.parse(state["extra"]["arch"])
+    trained_classes = len(state["extra"]["categories"])
+    return DetectorGeometry(space, arch, cfg.detect, num_classes or trained_classes, canvas or cfg.data.canvas)
+
+
+def eval_config(checkpoint: str | Path | None, config: str | Path | None, overrides: Sequence[str], *,
+                default_config: str) -> tuple[Path, DetectRunConfig | None]:
+    """The detector checkpoint (or run folder) to evaluate, and the config to evaluate it with.
+
+    Without ``checkpoint``, the run folder ``out`` of ``config`` (default: ``default_config``). The config
+    is the run's saved ``config.yaml`` with ``overrides``, else ``config`` with them, else ``None`` (the
+    checkpoint's own).
+
+    Raises:
+        NasbnnError: ``overrides`` but no config to apply them to.
+    """
+    if checkpoint is not None:
+        ckpt = Path(checkpoint)
+    else:
+        ckpt = Path(load_config(DetectRunConfig, config or default_config, overrides).out)
+    run = ckpt if ckpt.is_dir() else ckpt.parent
+    if (run / "config.yaml").is_file():
+        return ckpt, load_config(DetectRunConfig, run / "config.yaml", overrides)
+    if config is not None:
+        return ckpt, load_config(DetectRunConfig, config, overrides)
+    if overrides:
+        raise NasbnnError(f"no config.yaml in {str(run)!r} to apply the overrides to; pass --config FILE")
+    return ckpt, None
+
+
 def build_detector_optimizer(model: BinaryDetector, cfg: DetectTrainConfig) -> torch.optim.Optimizer:
     """Adam with L2 on conv kernels only (the classification runs' policy, ``param_groups``); the neck and
     head learn at ``lr``, the backbone at ``lr · backbone_lr_scale``. Frozen parameters are left out."""
@@ -278,6 +321,21 @@ class DetectorRecipe:
         return self.extra
 
 
+def _resumed_backbone(state: dict[str, Any], categories: CategoryMap, path: Path) -> tuple[StaticBNN, dict[str, Any]]:
+    """The (untrained) backbone network a detector checkpoint was made with and where it came from; its
+    weights come with the detector's state.
+
+    Raises:
+        CheckpointError: the checkpoint was trained on other categories than ``categories``.
+    """
+    extra = state["extra"]
+    if extra.get("categories") != categories.to_list():
+        raise CheckpointError(f"{str(path)!r} was trained on other categories than the configured data")
+    backbone = StaticBNN.build(space_from_checkpoint(state), Arch.parse(extra["arch"]),
+                               weight_norm=bool(extra.get("backbone_weight_norm", True)))
+    return backbone, extra.get("backbone_source", {})
+
+
 def train_detector(cfg: DetectRunConfig, *, run_dir: str | Path | None = None, resume: bool = False,
                    progress: bool = True, max_steps: int | None = None,
                    model_out: list[BinaryDetector] | None = None) -> dict[str, Any]:
@@ -312,13 +370,7 @@ def train_detector(cfg: DetectRunConfig, *, run_dir: str | Path | None = None, r
                                                 key="data.batch_size")
     state = run.load(CHECKPOINT_KIND)
     if state is not None:
-        extra = state["extra"]
-        if extra.get("categories") != categories.to_list():
-            raise CheckpointError(f"{str(run.checkpoint_path)!r} was trained on other categories than the "
-                                  "configured data")
-        backbone = StaticBNN.build(space_from_checkpoint(state), Arch.parse(extra["arch"]),
-                                   weight_norm=bool(extra.get("backbone_weight_norm", True)))
-        source = extra.get("backbone_source", {})
+        backbone, source = _resumed_backbone(state, categories, run.checkpoint_path)
     else:
         backbone, source = build_backbone(cfg.backbone, seed=cfg.seed)
     model = build_detector(backbone, categories, cfg).to(device)

@@ -20,7 +20,7 @@ import torch
 
 from ..errors import NasbnnError
 
-__all__ = ["benchmark", "benchmark_threads", "format_bench", "machine_info", "random_static"]
+__all__ = ["bench_network", "benchmark", "benchmark_threads", "format_bench", "machine_info", "random_static"]
 
 
 def _cpuinfo() -> dict[str, str]:
@@ -150,6 +150,22 @@ def benchmark(static: Any, *, batch_sizes: Sequence[int] = (1, 8), threads: int 
     n_threads = numba.config.NUMBA_NUM_THREADS if threads is None else int(threads)
     return benchmark_threads(static, batch_sizes=batch_sizes, threads=(n_threads,), repeats=repeats, warmup=warmup,
                              resolution=resolution, seed=seed)["results"][str(n_threads)]
+
+
+def bench_network(*, bundle: str | None = None, space: Any = None, arch: Any = None, seed: int = 0,
+                  **options: Any) -> dict[str, Any]:
+    """:func:`benchmark` of an exported ``bundle`` with its trained weights, or else of ``arch`` of ``space``
+    with random weights drawn from ``seed``; ``weights`` in the result says which. ``options`` are
+    :func:`benchmark`'s."""
+    if bundle:
+        from ..bundle import load_bundle
+
+        static, weights = load_bundle(bundle), f"trained ({bundle})"
+    else:
+        static, weights = random_static(space, arch, seed=seed), "random"
+    result = benchmark(static, seed=seed, **options)
+    result["weights"] = weights
+    return result
 
 
 def benchmark_threads(static: Any, *, batch_sizes: Sequence[int] = (1, 8), threads: Sequence[int] = (1, 2),

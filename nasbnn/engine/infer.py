@@ -19,8 +19,8 @@ import numpy as np
 from ..errors import NasbnnError
 from .packed import InputSpec, PackedModel
 
-__all__ = ["InferInputError", "Prediction", "consumer_shift_names", "load_inputs", "near_ties", "normalization",
-           "predict_topk"]
+__all__ = ["InferInputError", "Prediction", "classify_files", "consumer_shift_names", "format_predictions",
+           "load_inputs", "near_ties", "normalization", "predict_topk"]
 
 #: Pillow modes accepted per channel count (a palette image is expanded to RGB first).
 _MODES = {1: ("L",), 3: ("RGB",)}
@@ -202,3 +202,38 @@ def near_ties(model: PackedModel, engine: Any, x: np.ndarray, *, tol: float = 1e
 
     engine.run(x, trace=visit)
     return [{"count": int(c), "first_layer": n} for c, n in zip(counts, first)]
+
+
+def classify_files(packed: str, inputs: list[str], *, top_k: int = 3, threads: int | None = None,
+                   mean: list[float] | None = None, std: list[float] | None = None,
+                   ties: bool = False) -> dict[str, Any]:
+    """The ``top_k`` most probable classes of every input under the packed model at ``packed``, JSON-ready:
+    per input its ranked classes and, with ``ties``, its :func:`near_ties` (the network then runs twice).
+
+    Raises:
+        InferInputError: ``top_k`` below 1, or an input that cannot be read or does not fit the network.
+    """
+    from .runtime import BinaryEngine
+
+    if top_k < 1:
+        raise InferInputError(f"--top-k must be at least 1, got {top_k}")
+    model = PackedModel.load(packed)
+    spec = model.input
+    x, sources = load_inputs(inputs, spec, normalization(spec, mean, std))
+    engine = BinaryEngine(model, threads=threads)
+    preds = predict_topk(engine(x), sources, top_k, spec.class_names)
+    flagged = near_ties(model, engine, x) if ties else [None] * len(preds)
+    rows = [{**p.to_dict(), **({"near_ties": t} if t is not None else {})} for p, t in zip(preds, flagged)]
+    return {"packed": packed, "arch": str(model.arch), "dataset": spec.dataset, "predictions": rows}
+
+
+def format_predictions(result: dict[str, Any]) -> str:
+    """One line per input of a :func:`classify_files` result: its classes with their probabilities, and how
+    many of its binarisations were near ties when there were any."""
+    lines = []
+    for row in result["predictions"]:
+        ranked = "  ".join(f"{c['name']} {100 * c['probability']:.1f}%" for c in row["top"])
+        t = row.get("near_ties")
+        note = f"  ({t['count']} near-tie binarisation(s), first in {t['first_layer']})" if t and t["count"] else ""
+        lines.append(f"{row['input']}: {ranked}{note}")
+    return "\n".join(lines)

@@ -27,10 +27,13 @@ __all__ = [
     "LatencyModel",
     "fit_latency",
     "fit_latency_models",
+    "fit_summary",
+    "format_fit",
     "kendall_tau",
     "latency_cost_fn",
     "measure_latency",
     "rank_correlations",
+    "save_fit",
     "save_models",
     "spearman_rho",
 ]
@@ -384,3 +387,53 @@ def fit_latency_models(space: SearchSpace, *, samples: int = 30, threads: Sequen
     cross = {f"{a}~{b}": kendall_tau([m.total_ms for m in measured[a]], [m.total_ms for m in measured[b]])
              for a, b in itertools.combinations(tlist, 2)}
     return models, {"threads": per, "cross_thread_kendall": cross}
+
+
+# ------------------------------------------------------------------------------------------- reporting
+def save_fit(models: Sequence[LatencyModel], report: dict[str, Any], path: str | Path,
+             report_path: str | Path | None = None) -> None:
+    """Writes the models of :func:`fit_latency_models` to ``path`` and, if asked, its full report (JSON)."""
+    from ..utils.io import atomic_write_text
+
+    save_models(models, path)
+    if report_path:
+        atomic_write_text(Path(report_path), json.dumps(report, indent=2) + "\n")
+
+
+def fit_summary(report: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """The model and rank correlations of the first thread count, those of every thread count, and how the
+    thread counts rank architectures alike: the JSON of ``nasbnn latency fit`` (``path``: the model file)."""
+    per = report["threads"]
+    first = next(iter(per.values()))
+    return {"model": first["model"], "all": first["all"], "held_out": first["held_out"], "out": path,
+            "threads": {t: {k: r[k] for k in ("model", "all", "held_out")} for t, r in per.items()},
+            "cross_thread_kendall": report["cross_thread_kendall"]}
+
+
+def _format_model(space: str, model: LatencyModel, rep: dict[str, Any]) -> list[str]:
+    """The coefficients of one thread count's model and how OPs and the model rank measured latency."""
+    a, ho = rep["all"], rep["held_out"]
+    return [
+        f"space {space!r}: {a['n']} architectures, threads {model.threads}, batch 1",
+        f"latency_ms = {model.a_ms_per_gbop:.4g}·GBOPs + {model.b_ms_per_gflop:.4g}·GFLOPs + "
+        f"{model.c_ms_per_layer:.4g}·layers   (layer R^2 {model.meta['layer_r2']:.3f})",
+        f"one binary MAC costs {model.bop_cost_in_flops:.3g} float MACs here (the OPs model assumes 1/64 = 0.0156)",
+        f"rank correlation with measured latency, all {a['n']}: OPs spearman {a['ops']['spearman']:.3f} "
+        f"kendall {a['ops']['kendall']:.3f}; model spearman {a['model']['spearman']:.3f} "
+        f"kendall {a['model']['kendall']:.3f}",
+        f"held-out half ({ho['n']}, model fitted on the other half): OPs spearman {ho['ops']['spearman']:.3f} "
+        f"kendall {ho['ops']['kendall']:.3f}; model spearman {ho['model']['spearman']:.3f} "
+        f"kendall {ho['model']['kendall']:.3f}, mean |error| {ho['model']['mean_abs_rel_err']:.1%}",
+    ]
+
+
+def format_fit(space: str, models: Sequence[LatencyModel], report: dict[str, Any], path: str | Path) -> str:
+    """:func:`fit_latency_models`' models and report as text, ending with where the models were written."""
+    lines: list[str] = []
+    for model in models:
+        lines += _format_model(space, model, report["threads"][str(model.threads)])
+    for pair, tau in report["cross_thread_kendall"].items():
+        lines.append(f"threads {pair.replace('~', ' vs ')}: measured latencies rank the architectures with Kendall "
+                     f"tau {tau:.3f}")
+    lines.append(f"wrote {path}")
+    return "\n".join(lines)

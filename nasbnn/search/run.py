@@ -11,14 +11,14 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..config import RunConfig
 from ..cost import arch_cost
 from ..errors import NasbnnError, SearchError
 from ..runs import eval_batches, load_supernet, trained_data_config
 from ..space import Arch, SearchSpace
-from ..train.distributed import barrier
+from ..train.distributed import DistInfo, barrier
 from ..utils.io import atomic_write_text, ensure_dir
 from ..utils.metrics import read_jsonl
 from ..utils.seeding import derive_seed
@@ -26,7 +26,10 @@ from .evaluator import SupernetEvaluator
 from .evolution import EvolutionSearch, SearchState
 from .result import REFERENCE_POINTS, Budget, Candidate, write_results
 
-__all__ = ["SearchCost", "SearchSettingsChanged", "run_search", "search_cost"]
+if TYPE_CHECKING:
+    from ..context import RunContext
+
+__all__ = ["SearchCost", "SearchSettingsChanged", "format_search_summary", "run_search", "search_cost"]
 
 _logger = logging.getLogger(__name__)
 
@@ -105,26 +108,11 @@ def _warn_if_not_official_split(state: dict[str, Any], cfg: RunConfig, run_dir: 
         manifest if cfg.data.name == "imagefolder" else f"data.name={cfg.data.name}")
 
 
-def run_search(cfg: RunConfig, *, checkpoint: str | Path, run_dir: str | Path | None = None, resume: bool = False,
-               force: bool = False, progress: bool = True, expect_space: str | None = None) -> dict[str, Any]:
-    """Searches a trained supernet for the best architecture per cost bucket.
-
-    Raises:
-        SearchError: empty/infeasible range, bad step, or existing results without resume/force.
-        CheckpointError: the checkpoint is missing or not a supernet checkpoint.
-    """
-    from ..context import make_context
-
+def _search_meta(cfg: RunConfig, space: SearchSpace, state: dict[str, Any], *, seeds: int,
+                 latency_threads: int | None) -> dict[str, Any]:
+    """The settings written to ``meta.json``: a resumed search must find the same ones (``seeds`` is the
+    size of an imported family that opens the search, 0 for none)."""
     scfg = cfg.search
-    budget = Budget(scfg.budget.min, scfg.budget.max, scfg.budget.step,
-                    "MOPs" if scfg.cost == "ops" else "ms")  # validates before any work
-    ctx = make_context(cfg, run_dir)
-    out = ctx.run_dir / "search"
-    model, state = load_supernet(checkpoint, ctx.device, expect=cfg, expect_space=expect_space)
-    space = model.space
-    cost = search_cost(cfg, space)
-    cost_fn, describe, latency_threads = cost.fn, cost.describe, cost.latency_threads
-    budget.check_feasible(cost_fn(space.smallest()), cost_fn(space.largest()))
     meta = {
         "title": f"NAS-BNN search on {space.name}",
         "space": space.name,
@@ -142,31 +130,51 @@ def run_search(cfg: RunConfig, *, checkpoint: str | Path, run_dir: str | Path | 
         "calib_batch_size": scfg.calib_batch_size,
         "val_images": scfg.val_images,
     }
-    from ..upstream_import import imported_family
-
-    seeds = imported_family(out, space) or []
     if seeds:
-        meta["initial"] = f"imported official family ({len(seeds)} members)"
+        meta["initial"] = f"imported official family ({seeds} members)"
     if latency_threads is not None:  # the engine thread count the latency model was measured at
         meta["latency_threads"] = latency_threads
-    history: list[Candidate] = []
+    return meta
+
+
+def _resumed_history(out: Path, meta: dict[str, Any]) -> list[Candidate]:
+    """The candidates the search in ``out`` evaluated, provided it ran with the settings in ``meta``.
+
+    Raises:
+        SearchError: ``out`` holds no search.
+        SearchSettingsChanged: the search in ``out`` used other settings.
+    """
+    old = json.loads((out / "meta.json").read_text()) if (out / "meta.json").is_file() else None
+    if old is None:
+        raise SearchError(f"cannot resume: no search in {str(out)!r} (meta.json missing)")
+    # More generations continue the same search: generation g depends only on the generations before it.
+    grows = isinstance(old.get("generations"), int) and meta["generations"] >= old["generations"]
+    diff = [k for k in meta if k != "title" and old.get(k) != meta[k] and not (k == "generations" and grows)]
+    if diff:
+        raise SearchSettingsChanged(f"cannot resume: the search in {str(out)!r} used other settings "
+                                    f"({', '.join(diff)})")
+    return [Candidate.from_json(r) for r in read_jsonl(out / "history.jsonl")]
+
+
+def _open_results(out: Path, meta: dict[str, Any], *, resume: bool, force: bool, dist_info: DistInfo,
+                  ) -> list[Candidate]:
+    """Readies the results folder and returns the candidates a resumed search already evaluated.
+
+    Rank 0 writes ``meta.json`` and either empties ``history.jsonl`` and ``generations.jsonl`` or rewrites
+    the resumed history; every rank has read the folder before, and waits for the writes after.
+
+    Raises:
+        SearchError: results exist and neither ``resume`` nor ``force`` is set, or nothing to resume.
+    """
     hist_path = out / "history.jsonl"
+    history: list[Candidate] = []
     if resume:
-        old = json.loads((out / "meta.json").read_text()) if (out / "meta.json").is_file() else None
-        if old is None:
-            raise SearchError(f"cannot resume: no search in {str(out)!r} (meta.json missing)")
-        # More generations continue the same search: generation g depends only on the generations before it.
-        grows = isinstance(old.get("generations"), int) and meta["generations"] >= old["generations"]
-        diff = [k for k in meta if k != "title" and old.get(k) != meta[k] and not (k == "generations" and grows)]
-        if diff:
-            raise SearchSettingsChanged(f"cannot resume: the search in {str(out)!r} used other settings "
-                                        f"({', '.join(diff)})")
-        history = [Candidate.from_json(r) for r in read_jsonl(hist_path)]
+        history = _resumed_history(out, meta)
     elif hist_path.exists() and not force:
         raise SearchError(f"search results already exist in {str(out)!r}; pass --resume to continue or --force "
                           "to start over")
-    barrier(ctx.dist)  # every rank has read the folder before rank 0 writes to it
-    if ctx.dist.is_main:
+    barrier(dist_info)  # every rank has read the folder before rank 0 writes to it
+    if dist_info.is_main:
         ensure_dir(out)
         atomic_write_text(out / "meta.json", json.dumps(meta, indent=2) + "\n")
         if not resume:
@@ -176,14 +184,24 @@ def run_search(cfg: RunConfig, *, checkpoint: str | Path, run_dir: str | Path | 
             atomic_write_text(hist_path, "")
         else:  # drop a line a killed writer may have cut short
             atomic_write_text(hist_path, "".join(json.dumps(c.to_json()) + "\n" for c in history))
+    barrier(dist_info)
+    return history
 
-    barrier(ctx.dist)
-    scfg_cfg, split_seed = trained_data_config(cfg, state)
+
+def _build_evaluator(cfg: RunConfig, model: Any, state: dict[str, Any], ctx: RunContext) -> SupernetEvaluator:
+    """The search's fitness: top-1 on the search-validation split (the first ``search.val_images``) after
+    recalibrating BN on training batches, the split rebuilt as the supernet's run made it.
+
+    Raises:
+        SearchError: the search-validation split is empty.
+    """
     from ..data import build_data
 
-    data = build_data(scfg_cfg.data, resolution=space.resolution, seed=split_seed, run_dir=ctx.run_dir)
+    scfg = cfg.search
+    data_cfg, split_seed = trained_data_config(cfg, state)
+    data = build_data(data_cfg.data, resolution=model.space.resolution, seed=split_seed, run_dir=ctx.run_dir)
     if ctx.dist.is_main:
-        _warn_if_not_official_split(state, scfg_cfg, ctx.run_dir)
+        _warn_if_not_official_split(state, data_cfg, ctx.run_dir)
     if len(data.search_val) == 0:
         raise SearchError("the search-validation split is empty: train the supernet with data.holdout_per_class > 0")
     val_split = data.search_val
@@ -195,60 +213,123 @@ def run_search(cfg: RunConfig, *, checkpoint: str | Path, run_dir: str | Path | 
                                      channels_last=cl, drop_last=False)
     calib = [x for _, (x, _y) in zip(range(scfg.calib_batches), calib_loader)]
     val = eval_batches(val_split, cfg, ctx.device, channels_last=cl)
-    evaluator = SupernetEvaluator(model, calib, val)  # float32 whatever train.amp: as export and eval score
-    search = EvolutionSearch(space, cost_fn=cost_fn, describe_fn=describe,
+    return SupernetEvaluator(model, calib, val)  # float32 whatever train.amp: as export and eval score
+
+
+class _Recorder:
+    """The search's callbacks. Rank 0 appends every evaluated candidate to ``history.jsonl`` as it comes (a
+    killed search loses none) and, per generation, a line to ``generations.jsonl`` and the result files; a
+    progress bar counts generations."""
+
+    def __init__(self, out: Path, *, meta: dict[str, Any], budget: Budget,
+                 reference: Sequence[tuple[float, float, str]], generations: int, resumed: int, main: bool,
+                 progress: bool) -> None:
+        self.out, self.meta, self.budget, self.reference = out, meta, budget, reference
+        self.generations, self.resumed, self.main = generations, resumed, main
+        self.new = 0  # candidates evaluated by this run
+        self._hist = open(out / "history.jsonl", "a") if main else None  # noqa: SIM115 - appended during the search
+        self._bar = None
+        if progress and main:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=generations + 1, unit="gen", desc="search", dynamic_ncols=True)
+
+    def on_candidate(self, c: Candidate) -> None:
+        """Records one newly evaluated candidate."""
+        self.new += 1
+        if self._hist is not None:
+            self._hist.write(json.dumps(c.to_json()) + "\n")
+            self._hist.flush()
+        if self._bar is not None:
+            self._bar.set_postfix(evaluated=self.new + self.resumed, refresh=False)
+
+    def on_generation(self, g: int, st: SearchState) -> None:
+        """Records a completed generation and the results so far (the plot only after the last one)."""
+        if self.main:
+            best = max(st.history, key=lambda c: c.top1)
+            line = {"generation": g, "evaluated": len(st.history), "frontier": len(st.frontier),
+                    "best_top1": best.top1, "best_arch": str(best.arch)}
+            with open(self.out / "generations.jsonl", "a") as f:
+                f.write(json.dumps(line) + "\n")
+            write_results(self.out, frontier=st.frontier, history=st.history, budget=self.budget, meta=self.meta,
+                          reference=self.reference, plot=(g == self.generations))
+        if self._bar is not None:
+            self._bar.update(1)
+
+    def close(self) -> None:
+        """Ends the progress bar and the history file, however the search ended."""
+        if self._bar is not None:
+            self._bar.close()
+        if self._hist is not None:
+            self._hist.close()
+
+
+def _compact_generations(path: Path) -> None:
+    """Keeps one line per generation in ``generations.jsonl`` (a resumed run re-announces generations it
+    replays), the last one written for each."""
+    if not path.exists():
+        return
+    lines = {}
+    for r in read_jsonl(path):
+        lines[r["generation"]] = r
+    atomic_write_text(path, "".join(json.dumps(lines[g]) + "\n" for g in sorted(lines)))
+
+
+def run_search(cfg: RunConfig, *, checkpoint: str | Path, run_dir: str | Path | None = None, resume: bool = False,
+               force: bool = False, progress: bool = True, expect_space: str | None = None) -> dict[str, Any]:
+    """Searches a trained supernet for the best architecture per cost bucket.
+
+    Raises:
+        SearchError: empty/infeasible range, bad step, or existing results without resume/force.
+        CheckpointError: the checkpoint is missing or not a supernet checkpoint.
+    """
+    from ..context import make_context
+    from ..upstream_import import imported_family
+
+    scfg = cfg.search
+    budget = Budget(scfg.budget.min, scfg.budget.max, scfg.budget.step,
+                    "MOPs" if scfg.cost == "ops" else "ms")  # validates before any work
+    ctx = make_context(cfg, run_dir)
+    out = ctx.run_dir / "search"
+    model, state = load_supernet(checkpoint, ctx.device, expect=cfg, expect_space=expect_space)
+    space = model.space
+    cost = search_cost(cfg, space)
+    budget.check_feasible(cost.fn(space.smallest()), cost.fn(space.largest()))
+    seeds = imported_family(out, space) or []
+    meta = _search_meta(cfg, space, state, seeds=len(seeds), latency_threads=cost.latency_threads)
+    history = _open_results(out, meta, resume=resume, force=force, dist_info=ctx.dist)
+    evaluator = _build_evaluator(cfg, model, state, ctx)
+    search = EvolutionSearch(space, cost_fn=cost.fn, describe_fn=cost.describe,
                              evaluate_fn=_distributed_evaluate(evaluator, ctx.dist), budget=budget,
                              population=scfg.population, generations=scfg.generations,
                              num_mutations=scfg.num_mutations, num_crossovers=scfg.num_crossovers,
                              mutate_prob=scfg.mutate_prob, seed=cfg.seed, max_attempts=scfg.max_attempts)
     reference = REFERENCE_POINTS.get(space.name, []) if scfg.cost == "ops" else []
-    hist_file = open(hist_path, "a") if ctx.dist.is_main else None  # noqa: SIM115 - appended during the search
-    bar = None
-    if progress and ctx.dist.is_main:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=scfg.generations + 1, unit="gen", desc="search", dynamic_ncols=True)
-    counter = {"new": 0}
-
-    def on_candidate(c: Candidate) -> None:
-        counter["new"] += 1
-        if hist_file is not None:
-            hist_file.write(json.dumps(c.to_json()) + "\n")
-            hist_file.flush()
-        if bar is not None:
-            bar.set_postfix(evaluated=counter["new"] + len(history), refresh=False)
-
-    def on_generation(g: int, st: SearchState) -> None:
-        if ctx.dist.is_main:
-            best = max(st.history, key=lambda c: c.top1)
-            line = {"generation": g, "evaluated": len(st.history), "frontier": len(st.frontier),
-                    "best_top1": best.top1, "best_arch": str(best.arch)}
-            with open(out / "generations.jsonl", "a") as f:
-                f.write(json.dumps(line) + "\n")
-            write_results(out, frontier=st.frontier, history=st.history, budget=budget, meta=meta,
-                          reference=reference, plot=(g == scfg.generations))
-        if bar is not None:
-            bar.update(1)
-
+    recorder = _Recorder(out, meta=meta, budget=budget, reference=reference, generations=scfg.generations,
+                         resumed=len(history), main=ctx.dist.is_main, progress=progress)
     try:
-        final = search.run(history=history, on_candidate=on_candidate, on_generation=on_generation, seeds=seeds)
+        final = search.run(history=history, on_candidate=recorder.on_candidate,
+                           on_generation=recorder.on_generation, seeds=seeds)
     finally:
-        if bar is not None:
-            bar.close()
-        if hist_file is not None:
-            hist_file.close()
-    if ctx.dist.is_main and (out / "generations.jsonl").exists():
-        # Keep one line per generation (a resumed run re-announces generations it replays).
-        lines = {}
-        for r in read_jsonl(out / "generations.jsonl"):
-            lines[r["generation"]] = r
-        atomic_write_text(out / "generations.jsonl", "".join(json.dumps(lines[g]) + "\n" for g in sorted(lines)))
-    family = sorted(final.frontier.items())
+        recorder.close()
+    if ctx.dist.is_main:
+        _compact_generations(out / "generations.jsonl")
     return {
         "folder": str(out),
         "evaluated": len(final.history),
-        "newly_evaluated": counter["new"],
-        "family": [{"bucket": b, **c.to_json()} for b, c in family],
+        "newly_evaluated": recorder.new,
+        "family": [{"bucket": b, **c.to_json()} for b, c in sorted(final.frontier.items())],
         "pareto": str(out / "pareto.json"),
         "plot": str(out / "pareto.png"),
     }
+
+
+def format_search_summary(res: dict[str, Any]) -> str:
+    """The family table of a :func:`run_search` result, how many architectures it evaluated and where its
+    results are."""
+    from ..utils.table import format_table
+
+    rows = [[f["bucket"], f["mops"], f["top1"], f["arch"]] for f in res["family"]]
+    return "\n".join([format_table(["bucket", "MOPs", "top-1 %", "arch"], rows),
+                      f"evaluated {res['evaluated']} architectures ({res['newly_evaluated']} in this run)",
+                      f"results: {res['pareto']}  plot: {res['plot']}"])
