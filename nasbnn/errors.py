@@ -28,6 +28,11 @@ class ConfigError(NasbnnError):
     """A configuration file or override that does not validate."""
 
 
+class SpaceError(NasbnnError):
+    """A search-space definition that is malformed: an unknown preset, an unreadable file, or stage
+    options and sizes that do not make a consistent space."""
+
+
 class CheckpointError(NasbnnError):
     """A checkpoint, bundle or packed model that cannot be used as asked."""
 
@@ -38,3 +43,8 @@ class DataError(NasbnnError):
 
 class SearchError(NasbnnError):
     """A search request that cannot be satisfied (e.g. an empty OPs range)."""
+
+
+class OutputError(NasbnnError):
+    """An output file or folder that cannot be created or written (a file in the way, a read-only file
+    system, no permission)."""

@@ -9,13 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .errors import NasbnnError
+from .errors import SpaceError
 from .registry import Registry
 from .space import SearchSpace, StageSpec
 
 __all__ = ["create_space", "list_spaces", "load_space_file", "register_space", "resolve_space"]
 
-_SPACES: Registry[SearchSpace] = Registry("search space")
+_SPACES: Registry[SearchSpace] = Registry("search space", error=SpaceError)
 
 
 def register_space(name: str):  # type: ignore[no-untyped-def]
@@ -32,7 +32,7 @@ def create_space(name: str, *, num_classes: int | None = None, resolution: int |
     """The preset ``name``, optionally with another class count, resolution or input channels.
 
     Raises:
-        NasbnnError: unknown name (the message lists the presets).
+        SpaceError: unknown name (the message lists the presets).
     """
     space = _SPACES.create(name)
     if num_classes is None and resolution is None and in_channels is None:
@@ -46,13 +46,13 @@ def load_space_file(path: str | Path) -> SearchSpace:
 
     p = Path(path)
     if not p.is_file():
-        raise NasbnnError(f"search-space file {str(p)!r} does not exist")
+        raise SpaceError(f"search-space file {str(p)!r} does not exist")
     try:
         data: Any = OmegaConf.to_container(OmegaConf.load(p), resolve=True)
     except Exception as exc:  # yaml errors carry several lines; keep the first
-        raise NasbnnError(f"cannot read search-space file {str(p)!r}: {str(exc).splitlines()[0]}") from None
+        raise SpaceError(f"cannot read search-space file {str(p)!r}: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
-        raise NasbnnError(f"search-space file {str(p)!r} must hold a mapping")
+        raise SpaceError(f"search-space file {str(p)!r} must hold a mapping")
     data.setdefault("name", p.stem)
     return SearchSpace.from_dict(data)
 

@@ -15,10 +15,12 @@ class Registry(Generic[T]):
 
     Args:
         kind: what the registry holds, used in error messages ("search space", "dataset", ...).
+        error: the error class an unknown name raises (a :class:`NasbnnError` subclass).
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, *, error: type[NasbnnError] = NasbnnError) -> None:
         self.kind = kind
+        self.error = error
         self._items: dict[str, Callable[..., T]] = {}
 
     def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
@@ -36,13 +38,14 @@ class Registry(Generic[T]):
         """The factory registered as ``name``.
 
         Raises:
-            NasbnnError: ``name`` is unknown; the message lists the registered names.
+            NasbnnError: ``name`` is unknown (of this registry's ``error`` class); the message lists the
+                registered names.
         """
         try:
             return self._items[name]
         except KeyError:
             valid = ", ".join(sorted(self._items))
-            raise NasbnnError(f"unknown {self.kind} {name!r}; valid: {valid}") from None
+            raise self.error(f"unknown {self.kind} {name!r}; valid: {valid}") from None
 
     def create(self, name: str, *args: object, **kwargs: object) -> T:
         return self.get(name)(*args, **kwargs)

@@ -18,7 +18,7 @@ from functools import cached_property
 from random import Random
 from typing import Any, NamedTuple
 
-from .errors import InvalidArch, NasbnnError
+from .errors import InvalidArch, SpaceError
 
 __all__ = [
     "Arch",
@@ -202,14 +202,14 @@ class StageSpec:
             try:
                 vals = tuple(sorted({int(v) for v in raw}))
             except (TypeError, ValueError):
-                raise NasbnnError(f"stage option {name} must be a list of integers, got {raw!r}") from None
+                raise SpaceError(f"stage option {name} must be a list of integers, got {raw!r}") from None
             if not vals or vals[0] < 1:
-                raise NasbnnError(f"stage option {name} must be a non-empty list of positive integers")
+                raise SpaceError(f"stage option {name} must be a non-empty list of positive integers")
             object.__setattr__(self, name, vals)
         if any(k % 2 == 0 for k in self.kernel_sizes):
-            raise NasbnnError(f"kernel sizes must be odd, got {list(self.kernel_sizes)}")
+            raise SpaceError(f"kernel sizes must be odd, got {list(self.kernel_sizes)}")
         if self.stride not in (1, 2):
-            raise NasbnnError(f"stage stride must be 1 or 2, got {self.stride}")
+            raise SpaceError(f"stage stride must be 1 or 2, got {self.stride}")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -256,7 +256,7 @@ class SearchSpace:
         resolution: default input resolution (the models do not bake it in).
 
     Raises:
-        NasbnnError: the stage table is inconsistent (the message names the problem).
+        SpaceError: the stage table is inconsistent (the message names the problem).
     """
 
     def __init__(
@@ -274,12 +274,12 @@ class SearchSpace:
         self.num_classes = int(num_classes)
         self.resolution = int(resolution)
         if len(self.stages) < 2:
-            raise NasbnnError("a search space needs the stem stage and at least one block stage")
+            raise SpaceError("a search space needs the stem stage and at least one block stage")
         if self.stages[0].depths != (1,):
-            raise NasbnnError(f"the stem stage (stage 0) must have depth options [1], got "
+            raise SpaceError(f"the stem stage (stage 0) must have depth options [1], got "
                               f"{list(self.stages[0].depths)}")
         if self.in_channels < 1 or self.num_classes < 1 or self.resolution < 1:
-            raise NasbnnError("in_channels, num_classes and resolution must be positive")
+            raise SpaceError("in_channels, num_classes and resolution must be positive")
         self._block_tables = self._build_tables()
         # stage -> input width -> per width option: the legal blocks (fast path of ``sample``).
         self._sample_tables: list[dict[int, tuple[tuple[BlockArch, ...], ...]]] = [
@@ -291,7 +291,7 @@ class SearchSpace:
         for label, arch in (("largest", largest), ("smallest", smallest)):
             problems = self.check(arch)
             if problems:
-                raise NasbnnError(f"search space {name!r}: its {label} member is invalid: {problems[0][1]}")
+                raise SpaceError(f"search space {name!r}: its {label} member is invalid: {problems[0][1]}")
 
     # ------------------------------------------------------------------ description
     def to_dict(self) -> dict[str, Any]:
@@ -308,24 +308,24 @@ class SearchSpace:
         """Builds a space from :meth:`to_dict` output (e.g. read from a config file).
 
         Raises:
-            NasbnnError: missing or unknown keys.
+            SpaceError: missing or unknown keys.
         """
         allowed = {"name", "in_channels", "num_classes", "resolution", "stages"}
         extra = set(data) - allowed
         if extra:
-            raise NasbnnError(f"unknown search-space keys {sorted(extra)}; valid: {sorted(allowed)}")
+            raise SpaceError(f"unknown search-space keys {sorted(extra)}; valid: {sorted(allowed)}")
         if "stages" not in data:
-            raise NasbnnError("a search-space definition needs 'stages'")
+            raise SpaceError("a search-space definition needs 'stages'")
         stage_keys = {"widths", "depths", "kernel_sizes", "groups", "pw_groups", "stride"}
         stages = []
         for i, st in enumerate(data["stages"]):
             if not isinstance(st, Mapping):
-                raise NasbnnError(f"stage {i} must be a mapping with keys {sorted(stage_keys)}")
+                raise SpaceError(f"stage {i} must be a mapping with keys {sorted(stage_keys)}")
             bad = set(st) - stage_keys
             if bad:
-                raise NasbnnError(f"stage {i}: unknown keys {sorted(bad)}; valid: {sorted(stage_keys)}")
+                raise SpaceError(f"stage {i}: unknown keys {sorted(bad)}; valid: {sorted(stage_keys)}")
             if "widths" not in st:
-                raise NasbnnError(f"stage {i}: 'widths' is required")
+                raise SpaceError(f"stage {i}: 'widths' is required")
             stages.append(StageSpec(**{k: (tuple(v) if isinstance(v, (list, tuple)) else v)
                                        for k, v in st.items()}))
         return cls(
@@ -456,7 +456,7 @@ class SearchSpace:
                 lo = wi
                 choices = by_width[wi]
                 if not choices:
-                    raise NasbnnError(f"stage {s}: no kernel/groups option divides {in_ch} channels")
+                    raise SpaceError(f"stage {s}: no kernel/groups option divides {in_ch} channels")
                 block = choices[int(rand() * len(choices))]
                 blocks.append(block)
                 in_ch = block.width
@@ -474,7 +474,7 @@ class SearchSpace:
             for _ in range(depth):
                 choices = self._choices(s, in_ch, width)
                 if not choices:
-                    raise NasbnnError(f"stage {s}: no groups option divides {in_ch} channels")
+                    raise SpaceError(f"stage {s}: no groups option divides {in_ch} channels")
                 # Capacity order: larger kernels and *fewer* groups mean more compute.
                 blocks.append(max(choices, key=_capacity) if big else min(choices, key=_capacity))
                 in_ch = width

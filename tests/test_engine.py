@@ -470,7 +470,7 @@ def test_latency_model_recovers_coefficients(tmp_path):
     (tmp_path / "bad.json").write_text("{\"format\": \"other\"}")
     with pytest.raises(CheckpointError, match="not a latency model"):
         LatencyModel.load(tmp_path / "bad.json")
-    with pytest.raises(NasbnnError):
+    with pytest.raises(NasbnnError, match="at least 3 finite rows"):
         LatencyModel.fit([[1.0, 2.0, 3.0]])
     # One file, one model per engine thread count: chosen by thread count, never guessed.
     from nasbnn.engine.latency import save_models

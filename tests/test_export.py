@@ -1,4 +1,8 @@
+import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,6 +12,8 @@ from nasbnn.errors import InvalidArch
 from nasbnn.export import export_subnet
 from nasbnn.models import StaticBNN, SuperBNN
 from nasbnn.presets import create_space, list_spaces
+
+REPO = Path(__file__).resolve().parents[1]
 
 # ImageNet-size members are checked at 64x64 (the models take any resolution) to keep CPU time low.
 RES = {"imagenet": 64, "cifar": 32, "fashion-mnist": 28, "tiny": 16}
@@ -62,3 +68,13 @@ def test_export_rejects_foreign_arch(tiny_space):
     net = SuperBNN(tiny_space)
     with pytest.raises(InvalidArch):
         export_subnet(net, create_space("imagenet").largest())
+
+
+def test_models_export_without_the_export_module():
+    # The layers export themselves: the supernet builds its StaticBNN without importing nasbnn.export.
+    code = ("import sys; from nasbnn.models import SuperBNN; from nasbnn.presets import create_space; "
+            "net = SuperBNN(create_space('tiny')); print(type(net.export()).__name__, 'nasbnn.export' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["StaticBNN", "False"]

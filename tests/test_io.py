@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from nasbnn.errors import NasbnnError
+from nasbnn.errors import OutputError
 from nasbnn.utils.io import atomic_write_bytes, atomic_write_text, ensure_dir, umask
 
 
@@ -36,21 +36,21 @@ def test_written_files_follow_the_umask(tmp_path, restore_umask, mask, mode):
 def test_a_file_where_a_folder_belongs(tmp_path):
     blocker = tmp_path / "out"
     blocker.write_text("keep me")
-    with pytest.raises(NasbnnError, match="is a file, not a folder"):
+    with pytest.raises(OutputError, match="is a file, not a folder"):
         ensure_dir(blocker / "run")
-    with pytest.raises(NasbnnError, match="is a file, not a folder"):
+    with pytest.raises(OutputError, match="is a file, not a folder"):
         atomic_write_text(blocker / "x.json", "{}")
     assert blocker.read_text() == "keep me"
 
 
 def test_a_folder_where_a_file_belongs(tmp_path):
     (tmp_path / "model.bin").mkdir()
-    with pytest.raises(NasbnnError, match="it is a folder"):
+    with pytest.raises(OutputError, match="it is a folder"):
         atomic_write_bytes(tmp_path / "model.bin", b"x")
     assert list(tmp_path.iterdir()) == [tmp_path / "model.bin"]
 
 
 @pytest.mark.skipif(not os.path.isdir("/sys/kernel"), reason="needs Linux sysfs")
 def test_a_folder_on_a_virtual_file_system():
-    with pytest.raises(NasbnnError, match="cannot be created"):
+    with pytest.raises(OutputError, match="cannot be created"):
         ensure_dir("/sys/nasbnn-out/run")

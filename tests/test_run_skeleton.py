@@ -9,7 +9,7 @@ import torch
 
 from nasbnn.config import RunConfig
 from nasbnn.data.base import EpochPlan
-from nasbnn.errors import DataError, NasbnnError
+from nasbnn.errors import CheckpointError, DataError, OutputError
 from nasbnn.presets import create_space
 from nasbnn.train.run import Cadence, TrainingDiverged, TrainingRun, check_finite
 from nasbnn.utils.metrics import read_jsonl
@@ -113,10 +113,10 @@ def test_a_split_smaller_than_one_batch(tmp_path):
 
 
 def test_resume_without_a_checkpoint_and_a_file_in_the_way(tmp_path):
-    with pytest.raises(NasbnnError, match="cannot resume: no checkpoint"):
+    with pytest.raises(CheckpointError, match="cannot resume: no checkpoint"):
         TrainingRun(tmp_path / "nothing", RunConfig(), resume=True)
     (tmp_path / "file").write_text("x")
-    with pytest.raises(NasbnnError, match="is a file, not a folder"):
+    with pytest.raises(OutputError, match="is a file, not a folder"):
         TrainingRun(tmp_path / "file", RunConfig())
     assert (tmp_path / "file").read_text() == "x"
 

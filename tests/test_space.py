@@ -3,7 +3,7 @@ import random
 import pytest
 
 from nasbnn.cost import arch_cost
-from nasbnn.errors import InvalidArch, NasbnnError
+from nasbnn.errors import InvalidArch, SpaceError
 from nasbnn.presets import create_space, list_spaces, resolve_space
 from nasbnn.space import Arch, BlockArch, SearchSpace, StageArch, StageSpec
 
@@ -143,7 +143,7 @@ def test_malformed_strings(bad):
 
 
 def test_unknown_preset_lists_valid_names():
-    with pytest.raises(NasbnnError, match="valid: cifar, fashion-mnist, imagenet, tiny"):
+    with pytest.raises(SpaceError, match="unknown search space 'resnet'; valid: cifar, fashion-mnist, imagenet, tiny"):
         create_space("resnet")
 
 
@@ -157,7 +157,7 @@ def test_space_from_file_round_trip(tmp_path):
     assert loaded == space
     assert loaded.fingerprint == space.fingerprint
     (tmp_path / "bad.yaml").write_text("stages: [{widths: [4], depth: [1]}]\n")
-    with pytest.raises(NasbnnError, match="unknown keys"):
+    with pytest.raises(SpaceError, match=r"stage 0: unknown keys \['depth'\]"):
         resolve_space(str(tmp_path / "bad.yaml"))
 
 
@@ -170,7 +170,7 @@ def test_fingerprint_changes_with_structure():
 
 
 def test_space_definition_errors():
-    with pytest.raises(NasbnnError, match="stem"):
+    with pytest.raises(SpaceError, match=r"the stem stage \(stage 0\) must have depth options \[1\]"):
         SearchSpace("x", [StageSpec(widths=(4,), depths=(1, 2)), StageSpec(widths=(4,))])
-    with pytest.raises(NasbnnError, match="odd"):
+    with pytest.raises(SpaceError, match=r"kernel sizes must be odd, got \[2\]"):
         StageSpec(widths=(4,), kernel_sizes=(2,))

@@ -14,7 +14,7 @@ import torch
 
 from nasbnn.cli import main
 from nasbnn.config import RunConfig, load_config
-from nasbnn.errors import CheckpointError, NasbnnError
+from nasbnn.errors import CheckpointError
 from nasbnn.train.checkpoint import load_checkpoint
 from nasbnn.train.supernet import TrainingDiverged, train_supernet
 
@@ -172,5 +172,5 @@ def test_resume_requires_matching_space(tmp_path):
     cfg = tiny_cfg(tmp_path / "s")
     train_supernet(cfg, progress=False, max_steps=2)
     other = tiny_cfg(tmp_path / "s", "data.synthetic.num_classes=7")
-    with pytest.raises(NasbnnError):
+    with pytest.raises(CheckpointError, match=r"was trained on search space 'tiny' \(fingerprint \w+\), not on"):
         train_supernet(other, progress=False, resume=True)

@@ -36,6 +36,16 @@ class Stem(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.act(self.bn(self.conv(x)))
 
+    def static(self, in_channels: int) -> Stem:
+        """This stem's active configuration as exact-size static layers for ``in_channels`` inputs.
+
+        Each layer builds its own static counterpart (the supernet's elastic and shared layers define
+        ``static``); the BN and activation take the conv's active output width.
+        """
+        conv = self.conv.static(in_channels)
+        width = conv.out_channels
+        return Stem(conv, self.bn.static(width), self.act.static(width))
+
 
 class BinaryBlock(nn.Module):
     """ReActNet-style block with a grouped K×K binary conv and a 1×1 binary conv.
@@ -69,6 +79,27 @@ class BinaryBlock(nn.Module):
             return out2
         out1 = self.rprelu1(shortcut_add(self.bn1(self.conv_kxk(self.rsign1(x))), x))
         return self.rprelu2(shortcut_add(self.bn2(self.conv_1x1(self.rsign2(out1))), out1))
+
+    def static(self, in_channels: int) -> BinaryBlock:
+        """This block's active configuration as exact-size static layers for ``in_channels`` inputs.
+
+        Each layer builds its own static counterpart (the supernet's elastic and shared layers define
+        ``static``): the K×K half keeps ``in_channels``, the 1×1 half ends at the 1×1 conv's active
+        width. The copy runs module by module (no fusion), whatever this block's ``fused`` is.
+        """
+        c = in_channels
+        conv_1x1 = self.conv_1x1.static(c)
+        width = conv_1x1.out_channels
+        return BinaryBlock(
+            rsign1=self.rsign1.static(c),
+            conv_kxk=self.conv_kxk.static(c),
+            bn1=self.bn1.static(c),
+            rprelu1=self.rprelu1.static(c),
+            rsign2=self.rsign2.static(c),
+            conv_1x1=conv_1x1,
+            bn2=self.bn2.static(width),
+            rprelu2=self.rprelu2.static(width),
+        )
 
 
 def pool_features(x: Tensor) -> Tensor:

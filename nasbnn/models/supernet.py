@@ -19,6 +19,7 @@ from ..ops.elastic import ElasticBinaryConv2d, ElasticLinear, ElasticQConv2d, Pr
 from ..ops.layers import RPReLU, RSign, SharedBatchNorm2d
 from ..space import Arch, SearchSpace
 from .blocks import BinaryBlock, Stem, pool_features
+from .static import StaticBNN
 
 __all__ = ["SuperBNN"]
 
@@ -173,11 +174,24 @@ class SuperBNN(nn.Module):
             in_ch = b.width
         return total
 
-    def export(self, arch: Arch | str | None = None) -> nn.Module:
-        """A standalone :class:`StaticBNN` of ``arch`` (default: the active one); see ``export_subnet``."""
-        from ..export import export_subnet
+    @torch.no_grad()
+    def export(self, arch: Arch | str | None = None) -> StaticBNN:
+        """A standalone :class:`StaticBNN` holding this supernet's weights for ``arch`` (default: the active one).
 
-        return export_subnet(self, self._arch if arch is None else arch)
+        Each active block (the stem first), then the classifier, builds its exact-size static counterpart
+        (``static``): weights are copied after slicing, the kernel transform, group windowing and, for
+        binary convs, the Bi-Transformation when the supernet has it. In eval mode the result computes this
+        supernet's logits for ``arch``. It is in the supernet's train/eval mode, on its device, and shares no
+        storage with it; the supernet's active architecture and weights are unchanged.
+
+        Raises:
+            InvalidArch: ``arch`` is not a member of the space (the width order is not enforced).
+        """
+        with self.use_arch(self._arch if arch is None else arch, nondecreasing=False):
+            geo = self.space.geometry(self._arch)
+            stem, *blocks = (m.static(g.in_channels) for g, m in zip(geo, self._active))
+            net = StaticBNN(self.space, self._arch, stem, blocks, self.classifier.static(self._arch.final_width))
+        return net.train(self.training)
 
     def extra_repr(self) -> str:
         off = [k for k in ("bi_transformation", "weight_norm") if not getattr(self, k)]

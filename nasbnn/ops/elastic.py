@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layers import (
+    BinaryConv2d,
+    QConv2d,
     binarize_weight,
     lsq_init_step,
     lsq_quantize_weight,
@@ -121,6 +123,18 @@ class ElasticBinaryConv2d(_ElasticConvBase):
         w_norm = prepare_weight(self.latent_filter(in_channels, binary=True), self.weight_norm)
         return weight_distillation_term(w_norm, binarize_weight(w_norm))
 
+    @torch.no_grad()
+    def static(self, in_channels: int) -> BinaryConv2d:
+        """The active configuration as a :class:`BinaryConv2d` for ``in_channels`` inputs.
+
+        Its weight is a copy of the binary path's latent filter, the Bi-Transformation already applied,
+        so the static conv computes the students' weights with no K²×K² matrix; it keeps this conv's
+        stride, groups and Weight Normalization switch. The copy is in the contiguous layout whatever
+        the supernet's memory format.
+        """
+        w = self.latent_filter(in_channels, binary=True).contiguous()
+        return BinaryConv2d(w, stride=self.stride, groups=self.groups, weight_norm=self.weight_norm)
+
 
 class ElasticQConv2d(_ElasticConvBase):
     """8-bit LSQ conv on a full-precision input (the stem), with per-filter learnable steps."""
@@ -136,6 +150,14 @@ class ElasticQConv2d(_ElasticConvBase):
         w = self.active_filter(x.shape[1])
         return self._conv(x, lsq_quantize_weight(w, self.step_size[: w.shape[0]]))
 
+    @torch.no_grad()
+    def static(self, in_channels: int) -> QConv2d:
+        """The active configuration as a :class:`QConv2d` for ``in_channels`` inputs: copies of the
+        active filter (contiguous, whatever the supernet's memory format) and of its filters' step sizes,
+        with this conv's stride and groups."""
+        w = self.active_filter(in_channels).contiguous()
+        return QConv2d(w, self.step_size[: self.out_channels], stride=self.stride, groups=self.groups)
+
 
 class ElasticLinear(nn.Module):
     """Full-precision classifier reading the first C input features."""
@@ -150,3 +172,15 @@ class ElasticLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.weight[:, : x.shape[1]].contiguous(), self.bias)
+
+    @torch.no_grad()
+    def static(self, in_features: int) -> nn.Linear:
+        """A plain ``nn.Linear`` on the first ``in_features`` features, on this layer's device.
+
+        It is allocated uninitialised and then copied into, so building it draws nothing from the global
+        RNG (``nn.Linear``'s own initialisation would).
+        """
+        out = nn.Linear(in_features, self.weight.shape[0], device="meta").to_empty(device=self.weight.device)
+        out.weight.copy_(self.weight[:, :in_features])
+        out.bias.copy_(self.bias)
+        return out

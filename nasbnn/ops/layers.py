@@ -47,6 +47,13 @@ class RSign(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return approx_sign(x + self.shift[:, : x.shape[1]])
 
+    @torch.no_grad()
+    def static(self, channels: int) -> RSign:
+        """An exact-size copy for ``channels`` channels: the first shifts, on this layer's device."""
+        out = RSign(channels).to(self.shift.device)
+        out.shift.copy_(self.shift[:, :channels])
+        return out
+
 
 class RPReLU(nn.Module):
     """ReActNet's RPReLU: shift, per-channel PReLU (slope 0.25 at init), shift."""
@@ -61,6 +68,15 @@ class RPReLU(nn.Module):
         c = x.shape[1]
         x = F.prelu(x + self.shift_in[:, :c], self.slope[:c])
         return x + self.shift_out[:, :c]
+
+    @torch.no_grad()
+    def static(self, channels: int) -> RPReLU:
+        """An exact-size copy for ``channels`` channels: the first shifts and slopes, on this layer's device."""
+        out = RPReLU(channels).to(self.slope.device)
+        out.shift_in.copy_(self.shift_in[:, :channels])
+        out.slope.copy_(self.slope[:channels])
+        out.shift_out.copy_(self.shift_out[:, :channels])
+        return out
 
 
 class SharedBatchNorm2d(nn.Module):
@@ -97,6 +113,22 @@ class SharedBatchNorm2d(nn.Module):
             x, self.running_mean[:c], self.running_var[:c], self.weight[:c], self.bias[:c],
             self.training, factor, self.eps,
         )
+
+    @torch.no_grad()
+    def static(self, channels: int) -> nn.BatchNorm2d:
+        """A plain ``nn.BatchNorm2d`` of ``channels`` channels: the first affine parameters and running
+        statistics, the same eps, on this layer's device, with no batches counted.
+
+        A cumulative average (``momentum=None``, as set for BN recalibration) becomes ``nn.BatchNorm2d``'s
+        default momentum of 0.1, so training the static network keeps a moving average.
+        """
+        momentum = 0.1 if self.momentum is None else self.momentum
+        out = nn.BatchNorm2d(channels, eps=self.eps, momentum=momentum, device=self.weight.device)
+        out.weight.copy_(self.weight[:channels])
+        out.bias.copy_(self.bias[:channels])
+        out.running_mean.copy_(self.running_mean[:channels])
+        out.running_var.copy_(self.running_var[:channels])
+        return out
 
 
 def match_residual(residual: Tensor, like: Tensor) -> Tensor:

@@ -31,7 +31,7 @@ import torch
 from pydantic import BaseModel
 
 from ..data.base import require_one_batch
-from ..errors import NasbnnError
+from ..errors import CheckpointError, NasbnnError
 from ..space import SearchSpace
 from ..utils.io import atomic_write_text, ensure_dir
 from ..utils.metrics import MetricsWriter, Throughput, step_record
@@ -158,8 +158,8 @@ class TrainingRun:
         progress: show a progress bar (rank 0).
 
     Raises:
-        NasbnnError: the folder cannot be used (a file in the way, read-only, ...), or ``resume`` without
-            a checkpoint.
+        OutputError: the folder cannot be used (a file in the way, read-only, ...).
+        CheckpointError: ``resume`` without a checkpoint.
     """
 
     def __init__(self, folder: str | Path, config: BaseModel, *, dist: DistInfo | None = None,
@@ -172,7 +172,7 @@ class TrainingRun:
         self.desc = desc
         self.checkpoint_path = self.folder / CHECKPOINT_NAME
         if resume and not self.checkpoint_path.is_file():
-            raise NasbnnError(f"cannot resume: no checkpoint in {str(self.folder)!r} (expected {CHECKPOINT_NAME})")
+            raise CheckpointError(f"cannot resume: no checkpoint in {str(self.folder)!r} (expected {CHECKPOINT_NAME})")
         if self.dist.is_main:
             ensure_dir(self.folder, what="run folder")
             remove_stale_temporaries(self.folder)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..config import RunConfig
-from ..errors import InvalidArch, NasbnnError
+from ..errors import CheckpointError, InvalidArch
 from ..space import Arch, SearchSpace
 from ..utils.seeding import derive_seed
 from .finetune import finish_network
@@ -60,7 +60,8 @@ def train_arch(cfg: RunConfig, arch: str | Arch, *, run_dir: str | Path | None =
 
     Raises:
         InvalidArch: ``arch`` is not in the configured space.
-        CheckpointError: ``resume`` from a checkpoint of other strategy switches or another space.
+        CheckpointError: ``resume`` from a checkpoint of another architecture, other strategy switches or
+            another space.
     """
     from ..context import build_data_and_space, make_context, move_model
     from ..strategies import check_strategies, strategies_from_config, strategies_from_record
@@ -83,7 +84,7 @@ def train_arch(cfg: RunConfig, arch: str | Arch, *, run_dir: str | Path | None =
     state = run.load(CHECKPOINT_KIND, space)
     if state is not None:
         if state.get("extra", {}).get("arch") != str(parsed):
-            raise NasbnnError(f"cannot resume: the checkpoint trains {state['extra'].get('arch')!r}, "
+            raise CheckpointError(f"cannot resume: the checkpoint trains {state['extra'].get('arch')!r}, "
                               f"not {str(parsed)!r}")
         check_strategies(strategies_from_record(state.get("config")), strategies_from_config(cfg), "the checkpoint")
     run.start(recipe, state)

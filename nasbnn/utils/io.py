@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..errors import NasbnnError
+from ..errors import NasbnnError, OutputError
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "ensure_dir", "read_json", "umask"]
 
@@ -36,20 +36,20 @@ def umask() -> int:
 
 
 def ensure_dir(path: str | Path, *, what: str = "output folder") -> Path:
-    """Creates ``path`` (and its parents) as a folder, or raises a one-line :class:`NasbnnError` saying why
+    """Creates ``path`` (and its parents) as a folder, or raises a one-line :class:`OutputError` saying why
     it cannot be used: a file is in the way, the file system is read-only, permission is denied."""
     p = Path(path)
     for part in (p, *p.parents):
         if part.exists() and not part.is_dir():
-            raise NasbnnError(f"{what} {str(p)!r} cannot be created: {str(part)!r} is a file, not a folder")
+            raise OutputError(f"{what} {str(p)!r} cannot be created: {str(part)!r} is a file, not a folder")
     try:
         p.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         reason = {errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
                   errno.EPERM: "operation not permitted", errno.ENOSPC: "no space left"}.get(exc.errno or 0)
-        raise NasbnnError(f"{what} {str(p)!r} cannot be created: {reason or exc.strerror or exc}") from None
+        raise OutputError(f"{what} {str(p)!r} cannot be created: {reason or exc.strerror or exc}") from None
     if not os.access(p, os.W_OK | os.X_OK):
-        raise NasbnnError(f"{what} {str(p)!r} is not writable")
+        raise OutputError(f"{what} {str(p)!r} is not writable")
     return p
 
 
@@ -60,7 +60,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
-        raise NasbnnError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
+        raise OutputError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -68,7 +68,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             os.fchmod(f.fileno(), 0o666 & ~umask())
             os.fsync(f.fileno())
         if path.is_dir():
-            raise NasbnnError(f"cannot write {str(path)!r}: it is a folder")
+            raise OutputError(f"cannot write {str(path)!r}: it is a folder")
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
