@@ -163,6 +163,18 @@ def test_tiny_every_dimension_and_thread_counts():
     assert np.array_equal(engine(x, threads=1), engine(x, threads=2))
 
 
+def test_engine_reused_across_sizes_gives_the_logits_of_a_fresh_one():
+    """Layer launches are kept per input size and thread count; growing work buffers must not leave any of
+    them on an old buffer: a small input after a larger one (and the reverse) gives a fresh engine's logits."""
+    space = create_space("tiny")
+    packed = pack_model(export_subnet(supernet("tiny"), space.largest()).eval())
+    engine = BinaryEngine(packed)
+    inputs = [images(space, b, h, seed=b + h) for b, h in ((2, 9), (2, 16), (1, 12), (2, 9), (1, 16), (2, 16))]
+    for threads in (1, 2, 1):
+        for x in inputs:
+            assert np.array_equal(engine(x, threads=threads), BinaryEngine(packed)(x, threads=threads))
+
+
 def test_schedule_splits_small_maps_by_channels():
     """Plans cover every channel once, at legal bounds; small maps get balanced channel splits."""
     from nasbnn.engine.schedule import _job_costs, _makespan, channel_bounds, plan_layer
