@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..cost import LayerKind
 from ..errors import NasbnnError
 from ..space import conv_out_size
 from . import kernels as K
@@ -58,7 +59,7 @@ class LayerTiming:
     """Wall time of one engine layer of one call."""
 
     name: str
-    kind: str
+    kind: LayerKind
     seconds: float
 
 
@@ -78,7 +79,7 @@ class _Launch:
     """
 
     name: str
-    kind: str
+    kind: LayerKind
     kernel: Callable[..., Any]
     args: tuple[Any, ...]  # after the input, records as plain tuples (see kernels.plain_args)
     key: str  # of the work buffers it writes ("0" or "1")
@@ -374,7 +375,7 @@ class BinaryEngine:
         head = K.pool_classify if self._parallel(threads, self._cls_w.size * b_) else K.pool_classify_serial
         head(last.out, b_, last.shape[1] * last.shape[2], self._cls_w, self._cls_b, logits)
         if timings is not None:
-            timings.append(LayerTiming("classifier", "fp linear", clock() - t0))
+            timings.append(LayerTiming("classifier", LayerKind.FP_LINEAR, clock() - t0))
         return logits
 
     # ------------------------------------------------------------------ helpers
@@ -420,14 +421,14 @@ class BinaryEngine:
             plan = self._plan(i, b_ * geo.ho * geo.wo, threads)
             kernel = K.bconv_forward if plan.parallel else K.bconv_forward_serial
             short = K.Shortcut(res, is_kxk and u.s != 1, u.rix, u.rsame)
-            program.append(self._launch(u.name, "binary conv", kernel, (u.weights,), geo, plan,
+            program.append(self._launch(u.name, LayerKind.BINARY_CONV, kernel, (u.weights,), geo, plan,
                                         key="1" if prev.key == "0" else "0", short=short,
                                         nxt=units[i + 1] if i + 1 < len(units) else None, offsets=u.pack_offsets))
             if not is_kxk:
                 block_input = program[-1].out.reshape(program[-1].shape)
         return program
 
-    def _launch(self, name: str, kind: str, kernel: Callable[..., Any], weights: tuple[Any, ...],
+    def _launch(self, name: str, kind: LayerKind, kernel: Callable[..., Any], weights: tuple[Any, ...],
                 geo: K.ConvGeometry, plan: Plan, *, key: str, short: K.Shortcut | None, nxt: _Unit | None,
                 offsets: tuple[np.ndarray, np.ndarray]) -> _Launch:
         """One layer's launch writing work buffers ``key`` and packing for ``nxt`` (None: the last layer).
