@@ -18,12 +18,13 @@ from __future__ import annotations
 import math
 import weakref
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Literal
 
 from .errors import NasbnnError
 from .space import Arch, BlockArch, SearchSpace, conv_out_size
 
-__all__ = ["BOPS_PER_OP", "CONVENTIONS", "Cost", "LayerCost", "arch_cost", "layer_costs"]
+__all__ = ["BOPS_PER_OP", "CONVENTIONS", "Cost", "LayerCost", "LayerKind", "arch_cost", "layer_costs"]
 
 #: One binary MAC counts as 1/64 of a float MAC (Bi-Real Net / ReActNet / NAS-BNN convention).
 BOPS_PER_OP = 64
@@ -67,12 +68,28 @@ class Cost:
         return {"mflops": self.mflops, "mbops": self.mbops, "mops": self.mops}
 
 
+class LayerKind(str, Enum):
+    """What a counted or timed layer computes. The value is the text of tables and JSON files.
+
+    A ``str`` subclass: members equal, hash, print and serialise as their value, so files written with
+    the plain strings read the same, and ``LayerKind(text)`` rejects a kind that does not exist.
+    """
+
+    INT8_CONV = "int8 conv"
+    BINARY_CONV = "binary conv"
+    FP_CONV = "fp conv"
+    FP_LINEAR = "fp linear"
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
 @dataclass(frozen=True, slots=True)
 class LayerCost:
-    """One counted layer, for tables."""
+    """One counted layer, for tables. ``kind`` may be given as its text; it is stored as a :class:`LayerKind`."""
 
     name: str
-    kind: str  # "int8 conv", "binary conv", "fp conv", "fp linear"
+    kind: LayerKind
     in_channels: int
     out_channels: int
     kernel_size: int
@@ -80,6 +97,10 @@ class LayerCost:
     stride: int
     out_resolution: int
     cost: Cost
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.kind, LayerKind):
+            object.__setattr__(self, "kind", LayerKind(self.kind))
 
 
 def _check_convention(convention: str) -> None:
@@ -108,20 +129,20 @@ def layer_costs(arch: Arch, space: SearchSpace, resolution: int | None = None,
     for g in space.geometry(arch, resolution):
         b = g.block
         if g.stage == 0:
-            kind = "int8 conv" if convention == "upstream" else "fp conv"
+            kind = LayerKind.INT8_CONV if convention == "upstream" else LayerKind.FP_CONV
             rows.append(LayerCost("stem.conv", kind, g.in_channels, b.width, b.kernel_size, b.groups, g.stride,
                                   g.out_resolution,
                                   Cost(_stem_flops(g.in_channels, b, g.out_resolution, convention), 0.0)))
             continue
         kxk, pw = _block_bops(g.in_channels, b, g.out_resolution)
         prefix = f"stage{g.stage}.block{g.index}"
-        rows.append(LayerCost(f"{prefix}.conv{b.kernel_size}x{b.kernel_size}", "binary conv", g.in_channels,
+        rows.append(LayerCost(f"{prefix}.conv{b.kernel_size}x{b.kernel_size}", LayerKind.BINARY_CONV, g.in_channels,
                               g.in_channels, b.kernel_size, b.groups, g.stride, g.out_resolution,
                               Cost(0.0, float(kxk))))
-        rows.append(LayerCost(f"{prefix}.conv1x1", "binary conv", g.in_channels, b.width, 1, b.pw_groups, 1,
+        rows.append(LayerCost(f"{prefix}.conv1x1", LayerKind.BINARY_CONV, g.in_channels, b.width, 1, b.pw_groups, 1,
                               g.out_resolution, Cost(0.0, float(pw))))
     c = arch.final_width
-    rows.append(LayerCost("classifier", "fp linear", c, space.num_classes, 1, 1, 1, 1,
+    rows.append(LayerCost("classifier", LayerKind.FP_LINEAR, c, space.num_classes, 1, 1, 1, 1,
                           Cost(float(space.num_classes * (c + 1)), 0.0)))
     return rows
 

@@ -101,3 +101,23 @@ def test_memoized_and_conventions():
     # The FP-stem count adds about 14 M OPs to the largest ImageNet member (stem 48 channels).
     diff = arch_cost(a, space, convention="standard").mops - arch_cost(a, space).mops
     assert 13 < diff < 15
+
+
+def test_layer_kinds_are_typed_and_keep_their_text():
+    """Layer kinds are LayerKind members whose text is what tables and JSON show; a misspelt kind is an error."""
+    import json
+
+    from nasbnn.cost import Cost, LayerCost, LayerKind
+
+    space = create_space("tiny")
+    rows = layer_costs(space.smallest(), space)
+    assert [r.kind for r in rows] == [LayerKind.INT8_CONV] + [LayerKind.BINARY_CONV] * 4 + [LayerKind.FP_LINEAR]
+    assert layer_costs(space.smallest(), space, convention="standard")[0].kind is LayerKind.FP_CONV
+    assert [str(k) for k in LayerKind] == ["int8 conv", "binary conv", "fp conv", "fp linear"]
+    assert f"{LayerKind.FP_LINEAR:>10}|" == " fp linear|"
+    assert json.loads(json.dumps({"kind": LayerKind.BINARY_CONV})) == {"kind": "binary conv"}
+    # the text read back from a file, or given by a caller, is the member; a typo is not silently a new kind
+    assert LayerKind("binary conv") is LayerKind.BINARY_CONV == "binary conv"
+    assert LayerCost("x", "fp conv", 1, 1, 1, 1, 1, 1, Cost(0.0, 0.0)).kind is LayerKind.FP_CONV
+    with pytest.raises(ValueError, match="binry conv"):
+        LayerCost("x", "binry conv", 1, 1, 1, 1, 1, 1, Cost(0.0, 0.0))

@@ -16,7 +16,8 @@ import torch
 from helpers import randomize_
 
 from nasbnn.cli import main
-from nasbnn.engine import BinaryEngine, InputError, PackedModel, pack_model
+from nasbnn.cost import LayerKind
+from nasbnn.engine import BinaryEngine, ConvSpec, InputError, PackedModel, pack_model
 from nasbnn.engine import runtime as runtime_mod
 from nasbnn.engine import schedule as schedule_mod
 from nasbnn.engine.verify import compare, explain_divergence
@@ -161,6 +162,18 @@ def test_tiny_every_dimension_and_thread_counts():
     x = images(space, 3, 13, 11, seed=4)
     check_engine(static, engine, x)
     assert np.array_equal(engine(x, threads=1), engine(x, threads=2))
+
+
+def test_engine_reused_across_sizes_gives_the_logits_of_a_fresh_one():
+    """Layer launches are kept per input size and thread count; growing work buffers must not leave any of
+    them on an old buffer: a small input after a larger one (and the reverse) gives a fresh engine's logits."""
+    space = create_space("tiny")
+    packed = pack_model(export_subnet(supernet("tiny"), space.largest()).eval())
+    engine = BinaryEngine(packed)
+    inputs = [images(space, b, h, seed=b + h) for b, h in ((2, 9), (2, 16), (1, 12), (2, 9), (1, 16), (2, 16))]
+    for threads in (1, 2, 1):
+        for x in inputs:
+            assert np.array_equal(engine(x, threads=threads), BinaryEngine(packed)(x, threads=threads))
 
 
 def test_schedule_splits_small_maps_by_channels():
@@ -330,6 +343,16 @@ def test_pack_save_load_roundtrip(tmp_path, tiny_static):
     assert np.array_equal(BinaryEngine(loaded)(x), BinaryEngine(packed)(x))
     meta = loaded.metadata()
     assert meta["format"] == "nasbnn-packed" and meta["format_version"] == 1
+    # the header keeps the kinds' text; the layers and the engine's timings carry them as LayerKind
+    kinds = [layer["kind"] for layer in json.loads(json.dumps(meta))["layers"]]
+    assert kinds == ["int8 conv"] + ["binary conv"] * (len(kinds) - 1)
+    assert [spec.kind for spec in loaded.layers] == [LayerKind(k) for k in kinds]
+    assert ConvSpec(**meta["layers"][1]) == loaded.layers[1]  # a header's layer reads back as the typed spec
+    with pytest.raises(ValueError, match="binary conf"):
+        ConvSpec(**{**meta["layers"][1], "kind": "binary conf"})
+    timings: list = []
+    BinaryEngine(loaded).run(x, timings=timings)
+    assert [t.kind for t in timings] == [spec.kind for spec in loaded.layers] + [LayerKind.FP_LINEAR]
     w = packed.tensors["blocks.0.conv_kxk.weight"]
     assert w.dtype == np.uint64 and w.shape == (8, 3, 3, 1)
 

@@ -281,7 +281,7 @@ def _interleaved(static: Any, engine: Any, frozen: Any, x: torch.Tensor, tlist: 
 
 def _summary(static: Any, res: int, bs: int, run: dict[str, Any]) -> dict[str, Any]:
     """One batch size at one thread count: end to end, binary convs and per layer (see :func:`benchmark`)."""
-    from ..cost import layer_costs
+    from ..cost import LayerKind, layer_costs
 
     layers = []
     bin_e = bin_f = bin_em = bin_fm = 0.0
@@ -289,13 +289,13 @@ def _summary(static: Any, res: int, bs: int, run: dict[str, Any]) -> dict[str, A
         es = _stats([row[i] for row in run["lay_engine"]])
         fs = _stats([row[i] for row in run["lay_float"]])
         layers.append({
-            "name": lc.name, "engine_layer": run["names"][i], "kind": lc.kind,
+            "name": lc.name, "engine_layer": run["names"][i], "kind": lc.kind.value,
             "in_channels": lc.in_channels, "out_channels": lc.out_channels, "kernel_size": lc.kernel_size,
             "groups": lc.groups, "stride": lc.stride, "out_resolution": lc.out_resolution,
             "mflops": lc.cost.mflops, "mbops": lc.cost.mbops, "mops": lc.cost.mops,
             "engine_ms": es, "float_ms": fs, "speedup": fs["min"] / es["min"],
         })
-        if lc.kind == "binary conv":
+        if lc.kind is LayerKind.BINARY_CONV:
             bin_e += es["min"]
             bin_f += fs["min"]
             bin_em += es["median"]

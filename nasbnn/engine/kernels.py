@@ -12,6 +12,7 @@ result for the next layer.
 from __future__ import annotations
 
 import types as _pytypes
+from typing import Any, NamedTuple
 
 import numpy as np
 from llvmlite import binding as _llvm
@@ -24,8 +25,15 @@ __all__ = [
     "BLOCK",
     "TILE_N",
     "WIDE_VECTORS",
+    "BinaryWeights",
+    "ConvGeometry",
+    "Jobs",
+    "PackTarget",
+    "PackedInput",
+    "Shortcut",
     "bconv_forward",
     "bconv_forward_serial",
+    "plain_args",
     "pool_classify",
     "pool_classify_serial",
     "stem_forward",
@@ -120,6 +128,91 @@ TILE_N = LANES
 TILE_M = 8 if WIDE_VECTORS else 4
 #: Output pixels per block of the conv driver (a multiple of TILE_M).
 BLOCK = 8
+
+
+# --------------------------------------------------------------------------------------------- records
+# The kernels take their many arrays and sizes as a few records. They cross from Python as plain tuples
+# (see :func:`plain_args`) and are named again on entry: numba's dispatcher types a plain tuple in C but a
+# NamedTuple in Python, about 1 µs more per record and call, a sizeable share of a small layer's time.
+
+
+class ConvGeometry(NamedTuple):
+    """The sizes of one convolution: batch, input and output maps, kernel, groups and packed words."""
+
+    batch: int
+    h: int  # input height and width
+    w: int
+    ho: int  # output height and width
+    wo: int
+    k: int  # kernel size, stride, zero padding
+    s: int
+    p: int
+    groups: int
+    cg: int  # input channels per group
+    wg: int  # packed input words per group (0 for the stem's float input)
+    cog: int  # output channels per group
+
+
+class PackedInput(NamedTuple):
+    """A binary conv's input: packed words and the sign(0) corrections of its exact zeros."""
+
+    words: np.ndarray  # [B·H·W, groups·wg] uint64
+    zc: np.ndarray  # [B·Ho·Wo, C_out] int64 amounts subtracted from the dot products (see zero_corrections)
+    has_zc: bool  # whether zc applies (else it is a dummy)
+
+
+class BinaryWeights(NamedTuple):
+    """A binary conv's weights in kernel layout and its folded output transform."""
+
+    wt: np.ndarray  # [groups, words per gathered row, npad] uint64; npad >= cog, a multiple of LANES
+    dbase: np.ndarray  # [ncfg, C_out] int32 per border case, see bconv_forward
+    tp: np.ndarray  # [5, C_out] float32: mul, bias, RPReLU shift_in, slope, shift_out
+    merge: bool  # the taps' last words are paired (see _gather_group); only with K > 1
+
+
+class Shortcut(NamedTuple):
+    """What a binary conv adds to its output before RPReLU."""
+
+    res: np.ndarray  # [B, Hr, Wr, Cr] float32
+    pool: bool  # 2x2/2 ceil-mode average of res first
+    rix: np.ndarray  # [C_out] int64: the shortcut channel of each output channel (c mod Cr)
+    same: bool  # rix is the identity
+
+
+class PackTarget(NamedTuple):
+    """Where a layer packs sign(output + shift) for the next conv, in that conv's layout."""
+
+    on: bool  # whether there is a next conv (else the other fields are dummies)
+    shift: np.ndarray  # [C_out + 64] float32 RSign shift of the next conv (64 elements of slack)
+    groups: int  # the next conv's groups, input channels and packed words per group
+    cg: int
+    wg: int
+    out: np.ndarray  # [B·Ho·Wo, groups·wg] uint64
+    vec_word: np.ndarray  # [C_out / FLOAT_LANES] int64 per vector of output channels: its word in a row of out
+    vec_bit: np.ndarray  # ... and the bit offset of its first channel in that word
+
+
+class Jobs(NamedTuple):
+    """How a layer's output is split among parallel jobs (see :mod:`nasbnn.engine.schedule`)."""
+
+    pix_per_job: int  # output pixels per job (a multiple of BLOCK)
+    cranges: np.ndarray  # [chunks, 2] int64 output channel ranges [lo, hi), see bconv_forward
+    zeros: np.ndarray  # [jobs] int64: every job writes the number of exact zeros it packed
+
+
+class _JobRows(NamedTuple):
+    """One job's output rows ``p0 .. p0 + npx - 1`` with their coordinates and the job's work buffers."""
+
+    p0: int
+    npx: int
+    coords: np.ndarray  # [npx, 4] int64: batch, y, x, border case
+    acc: np.ndarray  # [BLOCK, npad] int32 popcount sums
+    rbuf: np.ndarray  # [npad] float32 shortcut of the current pixel
+
+
+def plain_args(*args: Any) -> tuple[Any, ...]:
+    """Kernel arguments with the records turned into plain tuples (see the records' comment above)."""
+    return tuple(tuple(a) if isinstance(a, tuple) else a for a in args)
 
 
 @intrinsic
@@ -277,42 +370,56 @@ def _sign_bits64(typingctx, f, fo, shift, so):  # type: ignore[no-untyped-def]
     return sig, codegen
 
 
+def _record_array(context, builder, rec_ty, rec, name):  # type: ignore[no-untyped-def]
+    """In an intrinsic's code generation: the array helper of field ``name`` of the NamedTuple value ``rec``."""
+    j = rec_ty.fields.index(name)
+    return context.make_array(rec_ty[j])(context, builder, builder.extract_value(rec, j))
+
+
 def _make_epilogue(pack: bool):  # type: ignore[no-untyped-def]
     """The vectorised output transform intrinsic, optionally packing the result for the next layer."""
 
     @intrinsic
-    def epilogue(typingctx, acc, ai, dbase, cfg, tp, c0, res, r_off, rv, rv0, out, o_off, nvec, nshift, pk,  # type: ignore[no-untyped-def]
-                 pk_row, pk_word, pk_bit, ac0):
+    def epilogue(typingctx, acc, ai, ac0, conv, cfg, c0, res, r_off, rv, rv0, out, o_off, nvec, target,  # type: ignore[no-untyped-def]
+                 row):
         """``nvec`` vectors of the output transform of one pixel (see :func:`_conv_group`).
 
-        For n < nvec·FLOAT_LANES and c = c0 + n: ``d = dbase[cfg, c] - 2·acc[ai, ac0 + n]``;
+        With ``dbase`` and ``tp`` of ``conv`` (:class:`BinaryWeights`), for n < nvec·FLOAT_LANES and
+        c = c0 + n: ``d = dbase[cfg, c] - 2·acc[ai, ac0 + n]``;
         ``t = float(d)·tp[0, c] + tp[1, c] + res[r_off + rv[rv0 + j] + i] + tp[2, c]`` for n = j·FLOAT_LANES + i
         (``rv`` gives each vector's shortcut offset, e.g. ``c mod C_res`` when widening);
         ``t = t·tp[3, c]`` where t < 0; ``out[o_off + n] = t + tp[4, c]``: the scalar code's operations
         in the same order.
-        With packing, the sign bits of ``out + nshift[c]`` are OR-ed into ``pk[pk_row, pk_word[v]]``
-        at bit ``pk_bit[v]`` for channel vector v = c // FLOAT_LANES, and the number of exact zeros
-        is returned. ``acc``/``dbase`` are int32 2-D, ``tp`` float32 [5, C], ``res``/``out`` flat
-        float32. The caller guarantees the indices are in bounds.
+        With packing, the sign bits of ``out + target.shift[c]`` are OR-ed into
+        ``target.out[row, target.vec_word[v]]`` at bit ``target.vec_bit[v]`` for channel vector
+        v = c // FLOAT_LANES (``target``: :class:`PackTarget`), and the number of exact zeros is returned.
+        ``acc``/``dbase`` are int32 2-D, ``tp`` float32 [5, C], ``res``/``out`` flat float32. The caller
+        guarantees the indices are in bounds.
         """
-        sig = types.int64(acc, ai, dbase, cfg, tp, c0, res, r_off, rv, rv0, out, o_off, nvec, nshift, pk, pk_row,
-                          pk_word, pk_bit, ac0)
+        sig = types.int64(acc, ai, ac0, conv, cfg, c0, res, r_off, rv, rv0, out, o_off, nvec, target, row)
         lanes = FLOAT_LANES
 
         def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-            ai_v, cfg_v, c0_v, roff_v, rv0_v, ooff_v, nvec_v, row_v = (args[j] for j in (1, 3, 5, 7, 9, 11, 12, 15))
-            ty = signature.args
+            (acc_v, ai_v, ac0_v, conv_v, cfg_v, c0_v, res_v, roff_v, rv_v, rv0_v, out_v, ooff_v, nvec_v, tgt_v,
+             row_v) = args
+            acc_t, _, _, conv_t, _, _, res_t, _, rv_t, _, out_t, _, _, tgt_t, _ = signature.args
             i32 = ir.IntType(32)
             i64 = ir.IntType(64)
             f32 = ir.FloatType()
             vi = ir.VectorType(i32, lanes)
             vf = ir.VectorType(f32, lanes)
-            arr = [context.make_array(ty[j])(context, builder, args[j]) for j in (0, 2, 4, 6, 8, 10, 13, 14, 16, 17)]
-            aary, dary, tary, rary, rvary, oary, sary, pkary, pwary, pbary = arr
+            aary = context.make_array(acc_t)(context, builder, acc_v)
+            dary = _record_array(context, builder, conv_t, conv_v, "dbase")
+            tary = _record_array(context, builder, conv_t, conv_v, "tp")
+            rary = context.make_array(res_t)(context, builder, res_v)
+            rvary = context.make_array(rv_t)(context, builder, rv_v)
+            oary = context.make_array(out_t)(context, builder, out_v)
+            sary, pkary, pwary, pbary = (_record_array(context, builder, tgt_t, tgt_v, name)
+                                         for name in ("shift", "out", "vec_word", "vec_bit"))
             a_ld = cgutils.unpack_tuple(builder, aary.shape, 2)[1]
             d_ld = cgutils.unpack_tuple(builder, dary.shape, 2)[1]
             t_ld = cgutils.unpack_tuple(builder, tary.shape, 2)[1]
-            pa = builder.gep(aary.data, [builder.add(builder.mul(ai_v, a_ld), args[18])])
+            pa = builder.gep(aary.data, [builder.add(builder.mul(ai_v, a_ld), ac0_v)])
             pd = builder.gep(dary.data, [builder.add(builder.mul(cfg_v, d_ld), c0_v)])
             pt = [builder.gep(tary.data, [builder.add(builder.mul(ir.Constant(i64, r), t_ld), c0_v)])
                   for r in range(5)]
@@ -370,14 +477,16 @@ _epilogue_vec_pack = _make_epilogue(True)
 
 # --------------------------------------------------------------------------------------------- packing
 @njit(cache=True, fastmath=False)
-def _pack_rows(f, cols, p0, p1, shift, groups, cg, wg, dst, wlo, whi):
-    """Packs sign(f + shift) of pixels ``p0 <= pix < p1`` of flat ``f`` [pix·cols + c] into ``dst`` [pix, words].
+def _pack_rows(f, cols, p0, p1, target, wlo, whi):
+    """Packs sign(f + shift) of pixels ``p0 <= pix < p1`` of flat ``f`` [pix·cols + c] into ``target.out`` [pix, words].
 
-    Only words ``wlo <= j < whi`` of each pixel (all: ``0, groups·wg``), so that jobs owning other
-    channels of the same pixels can pack theirs at the same time. ``f`` and ``shift`` must be readable
-    64 elements past each pixel's last channel (slack). Returns the number of exact zeros of ``f + shift``.
+    ``target`` is a :class:`PackTarget` (its shift and layout). Only words ``wlo <= j < whi`` of each
+    pixel (all: ``0, groups·wg``), so that jobs owning other channels of the same pixels can pack theirs
+    at the same time. ``f`` and ``shift`` must be readable 64 elements past each pixel's last channel
+    (slack). Returns the number of exact zeros of ``f + shift``.
     """
     _prefer_wide_vectors()
+    shift, cg, wg, dst = target.shift, target.cg, target.wg, target.out
     zeros = 0
     full = np.uint64(0xFFFFFFFFFFFFFFFF)
     for pix in range(p0, p1):
@@ -397,11 +506,12 @@ def _pack_rows(f, cols, p0, p1, shift, groups, cg, wg, dst, wlo, whi):
 
 # --------------------------------------------------------------------------------------------- binary conv
 @njit(cache=True, fastmath=False)
-def _border_case(oy, ox, h, w, k, s, p):
+def _border_case(oy, ox, geo):
     """Index of the border case of output pixel (oy, ox): how many kernel rows/columns fall outside.
 
     ``((top·(p+1) + bottom)·(p+1) + left)·(p+1) + right``; 0 for interior pixels.
     """
+    h, w, k, s, p = geo.h, geo.w, geo.k, geo.s, geo.p
     t = max(0, p - oy * s)
     bt = max(0, oy * s - p + k - h)
     lf = max(0, p - ox * s)
@@ -411,7 +521,7 @@ def _border_case(oy, ox, h, w, k, s, p):
 
 
 @njit(cache=True, fastmath=False)
-def _gather_group(xp, coords, npx, h, w, k, s, p, g, wg, merge, dst):
+def _gather_group(xp, coords, npx, geo, g, merge, dst):
     """Word-level im2col of ``npx`` output pixels for group ``g`` into ``dst`` rows, zeros outside the image.
 
     Without ``merge`` a row is the K·K taps' ``wg`` words each. With ``merge`` (the group's last word
@@ -420,6 +530,7 @@ def _gather_group(xp, coords, npx, h, w, k, s, p, g, wg, merge, dst):
     channels per group. :func:`merged_weights` lays the weights out the same way.
     """
     _prefer_wide_vectors()
+    h, w, k, s, p, wg = geo.h, geo.w, geo.k, geo.s, geo.p, geo.wg
     words = xp.shape[1]
     flat = xp.reshape(-1)
     q_full = wg - 1 if merge else wg
@@ -486,26 +597,34 @@ def _gather_group(xp, coords, npx, h, w, k, s, p, g, wg, merge, dst):
 
 
 @njit(cache=True, fastmath=False)
-def _conv_group(src, r0, c0w, kw, wgt, acc, npx, zrow0, orow0, coords, g, cog, nlo, nhi, dbase, tp, res, res_flat,
-                res_pool, rix, rsame, out_f, out_flat, zc, has_zc, rbuf, fuse_pack, nshift, out_p, pk_word, pk_bit):
-    """Popcounts and output transform of group ``g`` for ``npx`` pixels whose words are ``src[r0:, c0w:]``.
+def _conv_group(src, r0, c0w, g, nlo, nhi, job, geo, conv, inp, short, out_f, target):
+    """Popcounts and output transform of group ``g`` for a job's pixels whose words are ``src[r0:, c0w:]``.
 
     Only the group's output channels ``nlo <= n < nhi`` (``nlo`` a multiple of FLOAT_LANES, ``nhi`` one
     too or ``cog``): a job may own part of a group, so that small maps still give every thread work.
 
-    Pixel m writes output (and packed) row ``orow0 + m`` and reads sign(0) corrections from row
-    ``zrow0 + m``; ``coords[m]`` = (b, y, x, border case) addresses the shortcut ``res``.
+    Pixel m of ``job`` (:class:`_JobRows`) writes output (and packed) row ``job.p0 + m`` and reads
+    sign(0) corrections from the same row of ``inp.zc``; ``job.coords[m]`` = (b, y, x, border case)
+    addresses the shortcut. The other records are those of :func:`bconv_forward`.
 
     For each block of 8 pixels: the micro-kernel tiles fill ``acc``, then per pixel the output
     transform runs: ``dot = dbase[case, c] - 2·popcount`` (exact zero padding), ``y = dot·mul + bias``
     (folded alpha and BatchNorm), ``+ shortcut``, RPReLU. Whole vectors of channels go through
     :func:`_epilogue_vec`; the remaining channels, and every channel when sign(0) corrections apply,
-    through the scalar loop (same operations, same order). With ``fuse_pack`` (every channel goes
-    through the vector path) the sign bits for the next layer are OR-ed into the zeroed ``out_p`` rows
+    through the scalar loop (same operations, same order). When packing is fused (see
+    :func:`_fuses_pack`) the sign bits for the next layer are OR-ed into the zeroed ``target.out`` rows
     on the way; returns the number of exact zeros met then.
     """
     _prefer_wide_vectors()
-    npad = wgt.shape[1]
+    p0, npx, coords, acc, rbuf = job.p0, job.npx, job.coords, job.acc, job.rbuf
+    wgt = conv.wt[g]
+    kw, npad = wgt.shape[0], wgt.shape[1]
+    dbase, tp, cog = conv.dbase, conv.tp, geo.cog
+    res, res_pool, rix, rsame = short.res, short.pool, short.rix, short.same
+    zc, has_zc = inp.zc, inp.has_zc
+    res_flat = res.reshape(-1)
+    out_flat = out_f.reshape(-1)
+    fuse_pack = _fuses_pack(inp, geo, target)
     c0 = g * cog
     cols = out_f.shape[1]
     hr, wr_, cr = res.shape[1], res.shape[2], res.shape[3]
@@ -539,10 +658,9 @@ def _conv_group(src, r0, c0w, kw, wgt, acc, npx, zrow0, orow0, coords, g, cog, n
                     _tile_one1(src, r0 + m0 + i, c0w, kw, wgt, n0, acc, i)
         for i in range(mr):
             m = m0 + i
-            pix = orow0 + m
+            pix = p0 + m
             b, oy, ox, cfg = coords[m, 0], coords[m, 1], coords[m, 2], coords[m, 3]
             iu, pu, cu = np.uint64(i), np.uint64(pix), np.uint64(cfg)
-            zu = np.uint64(zrow0 + m)
             bu, yu, xu = np.uint64(b), np.uint64(oy), np.uint64(ox)
             if not vec_direct:
                 # The shortcut of these channels into rbuf: 2x2/2 ceil-mode average and/or channel tiling.
@@ -573,17 +691,17 @@ def _conv_group(src, r0, c0w, kw, wgt, acc, npx, zrow0, orow0, coords, g, cog, n
             else:
                 rsrc, roff, rvt, rv0 = rbuf, 0, rvid, nlo // FLOAT_LANES
             if fuse_pack:
-                zeros += _epilogue_vec_pack(acc, i, dbase, cfg, tp, cc, rsrc, roff, rvt, rv0, out_flat, pix * cols + cc,
-                                            nvec, nshift, out_p, pix, pk_word, pk_bit, nlo)
+                zeros += _epilogue_vec_pack(acc, i, nlo, conv, cfg, cc, rsrc, roff, rvt, rv0, out_flat, pix * cols + cc,
+                                            nvec, target, pix)
             else:
-                _epilogue_vec(acc, i, dbase, cfg, tp, cc, rsrc, roff, rvt, rv0, out_flat, pix * cols + cc, nvec,
-                              nshift, out_p, pix, pk_word, pk_bit, nlo)
+                _epilogue_vec(acc, i, nlo, conv, cfg, cc, rsrc, roff, rvt, rv0, out_flat, pix * cols + cc, nvec, target,
+                              pix)
             for n in range(nlo + nvec * FLOAT_LANES, nhi):
                 nu = np.uint64(n)
                 c = np.uint64(c0 + n)
                 d = np.int64(dbase[cu, c]) - 2 * np.int64(acc[iu, nu])
                 if has_zc:
-                    d -= zc[zu, c]
+                    d -= zc[pu, c]
                 yv = np.float32(d) * tp[0, c] + tp[1, c]
                 if vec_direct:
                     yv = yv + res[bu, yu, xu, np.uint64(rix[c])]
@@ -596,55 +714,64 @@ def _conv_group(src, r0, c0w, kw, wgt, acc, npx, zrow0, orow0, coords, g, cog, n
     return zeros
 
 
+@njit(cache=True, fastmath=False)
+def _fuses_pack(inp, geo, target):
+    """Whether packing happens inside the vector output transform.
+
+    Only when every channel takes the vector path (no sign(0) corrections, whole vectors per group)
+    and every vector of output channels lies within one packed word of the next conv.
+    """
+    return target.on and not inp.has_zc and geo.cog % FLOAT_LANES == 0 and target.cg % FLOAT_LANES == 0
+
+
 @njit(parallel=True, cache=True, fastmath=False)
-def bconv_forward(xp, b_, h, w, k, s, p, groups, wg, cg, merge, wt, cog, dbase, tp, res, res_pool, rix, rsame,
-                  out_f, ho, wo, do_pack, nshift, ngroups, ncg, nwg, out_p, pk_word, pk_bit, zc, has_zc,
-                  pix_per_job, cranges, zcount):
+def bconv_forward(inp, conv, geo, short, out_f, target, jobs):
     """One fused binary conv unit: XOR-popcount conv -> folded BN/alpha -> + shortcut -> RPReLU -> pack.
 
     Args:
-        xp: packed input [B·H·W, groups·wg] (uint64).
-        b_, h, w: batch and input spatial size.
-        k, s, p: kernel size, stride, zero padding.
-        groups, wg, cg: conv groups, words per group, real input channels per group.
-        merge: pair the taps' last words (see :func:`_gather_group`); only with K > 1.
-        wt: weights in kernel layout [groups, words per gathered row, npad] (uint64); npad >= cog, a
-            multiple of LANES.
-        cog: output channels per group.
-        dbase: [ncfg, C_out] int32 per border case (see :func:`_border_case`): valid taps · cg + 2 · popcount
-            of the weight words of the taps outside the image, so that dot = dbase - 2 · popcount.
-        tp: [5, C_out] float32 rows: folded output transform ``mul``, ``bias``, then the RPReLU
-            ``shift_in``, ``slope``, ``shift_out``.
-        res: shortcut source [B, Hr, Wr, Cr] (float32); ``res_pool``: 2x2/2 ceil-mode average first.
-        rix: shortcut channel of each output channel (c mod Cr); ``rsame``: rix is the identity.
+        inp: the packed input [B·H·W, groups·wg] and its sign(0) corrections (:class:`PackedInput`):
+            per output [B·Ho·Wo, C_out], the amount to subtract from the dot products.
+        conv: weights and output transform (:class:`BinaryWeights`). ``dbase`` [ncfg, C_out] holds per
+            border case (see :func:`_border_case`) valid taps · cg + 2 · popcount of the weight words of
+            the taps outside the image, so that dot = dbase - 2 · popcount; ``tp`` the folded output
+            transform ``mul``, ``bias``, then the RPReLU ``shift_in``, ``slope``, ``shift_out``.
+        geo: the sizes (:class:`ConvGeometry`).
+        short: the shortcut source and its channel map (:class:`Shortcut`).
         out_f: float output [B·Ho·Wo, C_out], followed in memory by 64 readable floats.
-        do_pack: also pack sign(out + nshift) into ``out_p`` [B·Ho·Wo, ngroups·nwg] (next layer's layout);
-            ``nshift`` has 64 elements of slack. ``pk_word``/``pk_bit`` [C_out / FLOAT_LANES] give, per vector
-            of output channels, the word and bit offset its sign bits go to (used when every vector lies
-            within one word: then packing happens inside the output transform).
-        zc, has_zc: per output [B·Ho·Wo, C_out] amount to subtract from the dot products (sign(0) = 0 fix).
-        pix_per_job: output pixels per parallel job (a multiple of BLOCK).
-        cranges: [chunks, 2] output channel ranges [lo, hi) that split the channels among jobs: job j
-            computes pixel run ``j // chunks`` for channels ``cranges[j % chunks]``. Inside a group the
-            bounds are multiples of FLOAT_LANES; with packing they start words of the next layer, so
-            that no two jobs write the same packed word.
-        zcount: [jobs] number of exact zeros met while packing (every entry is written).
+        target: where sign(out + shift) is packed for the next conv (:class:`PackTarget`); its
+            ``vec_word``/``vec_bit`` are used when every vector of output channels lies within one word:
+            then packing happens inside the output transform.
+        jobs: the split (:class:`Jobs`): ``cranges`` [chunks, 2] output channel ranges [lo, hi) that
+            divide the channels among jobs: job j computes pixel run ``j // chunks`` for channels
+            ``cranges[j % chunks]``. Inside a group the bounds are multiples of FLOAT_LANES; with packing
+            they start words of the next layer, so that no two jobs write the same packed word.
+
+    The records may come as plain tuples of their fields (see :func:`plain_args`).
 
     Returns:
-        The number of exact zeros met while packing (their sum).
+        The number of exact zeros met while packing (the sum of ``jobs.zeros``).
     """
+    inp = PackedInput(*inp)
+    conv = BinaryWeights(*conv)
+    geo = ConvGeometry(*geo)
+    short = Shortcut(*short)
+    target = PackTarget(*target)
+    jobs = Jobs(*jobs)
     _prefer_wide_vectors()
-    npix = b_ * ho * wo
+    xp, merge, k, s, wg, cog = inp.words, conv.merge, geo.k, geo.s, geo.wg, geo.cog
+    pix_per_job, cranges, zcount = jobs.pix_per_job, jobs.cranges, jobs.zeros
+    npix = geo.batch * geo.ho * geo.wo
     nch = cranges.shape[0]
     njobs = (npix + pix_per_job - 1) // pix_per_job * nch
-    kw = wt.shape[1]
-    npad = wt.shape[2]
-    cout = groups * cog
+    kw = conv.wt.shape[1]
+    npad = conv.wt.shape[2]
+    cout = geo.groups * cog
     direct = k == 1 and s == 1 and not merge
     of = out_f.reshape(-1)
+    ho, wo = geo.ho, geo.wo
     hw = ho * wo
-    res_flat = res.reshape(-1)
-    fuse_pack = do_pack and not has_zc and cog % FLOAT_LANES == 0 and ncg % FLOAT_LANES == 0
+    fuse_pack = _fuses_pack(inp, geo, target)
+    do_pack, out_p, ncg, nwg = target.on, target.out, target.cg, target.wg
     nwords = out_p.shape[1]
     for job in prange(njobs):
         _prefer_wide_vectors()
@@ -662,9 +789,9 @@ def bconv_forward(xp, b_, h, w, k, s, p, groups, wg, cg, merge, wt, cog, dbase, 
                 for j in range(wlo, whi):
                     out_p[np.uint64(pix), np.uint64(j)] = 0
         patch = np.empty((pix_per_job, kw), np.uint64)
-        acc = np.empty((BLOCK, npad), np.int32)
-        rbuf = np.empty(npad, np.float32)
-        coords = np.empty((pix_per_job, 4), np.int64)
+        rows = _JobRows(p0, npx, np.empty((pix_per_job, 4), np.int64), np.empty((BLOCK, npad), np.int32),
+                        np.empty(npad, np.float32))
+        coords = rows.coords
         b = p0 // hw
         oy = (p0 - b * hw) // wo
         ox = p0 - b * hw - oy * wo
@@ -672,7 +799,7 @@ def bconv_forward(xp, b_, h, w, k, s, p, groups, wg, cg, merge, wt, cog, dbase, 
             coords[m, 0] = b
             coords[m, 1] = oy
             coords[m, 2] = ox
-            coords[m, 3] = _border_case(oy, ox, h, w, k, s, p)
+            coords[m, 3] = _border_case(oy, ox, geo)
             ox += 1
             if ox == wo:
                 ox = 0
@@ -684,35 +811,36 @@ def bconv_forward(xp, b_, h, w, k, s, p, groups, wg, cg, merge, wt, cog, dbase, 
             nlo = max(lo, g * cog) - g * cog
             nhi = min(hi, g * cog + cog) - g * cog
             if direct:
-                zeros += _conv_group(xp, p0, g * wg, kw, wt[g], acc, npx, p0, p0, coords, g, cog, nlo, nhi, dbase, tp,
-                                     res, res_flat, res_pool, rix, rsame, out_f, of, zc, has_zc, rbuf, fuse_pack,
-                                     nshift, out_p, pk_word, pk_bit)
+                zeros += _conv_group(xp, p0, g * wg, g, nlo, nhi, rows, geo, conv, inp, short, out_f, target)
             else:
-                _gather_group(xp, coords, npx, h, w, k, s, p, g, wg, merge, patch)
-                zeros += _conv_group(patch, 0, 0, kw, wt[g], acc, npx, p0, p0, coords, g, cog, nlo, nhi, dbase, tp,
-                                     res, res_flat, res_pool, rix, rsame, out_f, of, zc, has_zc, rbuf, fuse_pack,
-                                     nshift, out_p, pk_word, pk_bit)
+                _gather_group(xp, coords, npx, geo, g, merge, patch)
+                zeros += _conv_group(patch, 0, 0, g, nlo, nhi, rows, geo, conv, inp, short, out_f, target)
         if do_pack and not fuse_pack:
-            zeros = _pack_rows(of, cout, p0, p1_, nshift, ngroups, ncg, nwg, out_p, wlo, whi)
+            zeros = _pack_rows(of, cout, p0, p1_, target, wlo, whi)
         zcount[job] = zeros
     return zcount.sum()
 
 
 # --------------------------------------------------------------------------------------------- stem
 @njit(parallel=True, cache=True, fastmath=False)
-def stem_forward(x, wf, k, s, p, groups, og, tp, out_f, ho, wo, do_pack, nshift, ngroups, ncg, nwg, out_p,
-                 pix_per_job, zcount):
+def stem_forward(x, wf, tp, geo, out_f, target, jobs):
     """The full-precision stem: conv (8-bit weights as float) -> folded BN -> RPReLU -> pack.
 
     Args:
         x: image [B, C_in, H, W] (float32, NCHW).
         wf: weights [groups, K·K·C_in/groups, npad] (float32: int8 level × scale), taps (ky, kx, ci)
             in that order, output channels innermost and zero-padded to a multiple of STEM_TILE_N.
-        og: output channels per group.
         tp: [5, C_out] BN ``mul``, ``bias`` and RPReLU ``shift_in``, ``slope``, ``shift_out``.
-        out_f: output [B·Ho·Wo, C_out]; the rest as in :func:`bconv_forward`.
+        geo: the sizes (:class:`ConvGeometry`; the image's come from ``x``).
+        out_f: output [B·Ho·Wo, C_out]; ``target`` and ``jobs`` as in :func:`bconv_forward` (pixel runs
+            only: ``jobs.cranges`` is not read).
     """
+    geo = ConvGeometry(*geo)
+    target = PackTarget(*target)
+    jobs = Jobs(*jobs)
     _prefer_wide_vectors()
+    k, s, p, groups, og, ho, wo = geo.k, geo.s, geo.p, geo.groups, geo.cog, geo.ho, geo.wo
+    pix_per_job, zcount = jobs.pix_per_job, jobs.zeros
     b_, cin, h, w = x.shape
     cing = cin // groups
     cout = out_f.shape[1]
@@ -789,8 +917,8 @@ def stem_forward(x, wf, k, s, p, groups, og, tp, out_f, ho, wo, do_pack, nshift,
                             tv = tv * tp[3, cu]
                         out_f[pu, cu] = tv + tp[4, cu]
         zeros = 0
-        if do_pack:
-            zeros = _pack_rows(of, cout, p0, p1_, nshift, ngroups, ncg, nwg, out_p, 0, ngroups * nwg)
+        if target.on:
+            zeros = _pack_rows(of, cout, p0, p1_, target, 0, target.groups * target.wg)
         zcount[job] = zeros
     return zcount.sum()
 
@@ -853,18 +981,31 @@ pool_classify_serial = _serial_twin(pool_classify)
 
 # --------------------------------------------------------------------------------------------- sign(0) fix
 @njit(cache=True, fastmath=False)
-def zero_corrections(f, shift, b_, h, w, k, s, p, groups, cg, wg, wpk, cog, ho, wo, zc):
+def _tap_output(i, kk, s, p, n_out):
+    """The output index whose kernel tap ``kk`` reads input index ``i`` along one axis, or -1 when none does."""
+    t = i + p - kk
+    if t < 0 or t % s != 0:
+        return -1
+    o = t // s
+    return o if o < n_out else -1
+
+
+@njit(cache=True, fastmath=False)
+def zero_corrections(f, shift, wpk, geo, zc):
     """Adds to ``zc`` [B·Ho·Wo, C_out] the weight sign of every tap that met an exact zero activation.
 
     The packed input stores an exact zero of ``f + shift`` as +1; the true contribution of that tap is 0,
     so the conv kernel subtracts ``zc`` (the ±1 weight it multiplied) from the dot product.
-    ``wpk`` holds the packed weights [C_out, K, K, wg].
+    ``f`` [B·H·W, C_in] is the conv's float input, ``wpk`` its packed weights [C_out, K, K, wg] and
+    ``geo`` its sizes (:class:`ConvGeometry`, possibly as a plain tuple).
     """
-    for b in range(b_):
+    geo = ConvGeometry(*geo)
+    h, w, ho, wo, k, s, p, cg, cog = geo.h, geo.w, geo.ho, geo.wo, geo.k, geo.s, geo.p, geo.cg, geo.cog
+    for b in range(geo.batch):
         for iy in range(h):
             for ix in range(w):
                 frow = f[(b * h + iy) * w + ix]
-                for c in range(groups * cg):
+                for c in range(geo.groups * cg):
                     if frow[c] + shift[c] != 0:
                         continue
                     g = c // cg
@@ -872,18 +1013,12 @@ def zero_corrections(f, shift, b_, h, w, k, s, p, groups, cg, wg, wpk, cog, ho, 
                     word = ci // 64
                     bit = np.uint64(ci % 64)
                     for ky in range(k):
-                        ty = iy + p - ky
-                        if ty < 0 or ty % s != 0:
-                            continue
-                        oy = ty // s
-                        if oy >= ho:
+                        oy = _tap_output(iy, ky, s, p, ho)
+                        if oy < 0:
                             continue
                         for kx in range(k):
-                            tx = ix + p - kx
-                            if tx < 0 or tx % s != 0:
-                                continue
-                            ox = tx // s
-                            if ox >= wo:
+                            ox = _tap_output(ix, kx, s, p, wo)
+                            if ox < 0:
                                 continue
                             pix = (b * ho + oy) * wo + ox
                             for n in range(cog):

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..cost import LayerKind
 from ..errors import CheckpointError, NasbnnError
 from ..space import Arch, SearchSpace
 
@@ -59,20 +60,25 @@ class ConvSpec:
 
     Attributes:
         name: e.g. ``"stem.conv"``, ``"blocks.3.conv_kxk"``, ``"blocks.3.conv_1x1"``.
-        kind: ``"int8 conv"`` (the stem) or ``"binary conv"``.
+        kind: :attr:`~nasbnn.cost.LayerKind.INT8_CONV` (the stem) or ``BINARY_CONV``; its text is
+            accepted too.
         in_channels, out_channels, kernel_size, stride, groups: of the convolution.
     """
 
     name: str
-    kind: str
+    kind: LayerKind
     in_channels: int
     out_channels: int
     kernel_size: int
     stride: int
     groups: int
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.kind, LayerKind):
+            object.__setattr__(self, "kind", LayerKind(self.kind))
+
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "in_channels": self.in_channels,
+        return {"name": self.name, "kind": self.kind.value, "in_channels": self.in_channels,
                 "out_channels": self.out_channels, "kernel_size": self.kernel_size, "stride": self.stride,
                 "groups": self.groups}
 
@@ -141,12 +147,12 @@ def _input_spec(space: SearchSpace, preprocess: dict[str, Any] | None, source: s
 def _layer_specs(space: SearchSpace, arch: Arch) -> list[ConvSpec]:
     geo = space.geometry(arch)
     g0 = geo[0]
-    specs = [ConvSpec("stem.conv", "int8 conv", g0.in_channels, g0.block.width, g0.block.kernel_size, g0.stride,
+    specs = [ConvSpec("stem.conv", LayerKind.INT8_CONV, g0.in_channels, g0.block.width, g0.block.kernel_size, g0.stride,
                       g0.block.groups)]
     for i, g in enumerate(geo[1:]):
         b, c = g.block, g.in_channels
-        specs.append(ConvSpec(f"blocks.{i}.conv_kxk", "binary conv", c, c, b.kernel_size, g.stride, b.groups))
-        specs.append(ConvSpec(f"blocks.{i}.conv_1x1", "binary conv", c, b.width, 1, 1, b.pw_groups))
+        specs.append(ConvSpec(f"blocks.{i}.conv_kxk", LayerKind.BINARY_CONV, c, c, b.kernel_size, g.stride, b.groups))
+        specs.append(ConvSpec(f"blocks.{i}.conv_1x1", LayerKind.BINARY_CONV, c, b.width, 1, 1, b.pw_groups))
     return specs
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..cost import LayerKind
 from ..errors import NasbnnError
 from ..space import conv_out_size
 from . import kernels as K
@@ -34,6 +35,9 @@ LAUNCH_LOCK = threading.Lock()
 #: costs about 2 µs, and the classifier of an ImageNet network (1.5 M weights, 6 MB, read from memory
 #: once per image) takes about 0.7 ms on one core.
 PARALLEL_MIN_WORK = 250_000
+
+#: Input sizes and thread counts whose layer launches an engine keeps (see BinaryEngine._program).
+MAX_PROGRAMS = 128
 
 
 def _threading_layer() -> str:
@@ -55,8 +59,34 @@ class LayerTiming:
     """Wall time of one engine layer of one call."""
 
     name: str
-    kind: str
+    kind: LayerKind
     seconds: float
+
+
+#: Pack offsets of a layer that packs nothing, the RSign shift that stands for a missing next conv, and the
+#: sign(0) corrections of an input without exact zeros (the kernels never write them).
+_NO_OFFSETS = (np.zeros(1, np.int64), np.zeros(1, np.int64))
+_NO_SHIFT = np.zeros(SLACK + 1, np.float32)
+_NO_ZC = np.zeros((1, 1), np.int64)
+
+
+@dataclass(frozen=True)
+class _Launch:
+    """One layer's kernel call for one input size and thread count (see :meth:`BinaryEngine._program`).
+
+    ``kernel(layer input, *args)`` runs it; the input is the image for the stem, a
+    :class:`~nasbnn.engine.kernels.PackedInput` for a binary conv.
+    """
+
+    name: str
+    kind: LayerKind
+    kernel: Callable[..., Any]
+    args: tuple[Any, ...]  # after the input, records as plain tuples (see kernels.plain_args)
+    key: str  # of the work buffers it writes ("0" or "1")
+    out: np.ndarray  # float output [B·Ho·Wo, C] (a work buffer view)
+    shape: tuple[int, int, int, int]  # B, Ho, Wo, C of out
+    next_input: tuple[Any, ...]  # the next conv's PackedInput without sign(0) corrections, as a plain tuple
+    fix: tuple[_Unit, K.ConvGeometry] | None  # the next conv and its sizes (None: the last layer)
 
 
 @dataclass
@@ -71,16 +101,19 @@ class _Unit:
     groups: int
     cg: int
     wg: int
-    merge: bool  # pairs the taps' half-filled last words (see kernels._gather_group)
     cog: int
-    wt: np.ndarray  # [groups, row words, npad], see _kernel_weights
+    weights: K.BinaryWeights  # wt [groups, row words, npad] (see _kernel_weights), dbase (see _border_table),
+    # tp [5, cout] (mul, bias, RPReLU shift_in, slope, shift_out), merge (see kernels._gather_group)
     wpk: np.ndarray  # [cout, K, K, wg] as stored
-    dbase: np.ndarray  # [ncfg, cout] int32, see _border_table
-    tp: np.ndarray  # [5, cout]: mul, bias, RPReLU shift_in, slope, shift_out
     shift: np.ndarray  # RSign shift of the input [cin + SLACK] (zero slack)
     rix: np.ndarray  # shortcut channel per output channel
     rsame: bool
-    pack_offsets: tuple[np.ndarray, np.ndarray] = (np.zeros(1, np.int64), np.zeros(1, np.int64))
+    pack_offsets: tuple[np.ndarray, np.ndarray] = _NO_OFFSETS  # see BinaryEngine._pack_offsets
+
+    def geometry(self, batch: int, h: int, w: int) -> K.ConvGeometry:
+        """The conv's sizes for an input of ``batch`` maps of ``h`` × ``w``."""
+        return K.ConvGeometry(batch, h, w, conv_out_size(h, self.s), conv_out_size(w, self.s), self.k, self.s,
+                              (self.k - 1) // 2, self.groups, self.cg, self.wg, self.cog)
 
 
 def _merges(cg: int, k: int) -> bool:
@@ -172,7 +205,8 @@ class BinaryEngine:
         self.arch = model.arch
         self.threads = threads
         self._work: dict[str, np.ndarray] = {}
-        self._plans: dict[tuple[int, ...], Plan] = {}
+        self._replaced = 0  # work buffers replaced by larger ones so far
+        self._programs: dict[tuple[int, int, int, int], list[_Launch]] = {}
         t = model.tensors
         stem = model.layers[0]
         self.in_channels = stem.in_channels
@@ -195,19 +229,19 @@ class BinaryEngine:
             sign, act = ("rsign1", "rprelu1") if conv == "conv_kxk" else ("rsign2", "rprelu2")
             wpk = np.ascontiguousarray(t[f"{spec.name}.weight"])
             cr = spec.in_channels
-            rix = np.arange(spec.out_channels, dtype=np.int64) % cr
-            self._units.append(_Unit(
-                name=spec.name, cin=spec.in_channels, cout=spec.out_channels, k=spec.kernel_size, s=spec.stride,
-                groups=spec.groups, cg=spec.in_channels // spec.groups,
-                wg=words_per_group(spec.in_channels, spec.groups), cog=spec.out_channels // spec.groups,
-                merge=_merges(spec.in_channels // spec.groups, spec.kernel_size),
-                wt=_kernel_weights(wpk, spec.groups, _merges(spec.in_channels // spec.groups, spec.kernel_size)),
-                wpk=wpk,
-                dbase=_border_table(wpk, spec.in_channels // spec.groups),
+            cg = spec.in_channels // spec.groups
+            merge = _merges(cg, spec.kernel_size)
+            weights = K.BinaryWeights(
+                wt=_kernel_weights(wpk, spec.groups, merge), dbase=_border_table(wpk, cg),
                 tp=np.stack([t[f"{spec.name}.mul"], t[f"{spec.name}.bias"], t[f"{pre}.{act}.shift_in"],
                              t[f"{pre}.{act}.slope"], t[f"{pre}.{act}.shift_out"]]).astype(np.float32),
-                shift=np.concatenate([t[f"{pre}.{sign}.shift"], np.zeros(SLACK, np.float32)]), rix=rix,
-                rsame=spec.out_channels == cr,
+                merge=merge)
+            self._units.append(_Unit(
+                name=spec.name, cin=spec.in_channels, cout=spec.out_channels, k=spec.kernel_size, s=spec.stride,
+                groups=spec.groups, cg=cg, wg=words_per_group(spec.in_channels, spec.groups),
+                cog=spec.out_channels // spec.groups, weights=weights, wpk=wpk,
+                shift=np.concatenate([t[f"{pre}.{sign}.shift"], np.zeros(SLACK, np.float32)]),
+                rix=np.arange(spec.out_channels, dtype=np.int64) % cr, rsame=spec.out_channels == cr,
             ))
         for i, u in enumerate(self._units):
             u.pack_offsets = self._pack_offsets(self._units[i + 1] if i + 1 < len(self._units) else None, u.cout)
@@ -299,6 +333,8 @@ class BinaryEngine:
         """
         buf = self._work.get(key)
         if buf is None or buf.size < size + SLACK or buf.dtype != dtype:
+            if buf is not None:
+                self._replaced += 1
             buf = np.zeros(size + SLACK, dtype)
             self._work[key] = buf
         return buf[:size]
@@ -320,110 +356,126 @@ class BinaryEngine:
     def _forward(self, x: np.ndarray, threads: int, timings: list[LayerTiming] | None, trace: Any) -> np.ndarray:
         """Runs the layers; see :meth:`run`."""
         clock = time.perf_counter
-        b_, _, h, w = x.shape
-        units = self._units
-        # --- stem
-        st = self._stem
-        ho, wo = conv_out_size(h, st.stride), conv_out_size(w, st.stride)
-        c = st.out_channels
-        t0 = clock()
-        f_cur = self._buffer("f0", b_ * ho * wo * c, np.float32).reshape(b_ * ho * wo, c)
-        nxt = units[0] if units else None
-        plan = self._plan(-1, b_ * ho * wo, threads)
-        p_cur, zcount = self._pack_target("p0", b_ * ho * wo, nxt, plan.jobs)
-        stem = K.stem_forward if plan.parallel else K.stem_forward_serial
-        zeros = stem(x, self._stem_w, st.kernel_size, st.stride, (st.kernel_size - 1) // 2, st.groups,
-             self._stem_og, self._stem_tp, f_cur, ho, wo, nxt is not None, *self._next_args(nxt, p_cur),
-             plan.pix_per_job, zcount)
-        zc_next = self._zero_fix(zeros, f_cur, nxt, b_, ho, wo)
-        if timings is not None:
-            timings.append(LayerTiming(st.name, st.kind, clock() - t0))
-        if trace is not None:
-            trace(st.name, f_cur.reshape(b_, ho, wo, c))
-        h, w = ho, wo
-        # --- binary conv units. Work buffers "f0"/"p0" and "f1"/"p1" alternate, so that a kernel never
-        # writes what it reads; the K×K unit's shortcut is the block input, the 1×1 unit's the K×K output.
-        f_block, hb, wb = f_cur, h, w
-        cur_key = "0"
-        for i, u in enumerate(units):
+        b_ = x.shape[0]
+        program = self._program(b_, x.shape[2], x.shape[3], threads)
+        src: Any = x  # the stem's input, then each binary conv's PackedInput
+        for step in program:
             t0 = clock()
-            ho, wo = conv_out_size(h, u.s), conv_out_size(w, u.s)
-            npix = b_ * ho * wo
-            is_kxk = i % 2 == 0
-            out_key = "1" if cur_key == "0" else "0"
-            nxt = units[i + 1] if i + 1 < len(units) else None
-            f_out = self._buffer("f" + out_key, npix * u.cout, np.float32).reshape(npix, u.cout)
-            plan = self._plan(i, npix, threads)
-            p_out, zcount = self._pack_target("p" + out_key, npix, nxt, plan.jobs)
-            res = f_block.reshape(b_, hb, wb, u.cin) if is_kxk else f_cur.reshape(b_, h, w, u.cin)
-            zc, has_zc = (zc_next, True) if zc_next is not None else (self._dummy_zc(), False)
-            conv = K.bconv_forward if plan.parallel else K.bconv_forward_serial
-            zeros = conv(p_cur, b_, h, w, u.k, u.s, (u.k - 1) // 2, u.groups, u.wg, u.cg, u.merge, u.wt, u.cog,
-                         u.dbase, u.tp, res, is_kxk and u.s != 1, u.rix, u.rsame, f_out, ho, wo, nxt is not None,
-                         *self._next_args(nxt, p_out), *u.pack_offsets, zc, has_zc, plan.pix_per_job, plan.cranges,
-                         zcount)
-            zc_next = self._zero_fix(zeros, f_out, nxt, b_, ho, wo)
+            zeros = step.kernel(src, *step.args)
+            zc = self._zero_fix(zeros, step)
+            src = step.next_input if zc is None else (step.next_input[0], zc, True)
             if timings is not None:
-                timings.append(LayerTiming(u.name, "binary conv", clock() - t0))
+                timings.append(LayerTiming(step.name, step.kind, clock() - t0))
             if trace is not None:
-                trace(u.name, f_out.reshape(b_, ho, wo, u.cout))
-            f_cur, p_cur, cur_key = f_out, p_out, out_key
-            h, w = ho, wo
-            if not is_kxk:
-                f_block, hb, wb = f_out, ho, wo
+                trace(step.name, step.out.reshape(step.shape))
         # --- global average pool + classifier
         t0 = clock()
+        last = program[-1]
         logits = np.empty((b_, self.num_classes), np.float32)
         head = K.pool_classify if self._parallel(threads, self._cls_w.size * b_) else K.pool_classify_serial
-        head(f_cur, b_, h * w, self._cls_w, self._cls_b, logits)
+        head(last.out, b_, last.shape[1] * last.shape[2], self._cls_w, self._cls_b, logits)
         if timings is not None:
-            timings.append(LayerTiming("classifier", "fp linear", clock() - t0))
+            timings.append(LayerTiming("classifier", LayerKind.FP_LINEAR, clock() - t0))
         return logits
 
     # ------------------------------------------------------------------ helpers
+    def _program(self, b_: int, h: int, w: int, threads: int) -> list[_Launch]:
+        """The launches of the stem and every binary conv for ``b_`` images of ``h`` × ``w`` (memoised).
+
+        Everything but a layer's input (and the sign(0) corrections that come with it) is fixed for an input
+        size and thread count: building the records once keeps their Python cost off every call.
+        """
+        key = (b_, h, w, threads)
+        program = self._programs.get(key)
+        if program is None:
+            replaced = self._replaced
+            program = self._build_program(b_, h, w, threads)
+            if self._replaced != replaced:
+                # A work buffer grew: the views taken before (this program's first layers, other programs)
+                # keep the old one alive. Building again takes every view from the new buffers.
+                self._programs.clear()
+                program = self._build_program(b_, h, w, threads)
+            if len(self._programs) >= MAX_PROGRAMS:
+                self._programs.clear()
+            self._programs[key] = program
+        return program
+
+    def _build_program(self, b_: int, h: int, w: int, threads: int) -> list[_Launch]:
+        """See :meth:`_program`. Work buffers "f0"/"p0" and "f1"/"p1" alternate, so that a kernel never writes
+        what it reads; the K×K unit's shortcut is the block input, the 1×1 unit's the K×K output."""
+        units = self._units
+        st = self._stem
+        k0 = st.kernel_size
+        geo = K.ConvGeometry(b_, h, w, conv_out_size(h, st.stride), conv_out_size(w, st.stride), k0, st.stride,
+                             (k0 - 1) // 2, st.groups, st.in_channels // st.groups, 0, self._stem_og)
+        plan = self._plan(-1, b_ * geo.ho * geo.wo, threads)
+        kernel = K.stem_forward if plan.parallel else K.stem_forward_serial
+        program = [self._launch(st.name, st.kind, kernel, (self._stem_w, self._stem_tp), geo, plan, key="0",
+                                short=None, nxt=units[0] if units else None, offsets=_NO_OFFSETS)]
+        block_input = program[0].out.reshape(program[0].shape)
+        for i, u in enumerate(units):
+            prev = program[-1]
+            geo = u.geometry(b_, geo.ho, geo.wo)
+            is_kxk = i % 2 == 0
+            res = block_input if is_kxk else prev.out.reshape(prev.shape)
+            plan = self._plan(i, b_ * geo.ho * geo.wo, threads)
+            kernel = K.bconv_forward if plan.parallel else K.bconv_forward_serial
+            short = K.Shortcut(res, is_kxk and u.s != 1, u.rix, u.rsame)
+            program.append(self._launch(u.name, LayerKind.BINARY_CONV, kernel, (u.weights,), geo, plan,
+                                        key="1" if prev.key == "0" else "0", short=short,
+                                        nxt=units[i + 1] if i + 1 < len(units) else None, offsets=u.pack_offsets))
+            if not is_kxk:
+                block_input = program[-1].out.reshape(program[-1].shape)
+        return program
+
+    def _launch(self, name: str, kind: LayerKind, kernel: Callable[..., Any], weights: tuple[Any, ...],
+                geo: K.ConvGeometry, plan: Plan, *, key: str, short: K.Shortcut | None, nxt: _Unit | None,
+                offsets: tuple[np.ndarray, np.ndarray]) -> _Launch:
+        """One layer's launch writing work buffers ``key`` and packing for ``nxt`` (None: the last layer).
+
+        The kernel's arguments after its input: ``weights``, the geometry, the shortcut (binary convs),
+        the float output, the pack target (``offsets``: see :meth:`_pack_offsets`) and the split.
+        """
+        npix = geo.batch * geo.ho * geo.wo
+        c = geo.groups * geo.cog
+        out = self._buffer("f" + key, npix * c, np.float32).reshape(npix, c)
+        target = self._pack_target("p" + key, npix, nxt, offsets)
+        jobs = K.Jobs(plan.pix_per_job, plan.cranges, self._buffer("zp" + key, plan.jobs, np.int64))
+        records = (*weights, geo, *(() if short is None else (short,)), out, target, jobs)
+        fix = None if nxt is None else (nxt, nxt.geometry(geo.batch, geo.ho, geo.wo))
+        return _Launch(name, kind, kernel, K.plain_args(*records), key, out, (geo.batch, geo.ho, geo.wo, c),
+                       tuple(K.PackedInput(target.out, _NO_ZC, False)), fix)
+
     @staticmethod
     def _parallel(threads: int, work: int) -> bool:
         """Whether the classifier's ``work`` multiply-adds are worth the thread pool (8x more with workqueue)."""
         scale = 1 if _threading_layer() in ("tbb", "omp") else 8
         return threads > 1 and work >= scale * PARALLEL_MIN_WORK
 
-    def _pack_target(self, key: str, npix: int, nxt: _Unit | None, jobs: int) -> tuple[np.ndarray, np.ndarray]:
-        """The packed output buffer for the next conv (a dummy when there is none) and the zero counters."""
-        words = nxt.groups * nxt.wg if nxt is not None else 1
-        p_out = self._buffer(key, npix * words if nxt is not None else 1, np.uint64)
-        p_out = p_out.reshape(npix if nxt is not None else 1, words)
-        return p_out, self._buffer("z" + key, jobs, np.int64)  # every job writes its counter
+    def _pack_target(self, key: str, npix: int, nxt: _Unit | None,
+                     offsets: tuple[np.ndarray, np.ndarray]) -> K.PackTarget:
+        """Where a layer of ``npix`` output pixels packs for the next conv ``nxt`` (dummies when there is none)."""
+        if nxt is None:
+            return K.PackTarget(False, _NO_SHIFT, 1, 1, 1, self._buffer(key, 1, np.uint64).reshape(1, 1), *offsets)
+        words = nxt.groups * nxt.wg
+        out = self._buffer(key, npix * words, np.uint64).reshape(npix, words)
+        return K.PackTarget(True, nxt.shift, nxt.groups, nxt.cg, nxt.wg, out, *offsets)
 
     def _plan(self, index: int, npix: int, threads: int) -> Plan:
-        """How layer ``index`` (-1: the stem) splits ``npix`` output pixels among ``threads`` (memoised)."""
-        key = (index, npix, threads)
-        plan = self._plans.get(key)
-        if plan is not None:
-            return plan
+        """How layer ``index`` (-1: the stem) splits ``npix`` output pixels among ``threads``."""
         units = self._units
         nxt = units[index + 1] if index + 1 < len(units) else None
         if index < 0:
             st = self._stem
             kw = st.kernel_size**2 * st.in_channels // st.groups
-            plan = plan_layer(npix, st.out_channels, self._stem_og, kw, threads=threads, cap=self._cap(kw // 2),
+            return plan_layer(npix, st.out_channels, self._stem_og, kw, threads=threads, cap=self._cap(kw // 2),
                               serial_ppj=self._jobs(npix, 1, kw // 2), next_cg=nxt and nxt.cg, gathered=True,
                               layer=_threading_layer(), split_channels=False)
-        else:
-            u = units[index]
-            row = 0 if u.k == 1 and u.s == 1 else u.wt.shape[1]
-            plan = plan_layer(npix, u.cout, u.cog, u.wt.shape[1], threads=threads, cap=self._cap(row),
-                              serial_ppj=self._jobs(npix, 1, row), next_cg=nxt and nxt.cg, gathered=row > 0,
-                              layer=_threading_layer())
-        if len(self._plans) > 4096:
-            self._plans.clear()
-        self._plans[key] = plan
-        return plan
-
-    @staticmethod
-    def _next_args(nxt: _Unit | None, p_out: np.ndarray) -> tuple[Any, ...]:
-        if nxt is None:
-            return (np.zeros(SLACK + 1, np.float32), 1, 1, 1, p_out)
-        return (nxt.shift, nxt.groups, nxt.cg, nxt.wg, p_out)
+        u = units[index]
+        row = 0 if u.k == 1 and u.s == 1 else u.weights.wt.shape[1]
+        return plan_layer(npix, u.cout, u.cog, u.weights.wt.shape[1], threads=threads, cap=self._cap(row),
+                          serial_ppj=self._jobs(npix, 1, row), next_cg=nxt and nxt.cg, gathered=row > 0,
+                          layer=_threading_layer())
 
     @staticmethod
     def _pack_offsets(nxt: _Unit | None, cout: int) -> tuple[np.ndarray, np.ndarray]:
@@ -435,21 +487,12 @@ class BinaryEngine:
         within = c % nxt.cg
         return (c // nxt.cg) * nxt.wg + within // 64, within % 64
 
-    def _dummy_zc(self) -> np.ndarray:
-        z = self._work.get("zc_dummy")
-        if z is None:
-            z = np.zeros((1, 1), np.int64)
-            self._work["zc_dummy"] = z
-        return z
-
     @staticmethod
-    def _zero_fix(zeros: int, f: np.ndarray, nxt: _Unit | None, b_: int, h: int,
-                  w: int) -> np.ndarray | None:
-        """The sign(0) = 0 correction for the next conv, or None when its input has no exact zeros."""
-        if nxt is None or not zeros:
+    def _zero_fix(zeros: int, step: _Launch) -> np.ndarray | None:
+        """The sign(0) = 0 correction for the conv after ``step``, or None when its input has no exact zeros."""
+        if step.fix is None or not zeros:
             return None
-        ho, wo = conv_out_size(h, nxt.s), conv_out_size(w, nxt.s)
-        zc = np.zeros((b_ * ho * wo, nxt.cout), np.int64)
-        K.zero_corrections(f, nxt.shift, b_, h, w, nxt.k, nxt.s, (nxt.k - 1) // 2, nxt.groups, nxt.cg, nxt.wg,
-                           nxt.wpk, nxt.cog, ho, wo, zc)
+        nxt, geo = step.fix
+        zc = np.zeros((geo.batch * geo.ho * geo.wo, nxt.cout), np.int64)
+        K.zero_corrections(*K.plain_args(step.out, nxt.shift, nxt.wpk, geo, zc))
         return zc
