@@ -224,7 +224,7 @@ def decode_train(path: Path, resolution: int, rng: Random, *, flip: bool, draft:
     """One training view: RandomResizedCrop (box drawn from ``rng`` on the file's size), optional mirror.
 
     Returns:
-        uint8 [resolution, resolution, 3] (read-only; mirrored as a negative-stride view).
+        uint8 [resolution, resolution, 3], contiguous and read-only.
     """
     from PIL import Image
 
@@ -233,8 +233,9 @@ def decode_train(path: Path, resolution: int, rng: Random, *, flip: bool, draft:
         box = _draft_for_crop(opened, crop, resolution) if draft else crop
         img = opened if opened.mode == "RGB" else opened.convert("RGB")
         out = img.resize((resolution, resolution), Image.Resampling.BILINEAR, box=box)
-    pixels = np.asarray(out)
-    return pixels[:, ::-1] if flip else pixels  # a view: the batch copy mirrors it for free
+    if flip:  # PIL mirrors whole pixels; copying a negative-stride numpy view moves single bytes (3x slower)
+        out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return np.asarray(out)
 
 
 def decode_eval(path: Path, resolution: int) -> np.ndarray:
