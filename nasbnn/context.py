@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from .config import RunConfig
-from .errors import NasbnnError
+from .errors import ConfigError
 from .presets import resolve_space
 from .space import SearchSpace
 from .train.distributed import DistInfo, setup
@@ -51,7 +51,7 @@ def build_data_and_space(cfg: RunConfig, run_dir: Path | None = None) -> tuple[A
     space = base_space(cfg)
     data = build_data(cfg.data, resolution=space.resolution, seed=cfg.seed, run_dir=run_dir)
     if cfg.space.num_classes is not None and cfg.space.num_classes != data.num_classes:
-        raise NasbnnError(f"space.num_classes={cfg.space.num_classes} but dataset {data.name!r} has "
+        raise ConfigError(f"space.num_classes={cfg.space.num_classes} but dataset {data.name!r} has "
                           f"{data.num_classes} classes; leave space.num_classes unset to use the dataset's")
     space = space.with_overrides(num_classes=data.num_classes, in_channels=data.in_channels)
     return data, space

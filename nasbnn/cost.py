@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Literal
 
-from .errors import NasbnnError
+from .errors import ConfigError
 from .space import Arch, BlockArch, SearchSpace, conv_out_size
 
 __all__ = ["BOPS_PER_OP", "CONVENTIONS", "Cost", "LayerCost", "LayerKind", "arch_cost", "layer_costs"]
@@ -105,7 +105,7 @@ class LayerCost:
 
 def _check_convention(convention: str) -> None:
     if convention not in CONVENTIONS:
-        raise NasbnnError(f"unknown OPs convention {convention!r}; valid: {', '.join(CONVENTIONS)}")
+        raise ConfigError(f"unknown OPs convention {convention!r}; valid: {', '.join(CONVENTIONS)}")
 
 
 def _stem_flops(in_ch: int, block: BlockArch, res_out: int, convention: str) -> float:

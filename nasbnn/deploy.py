@@ -15,7 +15,7 @@ import torch
 
 from .bundle import save_bundle
 from .config import RunConfig, config_to_dict
-from .errors import NasbnnError
+from .errors import ConfigError, SearchError
 from .export import export_subnet
 from .models import StaticBNN, SuperBNN
 from .registry import Registry
@@ -60,10 +60,10 @@ def read_family(pareto_json: str | Path) -> list[dict[str, Any]]:
     p = Path(pareto_json)
     if p.is_dir():
         p = p / "pareto.json" if (p / "pareto.json").is_file() else p / "search" / "pareto.json"
-    doc = read_json(p, missing=f"no search result at {str(p)!r} (run `nasbnn search` first)")
+    doc = read_json(p, error=SearchError, missing=f"no search result at {str(p)!r} (run `nasbnn search` first)")
     fam = doc.get("family") if isinstance(doc, dict) else None
     if not isinstance(fam, list):
-        raise NasbnnError(f"{str(p)!r} has no 'family' list; is it a nasbnn pareto.json?")
+        raise SearchError(f"{str(p)!r} has no 'family' list; is it a nasbnn pareto.json?")
     return fam
 
 
@@ -143,11 +143,11 @@ def evaluate_spec(cfg: RunConfig, *, bundle: str | Path | None = None, checkpoin
         source: dict[str, Any] = {"bundle": str(bundle)}
     else:
         if checkpoint is None or spec is None:
-            raise NasbnnError("with --checkpoint, give --arch, --largest or --smallest")
+            raise ConfigError("with --checkpoint, give --arch, --largest or --smallest")
         model, state = load_supernet(checkpoint, resolve_device(cfg.device), expect_space=expect_space)
         targets = resolve_archs(model.space, spec)
         if len(targets) != 1:
-            raise NasbnnError(f"{spec!r} names {len(targets)} architectures; evaluate one (pareto.json@BUCKET)")
+            raise ConfigError(f"{spec!r} names {len(targets)} architectures; evaluate one (pareto.json@BUCKET)")
         net = export_subnet(model, targets[0][1])
         data, seed = run_data(cfg, state, model.space, run_dir=Path(cfg.out))
         recalibrate, source = True, {"checkpoint": str(checkpoint), "arch": str(targets[0][1])}

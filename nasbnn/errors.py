@@ -48,3 +48,8 @@ class SearchError(NasbnnError):
 class OutputError(NasbnnError):
     """An output file or folder that cannot be created or written (a file in the way, a read-only file
     system, no permission)."""
+
+
+class EngineError(NasbnnError):
+    """A network the binary engine cannot pack or run, or engine settings out of range (threads, repeats,
+    a latency fit without enough data)."""

@@ -100,11 +100,11 @@ def run_parity(fixtures: str | Path | None = None, *, isa: str = "AVX2", toleran
     import subprocess
     import sys
 
-    from .errors import NasbnnError
+    from .errors import ConfigError, NasbnnError
 
     folder = Path(fixtures or os.environ.get("NASBNN_UPSTREAM_FIXTURES", "../shared/fixtures/upstream"))
     if not (folder / "make_state.py").is_file():
-        raise NasbnnError(f"{str(folder)!r} is not a parity fixture folder (no make_state.py)")
+        raise ConfigError(f"{str(folder)!r} is not a parity fixture folder (no make_state.py)")
     env = dict(os.environ, ONEDNN_MAX_CPU_ISA=isa)
     code = ("import json,sys; from nasbnn.parity import check_logits, check_ops; "
             "print(json.dumps({'logits': check_logits(sys.argv[1]), 'ops': check_ops(sys.argv[1])}))")

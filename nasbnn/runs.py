@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .config import M, RunConfig, SyntheticDataConfig, load_config
-from .errors import CheckpointError, NasbnnError
+from .errors import CheckpointError, SearchError
 from .models import SuperBNN
 from .space import Arch, SearchSpace
 from .utils.io import read_json
@@ -52,14 +52,14 @@ def run_config(schema: type[M], path: str | Path | None, overrides: Sequence[str
     (``out``) with the same overrides, so that a continued run keeps the settings it started with.
 
     Raises:
-        NasbnnError: ``resume`` and the run folder has no saved config.
+        CheckpointError: ``resume`` and the run folder has no saved config.
     """
     cfg = load_config(schema, path, overrides)
     if resume:
         out = cfg.out  # type: ignore[attr-defined]
         saved = Path(out) / "config.yaml"
         if not saved.is_file():
-            raise NasbnnError(f"cannot resume: {str(saved)!r} does not exist (is out={out} a run folder?)")
+            raise CheckpointError(f"cannot resume: {str(saved)!r} does not exist (is out={out} a run folder?)")
         cfg = load_config(schema, saved, [*(o for o in overrides if not o.startswith("out=")), f"out={out}"])
     return cfg
 
@@ -114,7 +114,7 @@ def run_data(cfg: RunConfig, state: dict[str, Any], space: SearchSpace, *, run_d
     dcfg, seed = trained_data_config(cfg, state)
     data = build_data(dcfg.data, resolution=space.resolution, seed=seed, run_dir=run_dir)
     if data.num_classes != space.num_classes:
-        raise NasbnnError(f"the network classifies {space.num_classes} classes but dataset {data.name!r} has "
+        raise CheckpointError(f"the network classifies {space.num_classes} classes but dataset {data.name!r} has "
                           f"{data.num_classes}")
     return data, seed
 
@@ -145,7 +145,7 @@ def resolve_archs(space: SearchSpace, spec: str) -> list[tuple[str, Arch]]:
 
     Raises:
         InvalidArch: an architecture outside ``space``.
-        NasbnnError: a missing file, a bucket the family lacks.
+        NasbnnError: a missing file; SearchError: a bad bucket, or one the family lacks.
     """
     from .deploy import read_family
 
@@ -171,10 +171,10 @@ def _family_members(space: SearchSpace, family: list[dict[str, Any]], path: str,
         try:
             want = float(bucket)
         except ValueError:
-            raise NasbnnError(f"bad bucket {bucket!r} in {path}@{bucket}; expected e.g. pareto.json@57") from None
+            raise SearchError(f"bad bucket {bucket!r} in {path}@{bucket}; expected e.g. pareto.json@57") from None
         chosen = [f for f in family if abs(float(f["bucket"]) - want) < 1e-9]
         if not chosen:
-            raise NasbnnError(f"no family member in bucket {want:g}; buckets: "
+            raise SearchError(f"no family member in bucket {want:g}; buckets: "
                               + ", ".join(f"{float(f['bucket']):g}" for f in family))
         family = chosen
     return [(f"mops_{float(f['bucket']):g}", space.validate(Arch.parse(f["arch"]), nondecreasing=False))

@@ -21,7 +21,7 @@ from typing import Any
 
 from .config import RunConfig, atomic_write_text, config_to_dict, dump_config
 from .cost import arch_cost
-from .errors import CheckpointError, InvalidArch, NasbnnError
+from .errors import CheckpointError, ConfigError, InvalidArch, OutputError, SearchError
 from .space import SearchSpace
 
 __all__ = ["IMPORTED_FAMILY", "UPSTREAM_ORIGIN", "import_upstream", "imported_family"]
@@ -34,7 +34,7 @@ IMPORTED_FAMILY = "upstream_family.json"
 
 def _check_dest(dest: Path) -> None:
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        raise NasbnnError(f"--to {str(dest)!r} already exists and is not an empty folder; choose a new folder "
+        raise OutputError(f"--to {str(dest)!r} already exists and is not an empty folder; choose a new folder "
                           "(nothing was written)")
 
 
@@ -131,7 +131,7 @@ def import_upstream(cfg: RunConfig, *, checkpoint: str | Path, dest: str | Path,
     search_p = Path(search).expanduser() if search is not None else None
     family, epoch = _family(search_p, space, cfg.search.convention) if search_p is not None else ([], None)
     if split is not None and cfg.data.root is None:
-        raise NasbnnError("--split needs data.root=<the ImageNet folder the split was made from>")
+        raise ConfigError("--split needs data.root=<the ImageNet folder the split was made from>")
     model, ck_meta = _load_supernet(Path(checkpoint).expanduser(), space)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
@@ -187,5 +187,5 @@ def imported_family(search_dir: str | Path, space: SearchSpace) -> list[Any] | N
         doc = json.loads(p.read_text())
         archs = [space.validate(Arch.parse(f["arch"]), nondecreasing=False) for f in doc["family"]]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise NasbnnError(f"cannot read the imported family {str(p)!r}: {exc}") from None
+        raise SearchError(f"cannot read the imported family {str(p)!r}: {exc}") from None
     return archs

@@ -21,7 +21,7 @@ from nasbnn.engine import BinaryEngine, ConvSpec, InputError, PackedModel, pack_
 from nasbnn.engine import runtime as runtime_mod
 from nasbnn.engine import schedule as schedule_mod
 from nasbnn.engine.verify import compare, explain_divergence
-from nasbnn.errors import CheckpointError, NasbnnError
+from nasbnn.errors import CheckpointError, EngineError
 from nasbnn.export import export_subnet
 from nasbnn.models import StaticBNN, SuperBNN
 from nasbnn.ops.layers import shortcut_add
@@ -412,7 +412,7 @@ def test_padding_bits_and_uninitialised_networks(tiny_static, caplog):
     const = copy.deepcopy(tiny_static)
     with torch.no_grad():
         const.blocks[0].conv_kxk.weight[2] = 0.5  # a constant filter: standardisation divides by 0
-    with pytest.raises(NasbnnError, match="not finite"):
+    with pytest.raises(EngineError, match="not finite"):
         pack_model(const)
     tie = copy.deepcopy(tiny_static)
     with torch.no_grad():
@@ -429,7 +429,7 @@ def test_padding_bits_and_uninitialised_networks(tiny_static, caplog):
     words = tied.tensors["blocks.1.conv_1x1.weight"]
     bits = np.unpackbits(np.ascontiguousarray(words[0]).reshape(-1).view(np.uint8), bitorder="little")[:n_in]
     assert bits.tolist() == [0, 1] + [0] * (n_in - 2)  # bit 1 is -1: only the -1 weight; the ties are +1
-    with pytest.raises(NasbnnError, match="StaticBNN"):
+    with pytest.raises(EngineError, match="StaticBNN"):
         pack_model(torch.nn.Linear(2, 2))
 
 
@@ -453,7 +453,7 @@ def test_input_validation(tiny_static):
         assert "\n" not in str(info.value)
     with pytest.raises(InputError):
         engine(np.array([["a"]]))
-    with pytest.raises(NasbnnError, match="threads"):
+    with pytest.raises(EngineError, match="threads"):
         engine(x, threads=0)
 
 
@@ -493,7 +493,7 @@ def test_latency_model_recovers_coefficients(tmp_path):
     (tmp_path / "bad.json").write_text("{\"format\": \"other\"}")
     with pytest.raises(CheckpointError, match="not a latency model"):
         LatencyModel.load(tmp_path / "bad.json")
-    with pytest.raises(NasbnnError, match="at least 3 finite rows"):
+    with pytest.raises(EngineError, match="at least 3 finite rows"):
         LatencyModel.fit([[1.0, 2.0, 3.0]])
     # One file, one model per engine thread count: chosen by thread count, never guessed.
     from nasbnn.engine.latency import save_models
@@ -507,7 +507,7 @@ def test_latency_model_recovers_coefficients(tmp_path):
     with pytest.raises(CheckpointError, match="latency fit --threads 4"):
         LatencyModel.load(both, threads=4)
     assert LatencyModel.load(path, threads=1) == model
-    with pytest.raises(NasbnnError, match="same thread count"):
+    with pytest.raises(EngineError, match="same thread count"):
         save_models([model, model], tmp_path / "dup.json")
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from nasbnn.config import RunConfig, load_config
-from nasbnn.errors import InvalidArch, NasbnnError
+from nasbnn.errors import InvalidArch, SearchError
 from nasbnn.presets import create_space
 from nasbnn.runs import CARRIED_DATA_KEYS, explicit_override, resolve_archs, trained_data_config
 from nasbnn.upstream import arch_to_upstream
@@ -39,11 +39,11 @@ def test_every_spec_form_names_the_same_architectures(space, tmp_path):
 def test_bad_specs(space, tmp_path):
     pareto = tmp_path / "pareto.json"
     pareto.write_text(json.dumps({"family": [{"bucket": 0.003, "arch": str(space.smallest())}]}))
-    with pytest.raises(NasbnnError, match=r"no family member in bucket 0\.5; buckets: 0\.003"):
+    with pytest.raises(SearchError, match=r"no family member in bucket 0\.5; buckets: 0\.003"):
         resolve_archs(space, f"{pareto}@0.5")
-    with pytest.raises(NasbnnError, match="bad bucket 'x'"):
+    with pytest.raises(SearchError, match="bad bucket 'x'"):
         resolve_archs(space, f"{pareto}@x")
-    with pytest.raises(NasbnnError, match=r"no search result at '.*missing\.json'"):
+    with pytest.raises(SearchError, match=r"no search result at '.*missing\.json'"):
         resolve_archs(space, str(tmp_path / "missing.json"))
     with pytest.raises(InvalidArch):
         resolve_archs(space, "c999k3g1.1|c8k3g1.1|c16k3g1.1")

@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import NasbnnError
+from ..errors import ConfigError
 
 
 def add_config_args(p: argparse.ArgumentParser, *, default_config: str | None = None) -> None:
@@ -73,10 +73,10 @@ def resolve_arch(args: argparse.Namespace, space: Any) -> Any:
 
     spec = arch_spec(args)
     if spec is None:
-        raise NasbnnError("no architecture given; use --arch, --largest, --smallest or --upstream-arch")
+        raise ConfigError("no architecture given; use --arch, --largest, --smallest or --upstream-arch")
     targets = resolve_archs(space, spec)
     if len(targets) != 1:
-        raise NasbnnError(f"{spec!r} names {len(targets)} architectures; give one (pareto.json@BUCKET)")
+        raise ConfigError(f"{spec!r} names {len(targets)} architectures; give one (pareto.json@BUCKET)")
     return targets[0][1]
 
 

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import NasbnnError
+from ..errors import ConfigError
 from .common import add_arch_args, arch_spec, print_json, print_report, resolve_arch
 
 __all__ = ["register"]
@@ -60,7 +60,7 @@ def _bench(args: argparse.Namespace) -> int:
     from ..presets import resolve_space
 
     if args.bundle and arch_spec(args) is not None:
-        raise NasbnnError("give either --bundle or an architecture (--arch, --largest, ...), not both")
+        raise ConfigError("give either --bundle or an architecture (--arch, --largest, ...), not both")
     space = None if args.bundle else resolve_space(args.space)
     arch = None if space is None else resolve_arch(args, space)
     result = bench_network(bundle=args.bundle, space=space, arch=arch, seed=args.seed, batch_sizes=args.batch,
@@ -75,7 +75,7 @@ def _latency_fit(args: argparse.Namespace) -> int:
 
     space = resolve_space(args.space)
     if len(set(args.threads)) != len(args.threads) or min(args.threads) < 1:
-        raise NasbnnError(f"--threads must be distinct positive integers, got {args.threads}")
+        raise ConfigError(f"--threads must be distinct positive integers, got {args.threads}")
     models, report = _measured_fit(space, args)
     save_fit(models, report, args.out, args.report)
     if args.json:
@@ -113,7 +113,7 @@ def _latency_predict(args: argparse.Namespace) -> int:
     from ..presets import resolve_space
 
     if args.resolution is not None and args.resolution < 1:
-        raise NasbnnError(f"resolution must be positive, got {args.resolution}")
+        raise ConfigError(f"resolution must be positive, got {args.resolution}")
     model = LatencyModel.load(args.model, threads=args.threads)
     space = resolve_space(args.space)
     arch = resolve_arch(args, space)

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 
 from ..cost import Convention, Cost, LayerCost, layer_costs
 from ..cost_tables import format_cost_table, layers_json
-from ..errors import NasbnnError
+from ..errors import DataError
 from ..space import Arch, SearchSpace
 from .config import DetectConfig, DetectDataConfig, DetectRunConfig
 from .model import level_specs
@@ -111,7 +111,7 @@ def _data_num_classes(cfg: DetectDataConfig) -> int:
         ann, _ = cfg.split_paths(split)
         if ann.is_file():
             return len(read_annotation_json(ann)["categories"])
-    raise NasbnnError("cannot tell the number of classes (no annotation file found); pass --num-classes")
+    raise DataError("cannot tell the number of classes (no annotation file found); pass --num-classes")
 
 
 def config_geometry(cfg: DetectRunConfig, *, num_classes: int | None = None) -> DetectorGeometry:

@@ -14,7 +14,7 @@ import torch
 
 from ..config import load_config
 from ..data.augment import Normalize
-from ..errors import CheckpointError, DataError, NasbnnError
+from ..errors import CheckpointError, ConfigError, DataError
 from ..models.static import StaticBNN
 from ..space import Arch
 from ..train.checkpoint import load_checkpoint, space_from_checkpoint
@@ -202,7 +202,7 @@ def eval_config(checkpoint: str | Path | None, config: str | Path | None, overri
     if config is not None:
         return ckpt, load_config(DetectRunConfig, config, overrides)
     if overrides:
-        raise NasbnnError(f"no config.yaml in {str(run)!r} to apply the overrides to; pass --config FILE")
+        raise ConfigError(f"no config.yaml in {str(run)!r} to apply the overrides to; pass --config FILE")
     return ckpt, None
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import NasbnnError
+from ..errors import EngineError
 
 __all__ = ["bench_network", "benchmark", "benchmark_threads", "format_bench", "machine_info", "random_static"]
 
@@ -143,7 +143,7 @@ def benchmark(static: Any, *, batch_sizes: Sequence[int] = (1, 8), threads: int 
         :func:`~nasbnn.engine.verify.compare`).
 
     Raises:
-        NasbnnError: bad arguments.
+        EngineError: bad arguments.
     """
     import numba
 
@@ -187,19 +187,19 @@ def benchmark_threads(static: Any, *, batch_sizes: Sequence[int] = (1, 8), threa
     from .runtime import BinaryEngine
 
     if repeats < 1 or warmup < 0:
-        raise NasbnnError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
+        raise EngineError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
     if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
-        raise NasbnnError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
+        raise EngineError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
     limit = numba.config.NUMBA_NUM_THREADS
     tlist = [int(t) for t in threads]
     if not tlist or min(tlist) < 1:
-        raise NasbnnError(f"threads must be >= 1, got {list(threads)}")
+        raise EngineError(f"threads must be >= 1, got {list(threads)}")
     if max(tlist) > limit:
-        raise NasbnnError(f"threads={max(tlist)} exceeds the {limit} threads numba can use on this machine")
+        raise EngineError(f"threads={max(tlist)} exceeds the {limit} threads numba can use on this machine")
     space = static.space
     res = space.resolution if resolution is None else int(resolution)
     if res < 1:
-        raise NasbnnError(f"resolution must be positive, got {res}")
+        raise EngineError(f"resolution must be positive, got {res}")
     static = static.cpu().eval()
     packed = pack_model(static)
     engine = BinaryEngine(packed)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CheckpointError, NasbnnError
+from ..errors import CheckpointError, EngineError
 from ..space import Arch, SearchSpace
 from ..utils.stats import kendall_tau, spearman_rho
 
@@ -93,11 +93,11 @@ class LatencyModel:
         """Fits the coefficients to per-layer measurements ``(BOPs, FLOPs, ms)`` (one row per layer).
 
         Raises:
-            NasbnnError: fewer than 3 rows, or rows that are not finite triples.
+            EngineError: fewer than 3 rows, or rows that are not finite triples.
         """
         data = np.asarray(rows, dtype=np.float64)
         if data.ndim != 2 or data.shape[1] != 3 or data.shape[0] < 3 or not np.isfinite(data).all():
-            raise NasbnnError("latency fit needs at least 3 finite rows of (BOPs, FLOPs, milliseconds)")
+            raise EngineError("latency fit needs at least 3 finite rows of (BOPs, FLOPs, milliseconds)")
         a = np.column_stack([data[:, 0] / 1e9, data[:, 1] / 1e9, np.ones(len(data))])
         coef = _nnls(a, data[:, 2])
         pred = a @ coef
@@ -198,10 +198,10 @@ def save_models(models: Sequence[LatencyModel], path: str | Path) -> Path:
     from ..config import atomic_write_text
 
     if not models:
-        raise NasbnnError("no latency model to save")
+        raise EngineError("no latency model to save")
     counts = [m.threads for m in models]
     if len(set(counts)) != len(counts):
-        raise NasbnnError(f"latency models of the same thread count cannot share a file: {counts}")
+        raise EngineError(f"latency models of the same thread count cannot share a file: {counts}")
     if len(models) == 1:
         return models[0].save(path)
     p = Path(path)
@@ -261,7 +261,7 @@ def measure_latency_threads(space: SearchSpace, archs: Sequence[Arch], *, thread
 
     tlist = [int(t) for t in threads]
     if repeats < 1 or warmup < 0 or not tlist or min(tlist) < 1:
-        raise NasbnnError("repeats and threads must be >= 1 and warmup >= 0")
+        raise EngineError("repeats and threads must be >= 1 and warmup >= 0")
     res = space.resolution if resolution is None else int(resolution)
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(1, space.in_channels, res, res, generator=g).numpy()
@@ -325,7 +325,7 @@ def fit_latency(space: SearchSpace, *, samples: int = 30, threads: int = 1, repe
 def _sample_archs(space: SearchSpace, samples: int, seed: int) -> list[Arch]:
     """The largest, the smallest and distinct random members."""
     if samples < 4:
-        raise NasbnnError(f"a latency fit needs at least 4 sampled architectures, got {samples}")
+        raise EngineError(f"a latency fit needs at least 4 sampled architectures, got {samples}")
     rng = Random(seed)
     archs: list[Arch] = [space.largest(), space.smallest()]
     seen = set(archs)

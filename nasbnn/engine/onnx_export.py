@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import NasbnnError
+from ..errors import EngineError
 
 __all__ = ["check_onnx", "export_onnx"]
 
@@ -30,17 +30,17 @@ def export_onnx(static: Any, path: str | Path, *, opset: int = 17, resolution: i
             traced at this size.
 
     Raises:
-        NasbnnError: the onnx package is missing or the opset is too old.
+        EngineError: the onnx package is missing or the opset is too old.
     """
     from ..utils.io import atomic_write_bytes
     from .frozen import freeze
 
     if opset < 11:
-        raise NasbnnError(f"ONNX opset {opset} is too old; use 11 or newer (default 17)")
+        raise EngineError(f"ONNX opset {opset} is too old; use 11 or newer (default 17)")
     try:
         import onnx
     except ImportError:  # pragma: no cover
-        raise NasbnnError("ONNX export needs the onnx package: pip install 'nasbnn[onnx]'") from None
+        raise EngineError("ONNX export needs the onnx package: pip install 'nasbnn[onnx]'") from None
     frozen = freeze(static)
     space = static.space
     res = space.resolution if resolution is None else int(resolution)
@@ -63,12 +63,12 @@ def check_onnx(static: Any, path: str | Path, x: Any) -> float:
     """Largest per-image relative L2 error between onnxruntime on ``path`` and ``static`` in eval mode.
 
     Raises:
-        NasbnnError: onnxruntime is missing.
+        EngineError: onnxruntime is missing.
     """
     try:
         import onnxruntime as ort
     except ImportError:  # pragma: no cover
-        raise NasbnnError("checking an ONNX model needs onnxruntime: pip install 'nasbnn[onnx]'") from None
+        raise EngineError("checking an ONNX model needs onnxruntime: pip install 'nasbnn[onnx]'") from None
     xt = torch.as_tensor(x, dtype=torch.float32)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (out,) = sess.run(["logits"], {"images": xt.numpy()})

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..cost import LayerKind
-from ..errors import CheckpointError, NasbnnError
+from ..errors import CheckpointError, EngineError, NasbnnError
 from ..space import Arch, SearchSpace
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -369,7 +369,7 @@ def _fold_bn(bn: torch.nn.BatchNorm2d, scale: torch.Tensor | None) -> tuple[np.n
     import torch
 
     if not bn.track_running_stats or bn.running_mean is None:
-        raise NasbnnError("cannot pack a BatchNorm without running statistics")
+        raise EngineError("cannot pack a BatchNorm without running statistics")
     var = bn.running_var.detach().double()
     mean = bn.running_mean.detach().double()
     gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(var)
@@ -406,7 +406,7 @@ def pack_model(static: torch.nn.Module, *, preprocess: dict[str, Any] | None = N
             :func:`nasbnn.data.build.preprocess_info`); stored in the file's header.
 
     Raises:
-        NasbnnError: the network is not a StaticBNN, or a binary weight is not finite (e.g. an
+        EngineError: the network is not a StaticBNN, or a binary weight is not finite (e.g. an
             uninitialised network from :meth:`StaticBNN.build`). A weight of sign 0 (exactly its filter's
             mean) packs as +1, with a warning.
     """
@@ -427,7 +427,7 @@ def _pack_tensors(static: torch.nn.Module) -> dict[str, np.ndarray]:
     from ..ops.layers import INT8_MAX, INT8_MIN
 
     if not isinstance(static, StaticBNN):
-        raise NasbnnError(f"pack_model needs a StaticBNN (see nasbnn.export_subnet), got {type(static).__name__}")
+        raise EngineError(f"pack_model needs a StaticBNN (see nasbnn.export_subnet), got {type(static).__name__}")
     static = static.cpu()
     t: dict[str, np.ndarray] = {}
     # Stem: the same fake-quantised weights as QConv2d.quantized_weight, as int8 levels and a step.
@@ -454,7 +454,7 @@ def _pack_tensors(static: torch.nn.Module) -> dict[str, np.ndarray]:
             wn = bconv.prepared_weight().detach().float()
             signs = torch.sign(wn)
             if not torch.isfinite(wn).all():
-                raise NasbnnError(f"{pre}.{conv_name}: latent weights are not finite after standardisation "
+                raise EngineError(f"{pre}.{conv_name}: latent weights are not finite after standardisation "
                                   "(a constant filter?); cannot pack an uninitialised network")
             zeros = int((signs == 0).sum())
             if zeros:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..cost import LayerKind
-from ..errors import NasbnnError
+from ..errors import EngineError, NasbnnError
 from ..space import conv_out_size
 from . import kernels as K
 from .packed import PackedModel, words_per_group
@@ -288,7 +288,7 @@ class BinaryEngine:
         if n is None:
             n = limit
         if not isinstance(n, (int, np.integer)) or n < 1:
-            raise NasbnnError(f"threads must be a positive integer, got {n!r}")
+            raise EngineError(f"threads must be a positive integer, got {n!r}")
         n = min(int(n), limit)
         with LAUNCH_LOCK:
             prev = numba.get_num_threads()

@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ..errors import NasbnnError
+from ..errors import ConfigError
 from ..ops.elastic import ElasticBinaryConv2d, ElasticLinear, ElasticQConv2d, Precision
 from ..ops.layers import RPReLU, RSign, SharedBatchNorm2d
 from ..space import Arch, SearchSpace
@@ -136,7 +136,7 @@ class SuperBNN(nn.Module):
         """Scopes the weight precision: ``"fp"`` is the Bi-Teacher (real-valued standardised weights,
         binary activations, no Bi-Transformation); ``"binary"`` the students."""
         if weights not in ("binary", "fp"):
-            raise NasbnnError(f"unknown weight precision {weights!r}; valid: binary, fp")
+            raise ConfigError(f"unknown weight precision {weights!r}; valid: binary, fp")
         previous = self._precision.binary_weights
         self._precision.binary_weights = weights == "binary"
         try:

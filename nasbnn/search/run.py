@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..config import RunConfig
 from ..cost import arch_cost
-from ..errors import NasbnnError, SearchError
+from ..errors import ConfigError, SearchError
 from ..runs import eval_batches, load_supernet, trained_data_config
 from ..space import Arch, SearchSpace
 from ..train.distributed import DistInfo, barrier
@@ -63,7 +63,7 @@ def search_cost(cfg: RunConfig, space: SearchSpace) -> SearchCost:
     if scfg.cost == "ops":
         return SearchCost(lambda a: arch_cost(a, space, convention=conv).mops, describe, "MOPs", None)
     if scfg.latency_model is None:
-        raise NasbnnError("search.cost=latency needs search.latency_model=<file> (fit one with `nasbnn latency fit`)")
+        raise ConfigError("search.cost=latency needs search.latency_model=<file> (fit one with `nasbnn latency fit`)")
     from ..engine.latency import LatencyModel, latency_cost_fn
 
     model = LatencyModel.load(scfg.latency_model, threads=scfg.latency_threads)

@@ -31,7 +31,7 @@ import torch
 from pydantic import BaseModel
 
 from ..data.base import require_one_batch
-from ..errors import CheckpointError, NasbnnError
+from ..errors import CheckpointError, DataError, NasbnnError
 from ..space import SearchSpace
 from ..utils.io import atomic_write_text, ensure_dir
 from ..utils.metrics import MetricsWriter, Throughput, step_record
@@ -273,7 +273,7 @@ class TrainingRun:
                 produced = True
                 yield batch
             if not produced:  # a plan that yields nothing would spin here forever
-                raise NasbnnError(f"epoch {epoch} produced no batch at step {self.step}")
+                raise DataError(f"epoch {epoch} produced no batch at step {self.step}")
 
     def _open_progress(self, last_step: int) -> _Progress:
         out = _Progress()

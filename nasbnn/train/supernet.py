@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ..config import RunConfig, TrainConfig
-from ..errors import NasbnnError
+from ..errors import DataError
 from ..models import SuperBNN
 from ..models.blocks import Fusion, set_fused
 from ..ops.fused import compiled_tail_works
@@ -220,7 +220,7 @@ def train_supernet(cfg: RunConfig, *, run_dir: str | Path | None = None, resume:
     run = TrainingRun(ctx.run_dir, cfg, dist=ctx.dist, resume=resume, progress=progress, desc="supernet")
     data, space = build_data_and_space(cfg, ctx.run_dir)
     if data.train is None:
-        raise NasbnnError(f"dataset {data.name!r} has no training split")
+        raise DataError(f"dataset {data.name!r} has no training split")
     tcfg = cfg.train
     steps_per_epoch, total_steps = run.schedule(len(data.train), cfg.data.batch_size, tcfg.epochs,
                                                 key="data.batch_size")

@@ -6,7 +6,7 @@ from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
-from ..errors import NasbnnError
+from ..errors import ConfigError
 
 
 def resolve_device(spec: str = "auto", *, local_rank: int | None = None) -> torch.device:
@@ -18,14 +18,14 @@ def resolve_device(spec: str = "auto", *, local_rank: int | None = None) -> torc
     try:
         dev = torch.device(spec)
     except RuntimeError:
-        raise NasbnnError(f"unknown device {spec!r}; valid: auto, cpu, cuda, cuda:N") from None
+        raise ConfigError(f"unknown device {spec!r}; valid: auto, cpu, cuda, cuda:N") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise NasbnnError(f"device {spec!r} requested but CUDA is not available; use device=cpu")
+            raise ConfigError(f"device {spec!r} requested but CUDA is not available; use device=cpu")
         if dev.index is None and local_rank is not None:
             dev = torch.device("cuda", local_rank)
     elif dev.type != "cpu":
-        raise NasbnnError(f"unsupported device {spec!r}; valid: auto, cpu, cuda, cuda:N")
+        raise ConfigError(f"unsupported device {spec!r}; valid: auto, cpu, cuda, cuda:N")
     return dev
 
 
