@@ -68,7 +68,7 @@ def read_family(pareto_json: str | Path) -> list[dict[str, Any]]:
 
 
 #: Files written beside a bundle's weights: ``fn(net, folder, dataset) -> description``.
-EXPORT_FORMATS: Registry[str] = Registry("export format")
+EXPORT_FORMATS: Registry[str] = Registry("export format", error=ConfigError)
 
 
 @EXPORT_FORMATS.register("bundle")

@@ -466,3 +466,14 @@ def test_synthetic_is_learnable():
         correct = sum(int((model(x.flatten(1)).argmax(1) == y).sum())
                       for x, y in b.test.loader(batch_size=64, train=False, seed=0))
     assert correct / len(b.test) > 0.6  # chance is 0.2
+
+
+def test_unknown_dataset_and_export_format_raise_config_errors():
+    from nasbnn.data.build import DATASETS
+    from nasbnn.deploy import EXPORT_FORMATS
+    from nasbnn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"unknown dataset 'nope'; valid: .*fashion-mnist"):
+        DATASETS.get("nope")
+    with pytest.raises(ConfigError, match=r"unknown export format 'nope'; valid: .*onnx"):
+        EXPORT_FORMATS.get("nope")

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ..config import DataConfig
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..registry import Registry
 from .augment import Augment, Normalize, resize_images
 from .base import DataBundle, TensorSplit, holdout_split
@@ -84,7 +84,7 @@ def build_data(cfg: DataConfig, *, resolution: int, seed: int, run_dir: str | Pa
 
 
 #: Dataset name -> builder ``(cfg, *, resolution, seed, run_dir) -> DataBundle``.
-DATASETS: Registry[DataBundle] = Registry("dataset")
+DATASETS: Registry[DataBundle] = Registry("dataset", error=ConfigError)
 
 
 @DATASETS.register("imagefolder")
