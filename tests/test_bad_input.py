@@ -78,3 +78,23 @@ def test_an_explicit_space_that_the_checkpoint_does_not_have(tiny_files, tmp_pat
     argv += {"export": ["--smallest", "--no-recalibrate"], "search": ["--no-progress"], "eval": ["--smallest"]}[command]
     _one_line_error(capsys, argv, "space 'tiny'", "space.name=fashion-mnist")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["detect", "cost", "--num-classes", "0"], "at least 1 class, got --num-classes 0"),
+    (["detect", "cost", "--num-classes", "-1"], "at least 1 class"),
+    (["detect", "cost", "--canvas", "-5"], "at least 16 pixels wide, got -5"),
+])
+def test_detector_cost_of_an_impossible_geometry(capsys, argv, needle):
+    _one_line_error(capsys, argv, needle)
+
+
+@pytest.mark.parametrize(("extra", "needle"), [
+    (["--images", "-1"], "train split needs at least 1 image"),
+    (["--images", "4", "--val-images", "0"], "val split needs at least 1 image"),
+    (["--max-objects", "-2"], "max_objects=-2"),
+])
+def test_synthetic_detection_data_that_cannot_exist_writes_nothing(tmp_path, capsys, extra, needle):
+    out = tmp_path / "syn"
+    _one_line_error(capsys, ["detect", "synth", "--out", str(out), *extra], needle)
+    assert not out.exists()

@@ -8,13 +8,22 @@ from typing import Any, NamedTuple
 
 from ..cost import Convention, Cost, LayerCost, layer_costs
 from ..cost_tables import format_cost_table, layers_json
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..space import Arch, SearchSpace
 from .config import DetectConfig, DetectDataConfig, DetectRunConfig
 from .model import level_specs
 
-__all__ = ["DetectorCost", "DetectorGeometry", "config_geometry", "detector_cost", "detector_cost_report",
-           "detector_cost_table", "detector_cost_text", "detector_layer_costs"]
+__all__ = [
+    "DetectorCost",
+    "DetectorGeometry",
+    "config_geometry",
+    "detector_cost",
+    "detector_cost_report",
+    "detector_cost_table",
+    "detector_cost_text",
+    "detector_geometry",
+    "detector_layer_costs",
+]
 
 
 def _conv(name: str, kind: str, cin: int, cout: int, k: int, stride: int, res: int) -> LayerCost:
@@ -88,13 +97,23 @@ def detector_cost_table(space: SearchSpace, arch: Arch, cfg: DetectConfig, num_c
 
 
 class DetectorGeometry(NamedTuple):
-    """Everything a detector's cost depends on."""
+    """Everything a detector's cost depends on (build it with :func:`detector_geometry`, which checks it)."""
 
     space: SearchSpace
     arch: Arch
     detect: DetectConfig
     num_classes: int
     canvas: int
+
+
+def detector_geometry(space: SearchSpace, arch: Arch, detect: DetectConfig, num_classes: int,
+                      canvas: int) -> DetectorGeometry:
+    """A :class:`DetectorGeometry`, refusing a class count below 1 or a canvas below 16 pixels (ConfigError)."""
+    if num_classes < 1:
+        raise ConfigError(f"a detector needs at least 1 class, got --num-classes {num_classes}")
+    if canvas < 16:
+        raise ConfigError(f"the canvas must be at least 16 pixels wide, got {canvas}")
+    return DetectorGeometry(space, arch, detect, num_classes, canvas)
 
 
 def _data_num_classes(cfg: DetectDataConfig) -> int:
@@ -119,7 +138,8 @@ def config_geometry(cfg: DetectRunConfig, *, num_classes: int | None = None) -> 
     from .backbone import backbone_geometry
 
     space, arch = backbone_geometry(cfg.backbone)
-    return DetectorGeometry(space, arch, cfg.detect, num_classes or _data_num_classes(cfg.data), cfg.data.canvas)
+    classes = _data_num_classes(cfg.data) if num_classes is None else num_classes
+    return detector_geometry(space, arch, cfg.detect, classes, cfg.data.canvas)
 
 
 def detector_cost_report(g: DetectorGeometry, convention: Convention = "upstream") -> dict[str, Any]:

@@ -103,6 +103,17 @@ def _image(seed: int, index: int, size: int, classes: int, max_objects: int
     return buf.getvalue(), objects
 
 
+def _check_settings(split: str, *, images: int, size: int, classes: int, max_objects: int) -> None:
+    """Raises DataError for settings no synthetic split can have."""
+    if not 1 <= classes <= len(SHAPES):
+        raise DataError(f"synthetic detection data has 1 to {len(SHAPES)} classes, got {classes}")
+    if size < 16:
+        raise DataError(f"synthetic images must be at least 16 pixels wide, got {size}")
+    if images < 1 or max_objects < 0:
+        raise DataError(f"a synthetic {split} split needs at least 1 image and max_objects >= 0, got {images} "
+                        f"images and max_objects={max_objects}")
+
+
 def generate_split(out: str | Path, split: str, *, images: int, size: int = 128, seed: int = 0, classes: int = 3,
                    max_objects: int = 4, first_image_id: int = 1) -> Path:
     """Writes ``out/<split>/*.png`` and ``out/annotations/instances_<split>.json``; returns the JSON path.
@@ -114,10 +125,7 @@ def generate_split(out: str | Path, split: str, *, images: int, size: int = 128,
     Boxes are the drawn extent of each shape ``[x, y, w, h]`` (whole pixels); the JSON is written last
     (atomically), so its presence means the split is complete.
     """
-    if not 1 <= classes <= len(SHAPES):
-        raise DataError(f"synthetic detection data has 1 to {len(SHAPES)} classes, got {classes}")
-    if size < 16:
-        raise DataError(f"synthetic images must be at least 16 pixels wide, got {size}")
+    _check_settings(split, images=images, size=size, classes=classes, max_objects=max_objects)
     out = Path(out)
     img_dir = out / split
     img_dir.mkdir(parents=True, exist_ok=True)
@@ -154,6 +162,8 @@ def generate_synthetic_coco(out: str | Path, *, images: int, val_images: int | N
     not overlap, and each split is drawn from its own seed.
     """
     val_n = max(1, images // 4) if val_images is None else val_images
+    for split, n in (("train", images), ("val", val_n)):  # both checked before anything is written
+        _check_settings(split, images=n, size=size, classes=classes, max_objects=max_objects)
     train = generate_split(out, "train", images=images, size=size, seed=seed, classes=classes,
                            max_objects=max_objects, first_image_id=1)
     val = generate_split(out, "val", images=val_n, size=size, seed=seed, classes=classes, max_objects=max_objects,

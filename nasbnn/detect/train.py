@@ -25,7 +25,7 @@ from ..utils.io import atomic_write_text
 from ..utils.seeding import derive_seed
 from .coco import CategoryMap, CocoSplit, load_coco_split
 from .config import DetectDataConfig, DetectRunConfig, DetectTrainConfig
-from .cost import DetectorGeometry
+from .cost import DetectorGeometry, detector_geometry
 from .data import DetectionDataset, detection_batches
 from .evaluate import evaluate_detector
 from .fcos import fcos_losses, make_locations
@@ -178,7 +178,8 @@ def checkpoint_geometry(checkpoint: str | Path, *, canvas: int | None = None,
     cfg = config_of_checkpoint(state, checkpoint)
     space, arch = space_from_checkpoint(state), Arch.parse(state["extra"]["arch"])
     trained_classes = len(state["extra"]["categories"])
-    return DetectorGeometry(space, arch, cfg.detect, num_classes or trained_classes, canvas or cfg.data.canvas)
+    return detector_geometry(space, arch, cfg.detect, trained_classes if num_classes is None else num_classes,
+                             cfg.data.canvas if canvas is None else canvas)
 
 
 def eval_config(checkpoint: str | Path | None, config: str | Path | None, overrides: Sequence[str], *,
