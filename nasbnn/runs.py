@@ -123,10 +123,17 @@ def calibration_batches(data: Any, cfg: RunConfig, device: torch.device | str, *
                         channels_last: bool = False) -> list[torch.Tensor]:
     """``cfg.eval.calib_batches`` batches of ``cfg.eval.calib_batch_size`` training images (train augmentation,
     as upstream's test.py), drawn once from ``seed``: the images that recalibrate BatchNorm before deployment."""
-    s = derive_seed(seed, "deploy-calibration")
-    loader = data.train.loader(batch_size=min(cfg.eval.calib_batch_size, len(data.train)), train=True, seed=s,
+    return first_train_batches(data, cfg.eval.calib_batches, cfg.eval.calib_batch_size, device,
+                               seed=derive_seed(seed, "deploy-calibration"), channels_last=channels_last)
+
+
+def first_train_batches(data: Any, count: int, batch_size: int, device: torch.device | str, *, seed: int,
+                        channels_last: bool = False) -> list[torch.Tensor]:
+    """The images of the first ``count`` training batches of an epoch shuffled and augmented from ``seed``
+    (a split smaller than ``batch_size`` gives one batch of all of it)."""
+    loader = data.train.loader(batch_size=batch_size, train=True, seed=seed,
                                device=torch.device(device), channels_last=channels_last, drop_last=False)
-    return [x for _, (x, _y) in zip(range(cfg.eval.calib_batches), loader)]
+    return [x for _, (x, _y) in zip(range(count), loader)]
 
 
 def eval_batches(split: Any, cfg: RunConfig, device: torch.device | str, *, channels_last: bool = False,

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from ..config import RunConfig
 from ..cost import arch_cost
 from ..errors import ConfigError, SearchError
-from ..runs import eval_batches, load_supernet, trained_data_config
+from ..runs import eval_batches, first_train_batches, load_supernet, trained_data_config
 from ..space import Arch, SearchSpace
 from ..train.distributed import DistInfo, barrier
 from ..utils.io import atomic_write_text, ensure_dir
@@ -207,12 +207,9 @@ def _build_evaluator(cfg: RunConfig, model: Any, state: dict[str, Any], ctx: Run
     val_split = data.search_val
     if scfg.val_images is not None and scfg.val_images < len(val_split):
         val_split = val_split.subset(range(scfg.val_images))
-    cl = ctx.channels_last
-    calib_loader = data.train.loader(batch_size=scfg.calib_batch_size, train=True,
-                                     seed=derive_seed(split_seed, "search-calibration"), device=ctx.device,
-                                     channels_last=cl, drop_last=False)
-    calib = [x for _, (x, _y) in zip(range(scfg.calib_batches), calib_loader)]
-    val = eval_batches(val_split, cfg, ctx.device, channels_last=cl)
+    calib = first_train_batches(data, scfg.calib_batches, scfg.calib_batch_size, ctx.device,
+                                seed=derive_seed(split_seed, "search-calibration"), channels_last=ctx.channels_last)
+    val = eval_batches(val_split, cfg, ctx.device, channels_last=ctx.channels_last)
     return SupernetEvaluator(model, calib, val)  # float32 whatever train.amp: as export and eval score
 
 
