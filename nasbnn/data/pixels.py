@@ -4,8 +4,9 @@ A uint8 pixel has 256 possible values, so the normalised value of each is comput
 the same ``torch.addcmul`` that the device path uses, and a batch is then a table lookup. That gives the
 same bits as ``addcmul(shift, x.float(), scale)`` by construction, in one read of the bytes and one write of
 the floats instead of a conversion pass, a broadcast multiply-add and a temporary (0.05 instead of 0.63 ms
-of one core per 224x224 RGB image, measured in benchmarks/RESULTS.md's loader section). The lookup also reads channels-last (NHWC) batches, as image-folder
-workers hand them over, and writes NCHW, so the workers need not transpose. A numba loop does the lookup:
+of one core per 224x224 RGB image, measured in benchmarks/RESULTS.md's loader section). The lookup also
+reads channels-last (NHWC) batches, as image-folder workers hand them over, and writes NCHW, so the
+workers need not transpose. A numba loop does the lookup:
 numpy's fancy indexing would widen every byte to a 64-bit index first.
 """
 
