@@ -54,16 +54,19 @@ def main() -> None:
     ap.add_argument("--resolution", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--full", action="store_true", help="include the per-layer tables in the output")
+    ap.add_argument("--no-settle", dest="settle", action="store_false",
+                    help="time each side right after the other, without an untimed call of its own first")
     args = ap.parse_args()
 
     space = create_space(args.space)
     arch = space.parse(args.arch) if args.arch else space.smallest() if args.smallest else space.largest()
     static = random_static(space, arch, seed=args.seed)
     res = benchmark_threads(static, batch_sizes=args.batch, threads=args.threads, repeats=args.repeats,
-                            warmup=args.warmup, resolution=args.resolution, seed=args.seed)
+                            warmup=args.warmup, resolution=args.resolution, seed=args.seed, settle=args.settle)
     first = res["results"][str(args.threads[0])]
     out: dict = {"space": space.name, "arch": str(arch), "resolution": first["resolution"], "weights": "random",
-                 "repeats": args.repeats, "machine": {k: v for k, v in first["machine"].items() if k != "threads"},
+                 "repeats": args.repeats, "settle": args.settle,
+                 "machine": {k: v for k, v in first["machine"].items() if k != "threads"},
                  "packed_bytes": first["packed_bytes"], "float_bytes": first["float_bytes"], "batches": {},
                  "scaling": res["scaling"]}
     for bs in args.batch:

@@ -543,6 +543,25 @@ def test_bench_cli_json(capsys):
     assert "threads" in capsys.readouterr().err
 
 
+def test_benchmark_settles_each_side_before_timing_it(monkeypatch):
+    """With ``settle`` every timed engine call and every timed float call follows an untimed call of the same
+    side; without it the engine's timed call follows the float network's, as before."""
+    from nasbnn.engine import bench, frozen
+
+    log: list[str] = []
+    run, forward = BinaryEngine.run, frozen.FrozenBNN.forward
+    monkeypatch.setattr(BinaryEngine, "run", lambda self, *a, **k: (log.append("e"), run(self, *a, **k))[1])
+    monkeypatch.setattr(frozen.FrozenBNN, "forward", lambda self, x: (log.append("f"), forward(self, x))[1])
+    space = create_space("tiny")
+    static = bench.random_static(space, space.smallest())
+    for settle, sequence in ((True, "eeeff"), (False, "efe")):
+        log.clear()
+        res = bench.benchmark(static, batch_sizes=(1,), threads=1, repeats=2, warmup=0, settle=settle)
+        assert res["settle"] is settle
+        # the first calls compile the engine and check agreement; then two repeats of the protocol
+        assert "".join(log).endswith(sequence * 2), (settle, log)
+
+
 def test_latency_cli(tmp_path, capsys):
     out = tmp_path / "lat.json"
     assert main(["latency", "fit", "--space", "tiny", "--samples", "4", "--repeats", "1", "--out", str(out),

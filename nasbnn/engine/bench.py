@@ -123,7 +123,7 @@ def _stats(values: Sequence[float]) -> dict[str, float]:
 
 
 def benchmark(static: Any, *, batch_sizes: Sequence[int] = (1, 8), threads: int | None = None, repeats: int = 10,
-              warmup: int = 2, resolution: int | None = None, seed: int = 0) -> dict[str, Any]:
+              warmup: int = 2, resolution: int | None = None, seed: int = 0, settle: bool = True) -> dict[str, Any]:
     """Times the packed engine and the frozen float network on random images.
 
     Args:
@@ -134,6 +134,8 @@ def benchmark(static: Any, *, batch_sizes: Sequence[int] = (1, 8), threads: int 
         warmup: untimed runs first (the engine's first call also compiles or loads its kernels).
         resolution: input size (default: the space's).
         seed: of the random images.
+        settle: precede each side's timed calls by an untimed call of the same side (steady state);
+            False times each side right after the other (see :func:`_interleaved`).
 
     Returns:
         A JSON-ready dict: ``machine``, ``threads``, sizes, ``batches`` (per batch size: end-to-end and
@@ -149,7 +151,7 @@ def benchmark(static: Any, *, batch_sizes: Sequence[int] = (1, 8), threads: int 
 
     n_threads = numba.config.NUMBA_NUM_THREADS if threads is None else int(threads)
     return benchmark_threads(static, batch_sizes=batch_sizes, threads=(n_threads,), repeats=repeats, warmup=warmup,
-                             resolution=resolution, seed=seed)["results"][str(n_threads)]
+                             resolution=resolution, seed=seed, settle=settle)["results"][str(n_threads)]
 
 
 def bench_network(*, bundle: str | None = None, space: Any = None, arch: Any = None, seed: int = 0,
@@ -170,10 +172,11 @@ def bench_network(*, bundle: str | None = None, space: Any = None, arch: Any = N
 
 def benchmark_threads(static: Any, *, batch_sizes: Sequence[int] = (1, 8), threads: Sequence[int] = (1, 2),
                       repeats: int = 10, warmup: int = 2, resolution: int | None = None,
-                      seed: int = 0) -> dict[str, Any]:
+                      seed: int = 0, settle: bool = True) -> dict[str, Any]:
     """:func:`benchmark` at several thread counts, interleaved, and how each side scales with threads.
 
-    Every repeat runs each thread count in turn (engine, float, then both layer by layer), so that all
+    Every repeat runs each thread count in turn (the engine end to end and layer by layer, then the float
+    network the same way, each after an untimed call of its own with ``settle``), so that all
     thread counts see the same machine load; on a shared machine this is what makes their ratio
     meaningful. Returns ``results`` (per thread count, the dict :func:`benchmark` returns) and
     ``scaling`` (per batch size and thread count: the time at the first thread count over the time at
@@ -212,7 +215,10 @@ def benchmark_threads(static: Any, *, batch_sizes: Sequence[int] = (1, 8), threa
             "arch": str(static.arch), "resolution": res, "repeats": repeats, "warmup": warmup,
             "packed_bytes": packed.nbytes, "float_bytes": float_model_bytes(static),
             "timing": "wall clock (time.perf_counter); 'min' is the best of the repeats, 'median' their median; "
-                      "speedups use the best runs; thread counts interleaved within every repeat",
+                      "speedups use the best runs; thread counts interleaved within every repeat; "
+                      + ("each side's timed calls follow an untimed call of the same side (steady state)" if settle
+                         else "each side's timed calls follow the other side's (caches and cores as it left them)"),
+            "settle": settle,
             "batches": {},
         }
     scaling: dict[str, Any] = {}
@@ -221,7 +227,7 @@ def benchmark_threads(static: Any, *, batch_sizes: Sequence[int] = (1, 8), threa
     try:
         for bs in (int(b) for b in batch_sizes):
             x = torch.randn(bs, space.in_channels, res, res, generator=gen)
-            runs = _interleaved(static, engine, frozen, x, tlist, repeats, warmup)
+            runs = _interleaved(static, engine, frozen, x, tlist, repeats, warmup, settle)
             for t in tlist:
                 results[str(t)]["batches"][str(bs)] = _summary(static, res, bs, runs[t])
             scaling[str(bs)] = _scaling(runs, tlist)
@@ -236,8 +242,15 @@ def benchmark_threads(static: Any, *, batch_sizes: Sequence[int] = (1, 8), threa
 
 
 def _interleaved(static: Any, engine: Any, frozen: Any, x: torch.Tensor, tlist: Sequence[int], repeats: int,
-                 warmup: int) -> dict[int, dict[str, Any]]:
-    """Raw timings per thread count: end to end and per layer, engine and float, all repeats."""
+                 warmup: int, settle: bool) -> dict[int, dict[str, Any]]:
+    """Raw timings per thread count: end to end and per layer, engine and float, all repeats.
+
+    Within a repeat the engine runs (end to end, then layer by layer), then the float network. With
+    ``settle`` each side's timed calls follow an untimed call of the same side, so that they measure
+    the steady state a loop over images sees. Without it the engine's calls come right after the float
+    network, whose idle OpenMP threads keep spinning on the cores for the first milliseconds and whose
+    hundreds of MB have evicted the engine's weights and buffers from the caches.
+    """
     from .verify import compare
 
     xn = x.numpy()
@@ -250,25 +263,36 @@ def _interleaved(static: Any, engine: Any, frozen: Any, x: torch.Tensor, tlist: 
         runs[t] = {"agreement": {k: check[k] for k in ("images", "agree", "sign_ties", "unexplained", "max_rel_err")},
                    "e2e_engine": [], "e2e_float": [], "cpu_engine": [], "lay_engine": [], "lay_float": [],
                    "names": []}
+    def time_engine(t: int) -> tuple[float, float]:
+        c0 = time.process_time()  # CPU time of all the process's threads: work plus waiting cost
+        t0 = time.perf_counter()
+        engine(xn, threads=t)
+        return time.perf_counter() - t0, time.process_time() - c0
+
+    @torch.no_grad()
+    def time_float(t: int) -> float:
+        torch.set_num_threads(t)  # an OpenMP threading layer of numba can change PyTorch's: re-pin it
+        t0 = time.perf_counter()
+        frozen(xf)
+        return time.perf_counter() - t0
+
     for i in range(warmup + repeats):
         for t in tlist:
             r = runs[t]
-            torch.set_num_threads(t)
-            c0 = time.process_time()  # CPU time of all the process's threads: work plus waiting cost
-            t0 = time.perf_counter()
-            engine(xn, threads=t)
-            te = time.perf_counter() - t0
-            ce = time.process_time() - c0
-            # An OpenMP threading layer of numba can change PyTorch's OpenMP thread count: re-pin it.
-            torch.set_num_threads(t)
-            with torch.no_grad():
-                t0 = time.perf_counter()
-                frozen(xf)
-                tf = time.perf_counter() - t0
             timings: list[Any] = []
-            engine.run(xn, threads=t, timings=timings)
-            torch.set_num_threads(t)
-            lf = _time_float_layers(units, xf)
+            if settle:  # engine: untimed, end to end, per layer; float: the same
+                engine(xn, threads=t)
+                te, ce = time_engine(t)
+                engine.run(xn, threads=t, timings=timings)
+                time_float(t)
+                tf = time_float(t)
+                lf = _time_float_layers(units, xf)
+            else:  # each side right after the other
+                te, ce = time_engine(t)
+                tf = time_float(t)
+                engine.run(xn, threads=t, timings=timings)
+                torch.set_num_threads(t)
+                lf = _time_float_layers(units, xf)
             if i >= warmup:
                 r["e2e_engine"].append(te)
                 r["cpu_engine"].append(ce)

@@ -207,7 +207,8 @@ class _JobRows(NamedTuple):
     npx: int
     coords: np.ndarray  # [npx, 4] int64: batch, y, x, border case
     acc: np.ndarray  # [BLOCK, npad] int32 popcount sums
-    rbuf: np.ndarray  # [npad] float32 shortcut of the current pixel
+    rbuf: np.ndarray  # [BLOCK, npad] float32 shortcut of the block's pixels (when not read in place)
+    pixels: np.ndarray  # [4, BLOCK] int64 per pixel of the block: border case, shortcut, output offsets, row
 
 
 def plain_args(*args: Any) -> tuple[Any, ...]:
@@ -377,32 +378,33 @@ def _record_array(context, builder, rec_ty, rec, name):  # type: ignore[no-untyp
 
 
 def _make_epilogue(pack: bool):  # type: ignore[no-untyped-def]
-    """The vectorised output transform intrinsic, optionally packing the result for the next layer."""
+    """The vectorised output transform intrinsic of a block of pixels, optionally packing for the next layer."""
 
     @intrinsic
-    def epilogue(typingctx, acc, ai, ac0, conv, cfg, c0, res, r_off, rv, rv0, out, o_off, nvec, target,  # type: ignore[no-untyped-def]
-                 row):
-        """``nvec`` vectors of the output transform of one pixel (see :func:`_conv_group`).
+    def epilogue(typingctx, acc, mr, ac0, conv, c0, res, rv, rv0, out, nvec, target, pixels):  # type: ignore[no-untyped-def]
+        """``nvec`` vectors of the output transform of ``mr`` pixels (see :func:`_conv_group`).
 
-        With ``dbase`` and ``tp`` of ``conv`` (:class:`BinaryWeights`), for n < nvec·FLOAT_LANES and
-        c = c0 + n: ``d = dbase[cfg, c] - 2·acc[ai, ac0 + n]``;
-        ``t = float(d)·tp[0, c] + tp[1, c] + res[r_off + rv[rv0 + j] + i] + tp[2, c]`` for n = j·FLOAT_LANES + i
-        (``rv`` gives each vector's shortcut offset, e.g. ``c mod C_res`` when widening);
-        ``t = t·tp[3, c]`` where t < 0; ``out[o_off + n] = t + tp[4, c]``: the scalar code's operations
-        in the same order.
+        ``pixels`` [4, BLOCK] int64 holds per pixel i < mr its border case, shortcut offset, output offset
+        and packed row. With ``dbase`` and ``tp`` of ``conv`` (:class:`BinaryWeights`), for
+        n < nvec·FLOAT_LANES and c = c0 + n: ``d = dbase[case_i, c] - 2·acc[i, ac0 + n]``;
+        ``t = float(d)·tp[0, c] + tp[1, c] + res[res_i + rv[rv0 + j] + l] + tp[2, c]`` for
+        n = j·FLOAT_LANES + l (``rv`` gives each vector's shortcut offset, e.g. ``c mod C_res`` when
+        widening); ``t = t·tp[3, c]`` where t < 0; ``out[out_i + n] = t + tp[4, c]``: the scalar code's
+        operations in the same order.
         With packing, the sign bits of ``out + target.shift[c]`` are OR-ed into
-        ``target.out[row, target.vec_word[v]]`` at bit ``target.vec_bit[v]`` for channel vector
+        ``target.out[row_i, target.vec_word[v]]`` at bit ``target.vec_bit[v]`` for channel vector
         v = c // FLOAT_LANES (``target``: :class:`PackTarget`), and the number of exact zeros is returned.
-        ``acc``/``dbase`` are int32 2-D, ``tp`` float32 [5, C], ``res``/``out`` flat float32. The caller
-        guarantees the indices are in bounds.
+
+        Channel vectors are the outer loop: each vector's transform constants are loaded once for the
+        block's pixels. ``acc``/``dbase`` are int32 2-D, ``tp`` float32 [5, C], ``res``/``out`` flat
+        float32. The caller guarantees the indices are in bounds.
         """
-        sig = types.int64(acc, ai, ac0, conv, cfg, c0, res, r_off, rv, rv0, out, o_off, nvec, target, row)
+        sig = types.int64(acc, mr, ac0, conv, c0, res, rv, rv0, out, nvec, target, pixels)
         lanes = FLOAT_LANES
 
         def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-            (acc_v, ai_v, ac0_v, conv_v, cfg_v, c0_v, res_v, roff_v, rv_v, rv0_v, out_v, ooff_v, nvec_v, tgt_v,
-             row_v) = args
-            acc_t, _, _, conv_t, _, _, res_t, _, rv_t, _, out_t, _, _, tgt_t, _ = signature.args
+            acc_v, mr_v, ac0_v, conv_v, c0_v, res_v, rv_v, rv0_v, out_v, nvec_v, tgt_v, pix_v = args
+            acc_t, _, _, conv_t, _, res_t, rv_t, _, out_t, _, tgt_t, pix_t = signature.args
             i32 = ir.IntType(32)
             i64 = ir.IntType(64)
             f32 = ir.FloatType()
@@ -414,24 +416,24 @@ def _make_epilogue(pack: bool):  # type: ignore[no-untyped-def]
             rary = context.make_array(res_t)(context, builder, res_v)
             rvary = context.make_array(rv_t)(context, builder, rv_v)
             oary = context.make_array(out_t)(context, builder, out_v)
+            pxary = context.make_array(pix_t)(context, builder, pix_v)
             sary, pkary, pwary, pbary = (_record_array(context, builder, tgt_t, tgt_v, name)
                                          for name in ("shift", "out", "vec_word", "vec_bit"))
             a_ld = cgutils.unpack_tuple(builder, aary.shape, 2)[1]
             d_ld = cgutils.unpack_tuple(builder, dary.shape, 2)[1]
             t_ld = cgutils.unpack_tuple(builder, tary.shape, 2)[1]
-            pa = builder.gep(aary.data, [builder.add(builder.mul(ai_v, a_ld), ac0_v)])
-            pd = builder.gep(dary.data, [builder.add(builder.mul(cfg_v, d_ld), c0_v)])
+            px_ld = cgutils.unpack_tuple(builder, pxary.shape, 2)[1]
+            pa = builder.gep(aary.data, [ac0_v])
+            pd = builder.gep(dary.data, [c0_v])
             pt = [builder.gep(tary.data, [builder.add(builder.mul(ir.Constant(i64, r), t_ld), c0_v)])
                   for r in range(5)]
-            pr = builder.gep(rary.data, [roff_v])
             prv = builder.gep(rvary.data, [rv0_v])
-            po = builder.gep(oary.data, [ooff_v])
+            ppx = [builder.gep(pxary.data, [builder.mul(ir.Constant(i64, r), px_ld)]) for r in range(4)]
             zero = ir.Constant(vf, None)
             one = ir.Constant(vi, [1] * lanes)
             count = cgutils.alloca_once_value(builder, ir.Constant(i64, 0))
             if pack:
                 pk_ld = cgutils.unpack_tuple(builder, pkary.shape, 2)[1]
-                prow = builder.gep(pkary.data, [builder.mul(row_v, pk_ld)])
                 psh = builder.gep(sary.data, [c0_v])
                 v0 = builder.udiv(c0_v, ir.Constant(i64, lanes))
                 ivec = ir.IntType(lanes)
@@ -439,26 +441,34 @@ def _make_epilogue(pack: bool):  # type: ignore[no-untyped-def]
             def vload(base, off, t):  # type: ignore[no-untyped-def]
                 return builder.load(builder.bitcast(builder.gep(base, [off]), t.as_pointer()), align=4)
 
-            with cgutils.for_range(builder, nvec_v) as loop:
-                off = builder.mul(loop.index, ir.Constant(i64, lanes))
-                d = builder.sub(vload(pd, off, vi), builder.shl(vload(pa, off, vi), one))
-                y = builder.fadd(builder.fmul(builder.sitofp(d, vf), vload(pt[0], off, vf)), vload(pt[1], off, vf))
-                roff = builder.load(builder.gep(prv, [loop.index]))
-                y = builder.fadd(y, vload(pr, roff, vf))
-                t = builder.fadd(y, vload(pt[2], off, vf))
-                t = builder.select(builder.fcmp_ordered("<", t, zero), builder.fmul(t, vload(pt[3], off, vf)), t)
-                o = builder.fadd(t, vload(pt[4], off, vf))
-                builder.store(o, builder.bitcast(builder.gep(po, [off]), vf.as_pointer()), align=4)
+            with cgutils.for_range(builder, nvec_v) as vloop:
+                off = builder.mul(vloop.index, ir.Constant(i64, lanes))
+                mul, bias, sin, slope, sout = (vload(p, off, vf) for p in pt)
+                roff = builder.load(builder.gep(prv, [vloop.index]))
                 if pack:
-                    v = builder.fadd(o, vload(psh, off, vf))
-                    neg = builder.zext(builder.bitcast(builder.fcmp_ordered("<", v, zero), ivec), i64)
-                    isz = builder.zext(builder.bitcast(builder.fcmp_ordered("==", v, zero), ivec), i64)
-                    vi_ = builder.add(v0, loop.index)
+                    sh = vload(psh, off, vf)
+                    vi_ = builder.add(v0, vloop.index)
                     word = builder.load(builder.gep(pwary.data, [vi_]))
                     bit = builder.load(builder.gep(pbary.data, [vi_]))
-                    wp = builder.gep(prow, [word])
-                    builder.store(builder.or_(builder.load(wp), builder.shl(neg, bit)), wp)
-                    builder.store(builder.add(builder.load(count), builder.ctpop(isz)), count)
+                with cgutils.for_range(builder, mr_v) as ploop:
+                    i = ploop.index
+                    cfg, r_i, o_i, row = (builder.load(builder.gep(p, [i])) for p in ppx)
+                    d = builder.sub(vload(pd, builder.add(builder.mul(cfg, d_ld), off), vi),
+                                    builder.shl(vload(pa, builder.add(builder.mul(i, a_ld), off), vi), one))
+                    y = builder.fadd(builder.fmul(builder.sitofp(d, vf), mul), bias)
+                    y = builder.fadd(y, vload(rary.data, builder.add(r_i, roff), vf))
+                    t = builder.fadd(y, sin)
+                    t = builder.select(builder.fcmp_ordered("<", t, zero), builder.fmul(t, slope), t)
+                    o = builder.fadd(t, sout)
+                    builder.store(o, builder.bitcast(builder.gep(oary.data, [builder.add(o_i, off)]),
+                                                     vf.as_pointer()), align=4)
+                    if pack:
+                        v = builder.fadd(o, sh)
+                        neg = builder.zext(builder.bitcast(builder.fcmp_ordered("<", v, zero), ivec), i64)
+                        isz = builder.zext(builder.bitcast(builder.fcmp_ordered("==", v, zero), ivec), i64)
+                        wp = builder.gep(pkary.data, [builder.add(builder.mul(row, pk_ld), word)])
+                        builder.store(builder.or_(builder.load(wp), builder.shl(neg, bit)), wp)
+                        builder.store(builder.add(builder.load(count), builder.ctpop(isz)), count)
             return builder.load(count)
 
         return sig, codegen
@@ -607,16 +617,18 @@ def _conv_group(src, r0, c0w, g, nlo, nhi, job, geo, conv, inp, short, out_f, ta
     sign(0) corrections from the same row of ``inp.zc``; ``job.coords[m]`` = (b, y, x, border case)
     addresses the shortcut. The other records are those of :func:`bconv_forward`.
 
-    For each block of 8 pixels: the micro-kernel tiles fill ``acc``, then per pixel the output
-    transform runs: ``dot = dbase[case, c] - 2·popcount`` (exact zero padding), ``y = dot·mul + bias``
+    For each block of 8 pixels: the micro-kernel tiles fill ``acc``, then the output transform runs for
+    the block: ``dot = dbase[case, c] - 2·popcount`` (exact zero padding), ``y = dot·mul + bias``
     (folded alpha and BatchNorm), ``+ shortcut``, RPReLU. Whole vectors of channels go through
-    :func:`_epilogue_vec`; the remaining channels, and every channel when sign(0) corrections apply,
-    through the scalar loop (same operations, same order). When packing is fused (see
+    :func:`_epilogue_vec`, one vector of channels for all the block's pixels at a time (``job.pixels``
+    says where each pixel reads and writes); the remaining channels, and every channel when sign(0)
+    corrections apply, through the scalar loop (same operations, same order). When packing is fused (see
     :func:`_fuses_pack`) the sign bits for the next layer are OR-ed into the zeroed ``target.out`` rows
     on the way; returns the number of exact zeros met then.
     """
     _prefer_wide_vectors()
-    p0, npx, coords, acc, rbuf = job.p0, job.npx, job.coords, job.acc, job.rbuf
+    p0, npx, coords, acc, rbuf, pixels = job.p0, job.npx, job.coords, job.acc, job.rbuf, job.pixels
+    rbuf_flat = rbuf.reshape(-1)
     wgt = conv.wt[g]
     kw, npad = wgt.shape[0], wgt.shape[1]
     dbase, tp, cog = conv.dbase, conv.tp, geo.cog
@@ -659,43 +671,54 @@ def _conv_group(src, r0, c0w, g, nlo, nhi, job, geo, conv, inp, short, out_f, ta
         for i in range(mr):
             m = m0 + i
             pix = p0 + m
-            b, oy, ox, cfg = coords[m, 0], coords[m, 1], coords[m, 2], coords[m, 3]
-            iu, pu, cu = np.uint64(i), np.uint64(pix), np.uint64(cfg)
-            bu, yu, xu = np.uint64(b), np.uint64(oy), np.uint64(ox)
-            if not vec_direct:
-                # The shortcut of these channels into rbuf: 2x2/2 ceil-mode average and/or channel tiling.
-                if res_pool:
-                    y0 = 2 * oy
-                    x0 = 2 * ox
-                    y1 = min(y0 + 2, hr)
-                    x1 = min(x0 + 2, wr_)
-                    cnt = np.float32((y1 - y0) * (x1 - x0))
-                    for n in range(nlo, nhi):
-                        rbuf[np.uint64(n)] = 0
-                    for yy in range(y0, y1):
-                        for xx in range(x0, x1):
-                            yv_, xv_ = np.uint64(yy), np.uint64(xx)
-                            if rsame:
-                                for n in range(nlo, nhi):
-                                    rbuf[np.uint64(n)] += res[bu, yv_, xv_, np.uint64(c0 + n)]
-                            else:
-                                for n in range(nlo, nhi):
-                                    rbuf[np.uint64(n)] += res[bu, yv_, xv_, np.uint64(rix[np.uint64(c0 + n)])]
-                    for n in range(nlo, nhi):
-                        rbuf[np.uint64(n)] = rbuf[np.uint64(n)] / cnt
-                else:
-                    for n in range(nlo, nhi):
-                        rbuf[np.uint64(n)] = res[bu, yu, xu, np.uint64(rix[np.uint64(c0 + n)])]
+            b, oy, ox = coords[m, 0], coords[m, 1], coords[m, 2]
+            iu, bu = np.uint64(i), np.uint64(b)
+            pixels[0, iu] = coords[m, 3]
+            pixels[2, iu] = pix * cols + cc
+            pixels[3, iu] = pix
             if vec_direct:  # the shortcut read in place, one contiguous run per channel vector
-                rsrc, roff, rvt, rv0 = res_flat, ((b * hr + oy) * wr_ + ox) * cr, rvoff, cc // FLOAT_LANES
+                pixels[1, iu] = ((b * hr + oy) * wr_ + ox) * cr
+                continue
+            pixels[1, iu] = i * npad
+            # The shortcut of these channels into rbuf: 2x2/2 ceil-mode average and/or channel tiling.
+            if res_pool:
+                y0 = 2 * oy
+                x0 = 2 * ox
+                y1 = min(y0 + 2, hr)
+                x1 = min(x0 + 2, wr_)
+                cnt = np.float32((y1 - y0) * (x1 - x0))
+                for n in range(nlo, nhi):
+                    rbuf[iu, np.uint64(n)] = 0
+                for yy in range(y0, y1):
+                    for xx in range(x0, x1):
+                        yv_, xv_ = np.uint64(yy), np.uint64(xx)
+                        if rsame:
+                            for n in range(nlo, nhi):
+                                rbuf[iu, np.uint64(n)] += res[bu, yv_, xv_, np.uint64(c0 + n)]
+                        else:
+                            for n in range(nlo, nhi):
+                                rbuf[iu, np.uint64(n)] += res[bu, yv_, xv_, np.uint64(rix[np.uint64(c0 + n)])]
+                for n in range(nlo, nhi):
+                    rbuf[iu, np.uint64(n)] = rbuf[iu, np.uint64(n)] / cnt
             else:
-                rsrc, roff, rvt, rv0 = rbuf, 0, rvid, nlo // FLOAT_LANES
-            if fuse_pack:
-                zeros += _epilogue_vec_pack(acc, i, nlo, conv, cfg, cc, rsrc, roff, rvt, rv0, out_flat, pix * cols + cc,
-                                            nvec, target, pix)
-            else:
-                _epilogue_vec(acc, i, nlo, conv, cfg, cc, rsrc, roff, rvt, rv0, out_flat, pix * cols + cc, nvec, target,
-                              pix)
+                yu, xu = np.uint64(oy), np.uint64(ox)
+                for n in range(nlo, nhi):
+                    rbuf[iu, np.uint64(n)] = res[bu, yu, xu, np.uint64(rix[np.uint64(c0 + n)])]
+        if vec_direct:
+            rsrc, rvt, rv0 = res_flat, rvoff, cc // FLOAT_LANES
+        else:
+            rsrc, rvt, rv0 = rbuf_flat, rvid, nlo // FLOAT_LANES
+        if fuse_pack:
+            zeros += _epilogue_vec_pack(acc, mr, nlo, conv, cc, rsrc, rvt, rv0, out_flat, nvec, target, pixels)
+        else:
+            _epilogue_vec(acc, mr, nlo, conv, cc, rsrc, rvt, rv0, out_flat, nvec, target, pixels)
+        if nlo + nvec * FLOAT_LANES == nhi:
+            continue
+        for i in range(mr):  # the channels left: same operations, same order
+            m = m0 + i
+            iu, pu = np.uint64(i), np.uint64(p0 + m)
+            cu = np.uint64(coords[m, 3])
+            bu, yu, xu = np.uint64(coords[m, 0]), np.uint64(coords[m, 1]), np.uint64(coords[m, 2])
             for n in range(nlo + nvec * FLOAT_LANES, nhi):
                 nu = np.uint64(n)
                 c = np.uint64(c0 + n)
@@ -706,7 +729,7 @@ def _conv_group(src, r0, c0w, g, nlo, nhi, job, geo, conv, inp, short, out_f, ta
                 if vec_direct:
                     yv = yv + res[bu, yu, xu, np.uint64(rix[c])]
                 else:
-                    yv = yv + rbuf[nu]
+                    yv = yv + rbuf[iu, nu]
                 tv = yv + tp[2, c]
                 if tv < 0:
                     tv = tv * tp[3, c]
@@ -790,7 +813,7 @@ def bconv_forward(inp, conv, geo, short, out_f, target, jobs):
                     out_p[np.uint64(pix), np.uint64(j)] = 0
         patch = np.empty((pix_per_job, kw), np.uint64)
         rows = _JobRows(p0, npx, np.empty((pix_per_job, 4), np.int64), np.empty((BLOCK, npad), np.int32),
-                        np.empty(npad, np.float32))
+                        np.empty((BLOCK, npad), np.float32), np.empty((4, BLOCK), np.int64))
         coords = rows.coords
         b = p0 // hw
         oy = (p0 - b * hw) // wo

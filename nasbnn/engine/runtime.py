@@ -28,6 +28,9 @@ __all__ = ["BinaryEngine", "InputError", "LayerTiming"]
 #: Elements after every float work buffer and shift vector that the packing kernels may read.
 SLACK = 64
 
+#: Bytes per cache line: work buffers and weights start on one.
+CACHE_LINE = 64
+
 #: Serialises kernel launches of all engines: numba's thread pools are not re-entrant.
 LAUNCH_LOCK = threading.Lock()
 
@@ -146,9 +149,18 @@ def _layout(taps: np.ndarray, npad: int, *, merge: bool) -> np.ndarray:
         rows = np.concatenate([full, halves], axis=2)
     else:
         rows = taps.reshape(groups, cog, nt * wg)
-    out = np.zeros((groups, rows.shape[2], npad), np.uint64)
+    out = _aligned_zeros(groups * rows.shape[2] * npad, np.uint64).reshape(groups, rows.shape[2], npad)
     out[:, :, :cog] = rows.transpose(0, 2, 1)
     return out
+
+
+def _aligned_zeros(n: int, dtype: Any) -> np.ndarray:
+    """``np.zeros(n, dtype)`` starting on a cache line: the kernels load and store whole 64-byte vectors of
+    their rows, and a vector that straddles two lines costs two accesses."""
+    item = np.dtype(dtype).itemsize
+    raw = np.zeros(n * item + CACHE_LINE, np.uint8)
+    start = -raw.ctypes.data % CACHE_LINE
+    return raw[start:start + n * item].view(dtype)
 
 
 def _popcount(a: np.ndarray) -> np.ndarray:
@@ -335,7 +347,7 @@ class BinaryEngine:
         if buf is None or buf.size < size + SLACK or buf.dtype != dtype:
             if buf is not None:
                 self._replaced += 1
-            buf = np.zeros(size + SLACK, dtype)
+            buf = _aligned_zeros(size + SLACK, dtype)
             self._work[key] = buf
         return buf[:size]
 
