@@ -289,6 +289,50 @@ def test_sign_zero_activations_count_zero(monkeypatch, threads):
     assert float((out - ref).norm() / ref.norm()) > TOL
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_blocks_in_one_pass_match_layer_by_layer(monkeypatch, threads):
+    """A block run in one pass (K×K and 1×1 units in the same jobs) gives the same logits bit for bit, and its
+    timing entry covers both layers."""
+    from nasbnn.engine.bench import random_static
+
+    monkeypatch.setattr(runtime_mod, "FUSE_MIN_BYTES", 0)  # every block of a batch-1 input in one pass
+    rng = random.Random(5)
+    for name in ("fashion-mnist", "cifar", "tiny"):
+        space = create_space(name)
+        for arch in (space.largest(), space.smallest(), space.sample(rng), space.sample(rng)):
+            packed = pack_model(random_static(space, arch, seed=2))
+            one, apart = BinaryEngine(packed), BinaryEngine(packed, fuse=False)
+            x = images(space, 1, space.resolution + 3).numpy()
+            timings: list = []
+            out = one.run(x, threads=threads, timings=timings)
+            assert np.array_equal(out, apart.run(x, threads=threads)), (name, str(arch))
+            assert [t.layers for t in timings] == [1] + [2] * ((len(packed.layers) - 1) // 2) + [1]
+            assert timings[1].name == "blocks.0"
+            # batches of several images run layer by layer (one pass measured slower there)
+            two: list = []
+            one.run(np.concatenate([x, x]), threads=threads, timings=two)
+            assert {t.layers for t in two} == {1}
+
+
+def test_one_pass_falls_back_on_exact_zeros(monkeypatch):
+    """Exact zeros in a block's input or in its K×K output need sign(0) corrections, which the one-pass kernel
+    does not apply: it reports the zeros and the block runs again layer by layer, with the same result."""
+    monkeypatch.setattr(runtime_mod, "FUSE_MIN_BYTES", 0)
+    static, x = _zero_network()
+    x1 = x[:1]
+    engine = BinaryEngine(pack_model(static), threads=1)
+    assert check_engine(static, engine, x1) == 0
+    assert np.array_equal(engine(x1), BinaryEngine(pack_model(static), fuse=False)(x1, threads=1))
+    program = engine._program(1, x1.shape[2], x1.shape[3], 1)
+    stem, block0 = program[0], program[1]
+    assert block0.fallback, "block 0 should run in one pass"
+    src = engine._step(stem, np.ascontiguousarray(x1.numpy()))
+    assert src[2]  # the stem's output has exact zeros: the block's input carries corrections
+    # Given the same words without them, the kernel runs and reports the exact zeros of its K×K output.
+    _, mid_zeros = block0.kernel((src[0], src[1], False), *block0.args)
+    assert mid_zeros > 0
+
+
 def test_divergence_is_detected_not_excused(tiny_static):
     """A real mismatch (a wrong weight bit in the packed model) is reported as such, never as a tie."""
     packed = pack_model(tiny_static)
@@ -482,6 +526,16 @@ def test_latency_model_recovers_coefficients(tmp_path):
     assert model.a_ms_per_gbop == pytest.approx(0.6, rel=1e-2)
     assert model.b_ms_per_gflop == pytest.approx(9.0, rel=2e-2)
     assert model.c_ms_per_layer == pytest.approx(0.02, rel=2e-2)
+    # Launches that ran two layers (a block in one pass): rows (BOPs, FLOPs, layers, ms), same coefficients.
+    from nasbnn.engine.latency import _launch_features
+
+    feats = np.column_stack([bops, flops, np.ones(200)])
+    spans = [1] + [2] * 99 + [1]
+    launch = _launch_features(feats, spans)
+    assert launch.shape == (101, 3) and launch[1, 2] == 2 and launch[:, 0].sum() == pytest.approx(bops.sum())
+    lms = 0.6 * launch[:, 0] / 1e9 + 9.0 * launch[:, 1] / 1e9 + 0.02 * launch[:, 2]
+    blocks = LatencyModel.fit(np.column_stack([launch, lms]))
+    assert (blocks.a_ms_per_gbop, blocks.b_ms_per_gflop, blocks.c_ms_per_layer) == pytest.approx((0.6, 9.0, 0.02))
     # A negative true coefficient is clamped to 0 (non-negative least squares).
     neg = LatencyModel.fit(np.column_stack([bops, flops, 0.5 * bops / 1e9 - 2.0 * flops / 1e9 + 0.1]))
     assert neg.b_ms_per_gflop == 0.0 and neg.a_ms_per_gbop > 0

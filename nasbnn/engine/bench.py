@@ -262,7 +262,7 @@ def _interleaved(static: Any, engine: Any, frozen: Any, x: torch.Tensor, tlist: 
         check = compare(static, engine, x)
         runs[t] = {"agreement": {k: check[k] for k in ("images", "agree", "sign_ties", "unexplained", "max_rel_err")},
                    "e2e_engine": [], "e2e_float": [], "cpu_engine": [], "lay_engine": [], "lay_float": [],
-                   "names": []}
+                   "names": [], "spans": []}
     def time_engine(t: int) -> tuple[float, float]:
         c0 = time.process_time()  # CPU time of all the process's threads: work plus waiting cost
         t0 = time.perf_counter()
@@ -300,6 +300,7 @@ def _interleaved(static: Any, engine: Any, frozen: Any, x: torch.Tensor, tlist: 
                 r["lay_engine"].append([v.seconds for v in timings])
                 r["lay_float"].append(lf)
                 r["names"] = [v.name for v in timings]
+                r["spans"] = [v.layers for v in timings]
     return runs
 
 
@@ -309,15 +310,21 @@ def _summary(static: Any, res: int, bs: int, run: dict[str, Any]) -> dict[str, A
 
     layers = []
     bin_e = bin_f = bin_em = bin_fm = 0.0
-    for i, lc in enumerate(layer_costs(static.arch, static.space, res)):
+    costs = layer_costs(static.arch, static.space, res)
+    pos = 0
+    for i, span in enumerate(run["spans"]):  # one row per engine launch: a layer, or a block run in one pass
+        group = costs[pos:pos + span]
         es = _stats([row[i] for row in run["lay_engine"]])
-        fs = _stats([row[i] for row in run["lay_float"]])
+        fs = _stats([sum(row[pos:pos + span]) for row in run["lay_float"]])
+        pos += span
+        lc, last = group[0], group[-1]
+        name = lc.name if span == 1 else "+".join([lc.name, *(c.name.rsplit(".", 1)[1] for c in group[1:])])
         layers.append({
-            "name": lc.name, "engine_layer": run["names"][i], "kind": lc.kind.value,
-            "in_channels": lc.in_channels, "out_channels": lc.out_channels, "kernel_size": lc.kernel_size,
-            "groups": lc.groups, "stride": lc.stride, "out_resolution": lc.out_resolution,
-            "mflops": lc.cost.mflops, "mbops": lc.cost.mbops, "mops": lc.cost.mops,
-            "engine_ms": es, "float_ms": fs, "speedup": fs["min"] / es["min"],
+            "name": name, "engine_layer": run["names"][i], "layers": [c.name for c in group], "kind": lc.kind.value,
+            "in_channels": lc.in_channels, "out_channels": last.out_channels, "kernel_size": lc.kernel_size,
+            "groups": lc.groups, "stride": lc.stride, "out_resolution": last.out_resolution,
+            "mflops": sum(c.cost.mflops for c in group), "mbops": sum(c.cost.mbops for c in group),
+            "mops": sum(c.cost.mops for c in group), "engine_ms": es, "float_ms": fs, "speedup": fs["min"] / es["min"],
         })
         if lc.kind is LayerKind.BINARY_CONV:
             bin_e += es["min"]

@@ -679,7 +679,7 @@ def _conv_group(src, r0, c0w, g, nlo, nhi, job, geo, conv, inp, short, out_f, ta
             if vec_direct:  # the shortcut read in place, one contiguous run per channel vector
                 pixels[1, iu] = ((b * hr + oy) * wr_ + ox) * cr
                 continue
-            pixels[1, iu] = i * npad
+            pixels[1, iu] = i * rbuf.shape[1]
             # The shortcut of these channels into rbuf: 2x2/2 ceil-mode average and/or channel tiling.
             if res_pool:
                 y0 = 2 * oy
@@ -791,8 +791,6 @@ def bconv_forward(inp, conv, geo, short, out_f, target, jobs):
     cout = geo.groups * cog
     direct = k == 1 and s == 1 and not merge
     of = out_f.reshape(-1)
-    ho, wo = geo.ho, geo.wo
-    hw = ho * wo
     fuse_pack = _fuses_pack(inp, geo, target)
     do_pack, out_p, ncg, nwg = target.on, target.out, target.cg, target.wg
     nwords = out_p.shape[1]
@@ -814,34 +812,140 @@ def bconv_forward(inp, conv, geo, short, out_f, target, jobs):
         patch = np.empty((pix_per_job, kw), np.uint64)
         rows = _JobRows(p0, npx, np.empty((pix_per_job, 4), np.int64), np.empty((BLOCK, npad), np.int32),
                         np.empty((BLOCK, npad), np.float32), np.empty((4, BLOCK), np.int64))
-        coords = rows.coords
-        b = p0 // hw
-        oy = (p0 - b * hw) // wo
-        ox = p0 - b * hw - oy * wo
-        for m in range(npx):  # (b, oy, ox) stepped without divisions
-            coords[m, 0] = b
-            coords[m, 1] = oy
-            coords[m, 2] = ox
-            coords[m, 3] = _border_case(oy, ox, geo)
-            ox += 1
-            if ox == wo:
-                ox = 0
-                oy += 1
-                if oy == ho:
-                    oy = 0
-                    b += 1
+        _job_coords(p0, npx, geo, rows.coords)
         for g in range(lo // cog, (hi - 1) // cog + 1):
             nlo = max(lo, g * cog) - g * cog
             nhi = min(hi, g * cog + cog) - g * cog
             if direct:
                 zeros += _conv_group(xp, p0, g * wg, g, nlo, nhi, rows, geo, conv, inp, short, out_f, target)
             else:
-                _gather_group(xp, coords, npx, geo, g, merge, patch)
+                _gather_group(xp, rows.coords, npx, geo, g, merge, patch)
                 zeros += _conv_group(patch, 0, 0, g, nlo, nhi, rows, geo, conv, inp, short, out_f, target)
         if do_pack and not fuse_pack:
             zeros = _pack_rows(of, cout, p0, p1_, target, wlo, whi)
         zcount[job] = zeros
     return zcount.sum()
+
+
+@njit(cache=True, fastmath=False)
+def _job_coords(p0, npx, geo, coords):
+    """Fills ``coords`` [npx, 4] with (batch, y, x, border case) of output pixels ``p0 .. p0 + npx - 1``."""
+    ho, wo = geo.ho, geo.wo
+    hw = ho * wo
+    b = p0 // hw
+    oy = (p0 - b * hw) // wo
+    ox = p0 - b * hw - oy * wo
+    for m in range(npx):  # (b, oy, ox) stepped without divisions
+        coords[m, 0] = b
+        coords[m, 1] = oy
+        coords[m, 2] = ox
+        coords[m, 3] = _border_case(oy, ox, geo)
+        ox += 1
+        if ox == wo:
+            ox = 0
+            oy += 1
+            if oy == ho:
+                oy = 0
+                b += 1
+
+
+@njit(parallel=True, cache=True, fastmath=False)
+def block_forward(inp, conv1, geo1, short1, mid, conv2, geo2, rix2, out_f, target, jobs, mid_zeros):
+    """A whole block in one pass: the K×K unit of :func:`bconv_forward`, then its 1×1 unit on the same pixels.
+
+    The 1×1 conv reads only its own pixel, so a job that has computed the K×K unit for its output pixels
+    (every channel) can run the 1×1 unit on them at once: the K×K output (the 1×1 unit's input and
+    shortcut) stays in the job's buffers instead of travelling through memory.
+
+    Args:
+        inp, conv1, geo1, short1: the K×K unit's input, weights, sizes and shortcut, as in
+            :func:`bconv_forward`; ``inp`` must carry no sign(0) corrections.
+        mid: the K×K unit's :class:`PackTarget` (packing for the 1×1 conv); its ``out`` is not used.
+        conv2, geo2: the 1×1 unit's weights and sizes; ``rix2``: its :class:`Shortcut` (only ``rix`` and
+            ``same`` are used: the shortcut is the K×K output).
+        out_f, target: the 1×1 unit's float output and pack target, as in :func:`bconv_forward`.
+        jobs: pixel runs only (``jobs.cranges`` is one range of all channels).
+        mid_zeros: [jobs] int64; every job writes the number of exact zeros of the K×K output it packed.
+            When any is non-zero the 1×1 results lack their sign(0) corrections and the caller must run
+            the block again unit by unit.
+
+    Returns:
+        The number of exact zeros met while packing for the next conv.
+    """
+    inp = PackedInput(*inp)
+    conv1 = BinaryWeights(*conv1)
+    geo1 = ConvGeometry(*geo1)
+    short1 = Shortcut(*short1)
+    mid = PackTarget(*mid)
+    conv2 = BinaryWeights(*conv2)
+    geo2 = ConvGeometry(*geo2)
+    rix2 = Shortcut(*rix2)
+    target = PackTarget(*target)
+    jobs = Jobs(*jobs)
+    _prefer_wide_vectors()
+    xp = inp.words
+    pix_per_job, zcount = jobs.pix_per_job, jobs.zeros
+    npix = geo1.batch * geo1.ho * geo1.wo
+    njobs = (npix + pix_per_job - 1) // pix_per_job
+    kw1 = conv1.wt.shape[1]
+    npad = max(conv1.wt.shape[2], conv2.wt.shape[2])
+    c1 = geo1.groups * geo1.cog
+    c2 = geo2.groups * geo2.cog
+    mwords = mid.groups * mid.wg
+    of = out_f.reshape(-1)
+    fuse1 = _fuses_pack(inp, geo1, mid)
+    fuse2 = target.on and geo2.cog % FLOAT_LANES == 0 and target.cg % FLOAT_LANES == 0  # see _fuses_pack
+    out_p = target.out  # written below through this name: a record field written inside prange is lost
+    nwords = out_p.shape[1]
+    slack_rows = (64 + c1 - 1) // c1
+    for job in prange(njobs):
+        _prefer_wide_vectors()
+        p0 = job * pix_per_job
+        p1_ = min(npix, p0 + pix_per_job)
+        npx = p1_ - p0
+        coords = np.empty((pix_per_job, 4), np.int64)
+        _job_coords(p0, npx, geo1, coords)
+        # np.zeros would be split into a hoisted allocation (shared by the threads) and a fill: np.empty is not
+        local = np.empty((pix_per_job, 4), np.int64)  # the K×K output's rows in this job's buffer
+        for m in range(npx):
+            local[m, 0] = 0
+            local[m, 1] = 0
+            local[m, 2] = m
+            local[m, 3] = 0
+        acc = np.empty((BLOCK, npad), np.int32)
+        rbuf = np.empty((BLOCK, npad), np.float32)
+        pixels = np.empty((4, BLOCK), np.int64)
+        mid_f = np.empty((pix_per_job + slack_rows, c1), np.float32)
+        mid_p = np.empty((pix_per_job, mwords), np.uint64)
+        for m in range(npx):
+            for j in range(mwords):
+                mid_p[m, j] = 0
+        mid_t = PackTarget(True, mid.shift, mid.groups, mid.cg, mid.wg, mid_p, mid.vec_word, mid.vec_bit)
+        # --- the K×K unit into the job's buffers (rows 0 .. npx - 1)
+        patch = np.empty((pix_per_job, kw1), np.uint64)
+        rows1 = _JobRows(0, npx, coords, acc, rbuf, pixels)
+        zmid = 0
+        for g in range(geo1.groups):
+            _gather_group(xp, coords, npx, geo1, g, conv1.merge, patch)
+            zmid += _conv_group(patch, 0, 0, g, 0, geo1.cog, rows1, geo1, conv1, inp, short1, mid_f, mid_t)
+        if not fuse1:
+            zmid = _pack_rows(mid_f.reshape(-1), c1, 0, npx, mid_t, 0, mwords)
+        mid_zeros[job] = zmid
+        # --- the 1×1 unit on the same pixels: output rows p0 .. p1_ - 1
+        if fuse2:
+            for pix in range(p0, p1_):
+                for j in range(nwords):
+                    out_p[np.uint64(pix), np.uint64(j)] = 0
+        sc2 = Shortcut(mid_f.reshape((1, 1, pix_per_job + slack_rows, c1)), False, rix2.rix, rix2.same)
+        in2 = PackedInput(mid_p, inp.zc, False)
+        rows2 = _JobRows(p0, npx, local, acc, rbuf, pixels)
+        zeros = 0
+        for g in range(geo2.groups):
+            zeros += _conv_group(mid_p, 0, g * geo2.wg, g, 0, geo2.cog, rows2, geo2, conv2, in2, sc2, out_f, target)
+        if target.on and not fuse2:
+            zeros = _pack_rows(of, c2, p0, p1_, target, 0, nwords)
+        zcount[job] = zeros
+    return zcount.sum(), mid_zeros.sum()
 
 
 # --------------------------------------------------------------------------------------------- stem
@@ -998,6 +1102,7 @@ def _serial_twin(kernel):  # type: ignore[no-untyped-def]
 
 
 bconv_forward_serial = _serial_twin(bconv_forward)
+block_forward_serial = _serial_twin(block_forward)
 stem_forward_serial = _serial_twin(stem_forward)
 pool_classify_serial = _serial_twin(pool_classify)
 

@@ -52,6 +52,14 @@ def _layer_features(arch: Arch, space: SearchSpace, resolution: int | None = Non
     return np.asarray(rows, dtype=np.float64)
 
 
+def _launch_features(feats: np.ndarray, spans: Sequence[int]) -> np.ndarray:
+    """Per-layer features summed over each engine launch (``spans``: layers per launch; empty: one each)."""
+    if not spans:
+        return feats
+    edges = np.concatenate([[0], np.cumsum(spans)])
+    return np.asarray([feats[a:b].sum(axis=0) for a, b in itertools.pairwise(edges)])
+
+
 def _nnls(a: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Non-negative least squares for a handful of columns: the best of every support's LS solution."""
     n = a.shape[1]
@@ -90,19 +98,22 @@ class LatencyModel:
 
     @classmethod
     def fit(cls, rows: Sequence[Sequence[float]] | np.ndarray, *, meta: dict[str, Any] | None = None) -> LatencyModel:
-        """Fits the coefficients to per-layer measurements ``(BOPs, FLOPs, ms)`` (one row per layer).
+        """Fits the coefficients to per-layer measurements ``(BOPs, FLOPs, ms)`` (one row per layer), or
+        ``(BOPs, FLOPs, layers, ms)`` for launches that ran several layers (a block in one pass).
 
         Raises:
-            EngineError: fewer than 3 rows, or rows that are not finite triples.
+            EngineError: fewer than 3 rows, or rows that are not finite triples or quadruples.
         """
         data = np.asarray(rows, dtype=np.float64)
-        if data.ndim != 2 or data.shape[1] != 3 or data.shape[0] < 3 or not np.isfinite(data).all():
+        if data.ndim != 2 or data.shape[1] not in (3, 4) or data.shape[0] < 3 or not np.isfinite(data).all():
             raise EngineError("latency fit needs at least 3 finite rows of (BOPs, FLOPs, milliseconds)")
-        a = np.column_stack([data[:, 0] / 1e9, data[:, 1] / 1e9, np.ones(len(data))])
-        coef = _nnls(a, data[:, 2])
+        if data.shape[1] == 3:
+            data = np.column_stack([data[:, :2], np.ones(len(data)), data[:, 2]])
+        a = np.column_stack([data[:, 0] / 1e9, data[:, 1] / 1e9, data[:, 2]])
+        coef = _nnls(a, data[:, 3])
         pred = a @ coef
-        ss_res = float(np.sum((data[:, 2] - pred) ** 2))
-        ss_tot = float(np.sum((data[:, 2] - data[:, 2].mean()) ** 2))
+        ss_res = float(np.sum((data[:, 3] - pred) ** 2))
+        ss_tot = float(np.sum((data[:, 3] - data[:, 3].mean()) ** 2))
         info = {"layer_rows": len(data), "layer_r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0}
         return cls(float(coef[0]), float(coef[1]), float(coef[2]), {**(meta or {}), **info})
 
@@ -234,11 +245,12 @@ class ArchLatency:
 
     arch: str
     total_ms: float
-    layer_ms: list[float]
+    layer_ms: list[float]  # per engine launch: one layer, or a block run in one pass
     bops: float
     flops: float
     layers: int
     ops: float  # FLOPs + BOPs / 64 as the project counts them (upstream stem convention)
+    spans: list[int] = field(default_factory=list)  # layers per launch (empty: one each)
 
 
 def measure_latency(space: SearchSpace, archs: Sequence[Arch], *, threads: int = 1, repeats: int = 5,
@@ -273,6 +285,7 @@ def measure_latency_threads(space: SearchSpace, archs: Sequence[Arch], *, thread
                 engine(x, threads=t)
         totals: dict[int, list[float]] = {t: [] for t in tlist}
         layer_rows: dict[int, list[list[float]]] = {t: [] for t in tlist}
+        spans: dict[int, list[int]] = {}
         for _ in range(repeats):
             for t in tlist:
                 t0 = time.perf_counter()
@@ -281,12 +294,13 @@ def measure_latency_threads(space: SearchSpace, archs: Sequence[Arch], *, thread
                 timings: list[Any] = []
                 engine.run(x, threads=t, timings=timings)
                 layer_rows[t].append([v.seconds for v in timings])
+                spans[t] = [v.layers for v in timings]
         feats = _layer_features(arch, space, res)
         cost = arch_cost(arch, space, res)
         for t in tlist:
             out[t].append(ArchLatency(str(arch), 1e3 * min(totals[t]),
                                       [1e3 * v for v in np.min(layer_rows[t], axis=0)], float(feats[:, 0].sum()),
-                                      float(feats[:, 1].sum()), len(feats), cost.ops))
+                                      float(feats[:, 1].sum()), len(feats), cost.ops, spans[t]))
         if progress is not None:
             progress(i + 1, len(archs))
     return out
@@ -362,8 +376,8 @@ def fit_latency_models(space: SearchSpace, *, samples: int = 30, threads: Sequen
     def rows_of(ms: Sequence[ArchLatency]) -> np.ndarray:
         out = []
         for m in ms:
-            feats = _layer_features(Arch.parse(m.arch), space, res)
-            out += [(f[0], f[1], t) for f, t in zip(feats, m.layer_ms)]
+            feats = _launch_features(_layer_features(Arch.parse(m.arch), space, res), m.spans)
+            out += [(*f, t) for f, t in zip(feats, m.layer_ms)]
         return np.asarray(out)
 
     order = list(range(len(archs)))

@@ -2,7 +2,8 @@
 
 :class:`BinaryEngine` lays the packed weights out for the kernels once, then runs any batch and
 resolution: the stem, every binary conv unit (conv, output transform, shortcut, RPReLU and the next
-layer's packing fused), global average pooling and the classifier.
+layer's packing fused; at batch 1 the blocks of large maps in one pass), global average pooling and the
+classifier.
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ PARALLEL_MIN_WORK = 250_000
 #: Input sizes and thread counts whose layer launches an engine keeps (see BinaryEngine._program).
 MAX_PROGRAMS = 128
 
+#: A block runs in one pass when its K×K output (float32) takes at least this many bytes: about a core's L2
+#: cache (2 MiB on the Xeon this was measured on, 1 MiB on the AMD EPYC). See BinaryEngine._block_plan.
+FUSE_MIN_BYTES = 2 << 20
+
 
 def _threading_layer() -> str:
     """numba's threading layer: the one running, else the one configured."""
@@ -59,11 +64,16 @@ class InputError(NasbnnError):
 
 @dataclass(frozen=True)
 class LayerTiming:
-    """Wall time of one engine layer of one call."""
+    """Wall time of one engine launch of one call: one layer, or a whole block run in one pass.
+
+    ``layers`` is how many consecutive layers of the network the launch ran: 1, or 2 for a block (its
+    K×K and 1×1 convs; ``name`` is then the block's, e.g. ``blocks.3``).
+    """
 
     name: str
     kind: LayerKind
     seconds: float
+    layers: int = 1
 
 
 #: Pack offsets of a layer that packs nothing, the RSign shift that stands for a missing next conv, and the
@@ -71,6 +81,8 @@ class LayerTiming:
 _NO_OFFSETS = (np.zeros(1, np.int64), np.zeros(1, np.int64))
 _NO_SHIFT = np.zeros(SLACK + 1, np.float32)
 _NO_ZC = np.zeros((1, 1), np.int64)
+_NO_WORDS = np.zeros((1, 1), np.uint64)
+_NO_RES = np.zeros((1, 1, 1, 1), np.float32)
 
 
 @dataclass(frozen=True)
@@ -90,6 +102,8 @@ class _Launch:
     shape: tuple[int, int, int, int]  # B, Ho, Wo, C of out
     next_input: tuple[Any, ...]  # the next conv's PackedInput without sign(0) corrections, as a plain tuple
     fix: tuple[_Unit, K.ConvGeometry] | None  # the next conv and its sizes (None: the last layer)
+    fallback: tuple[_Launch, ...] = ()  # a block's units one by one (see BinaryEngine._step)
+    layers: tuple[str, ...] = ()  # the packed layers a block launch runs (empty: just ``name``)
 
 
 @dataclass
@@ -203,6 +217,8 @@ class BinaryEngine:
     Args:
         model: the packed network (see :func:`~nasbnn.engine.pack_model`).
         threads: worker threads (default: all cores numba sees). Changed per call with ``threads=``.
+        fuse: run a block's two convs in one pass where its K×K output is too large to stay in a core's
+            L2 cache (see :meth:`_block_plan`); the results are the same bit for bit either way.
 
     Calls are serialised (a lock shared by all engines): one call uses all the threads it is given.
 
@@ -211,14 +227,15 @@ class BinaryEngine:
         >>> logits = engine(images)           # images: [B, C, H, W] float array or tensor
     """
 
-    def __init__(self, model: PackedModel, *, threads: int | None = None) -> None:
+    def __init__(self, model: PackedModel, *, threads: int | None = None, fuse: bool = True) -> None:
         self.model = model
+        self.fuse = fuse
         self.space = model.space
         self.arch = model.arch
         self.threads = threads
         self._work: dict[str, np.ndarray] = {}
         self._replaced = 0  # work buffers replaced by larger ones so far
-        self._programs: dict[tuple[int, int, int, int], list[_Launch]] = {}
+        self._programs: dict[tuple[int, int, int, int, bool], list[_Launch]] = {}
         t = model.tensors
         stem = model.layers[0]
         self.in_channels = stem.in_channels
@@ -287,6 +304,7 @@ class BinaryEngine:
             timings: if given, one :class:`LayerTiming` per layer is appended.
             trace: if given, called as ``trace(layer_name, output)`` after the stem and every binary conv
                 layer with its float output [B, H, W, C] (a view of a work buffer: copy it to keep it).
+                Every layer then runs on its own (no block in one pass).
 
         Raises:
             InputError: ``x`` is not 4-D, has the wrong channel count, a non-numeric dtype, or
@@ -369,15 +387,13 @@ class BinaryEngine:
         """Runs the layers; see :meth:`run`."""
         clock = time.perf_counter
         b_ = x.shape[0]
-        program = self._program(b_, x.shape[2], x.shape[3], threads)
+        program = self._program(b_, x.shape[2], x.shape[3], threads, fuse=self.fuse and trace is None)
         src: Any = x  # the stem's input, then each binary conv's PackedInput
         for step in program:
             t0 = clock()
-            zeros = step.kernel(src, *step.args)
-            zc = self._zero_fix(zeros, step)
-            src = step.next_input if zc is None else (step.next_input[0], zc, True)
+            src = self._step(step, src)
             if timings is not None:
-                timings.append(LayerTiming(step.name, step.kind, clock() - t0))
+                timings.append(LayerTiming(step.name, step.kind, clock() - t0, len(step.layers) or 1))
             if trace is not None:
                 trace(step.name, step.out.reshape(step.shape))
         # --- global average pool + classifier
@@ -390,31 +406,53 @@ class BinaryEngine:
             timings.append(LayerTiming("classifier", LayerKind.FP_LINEAR, clock() - t0))
         return logits
 
+    def _step(self, step: _Launch, src: tuple[Any, ...]) -> tuple[Any, ...]:
+        """Runs one launch on its input (a PackedInput as a plain tuple); returns the next launch's input.
+
+        A block launch needs an input without sign(0) corrections and produces a K×K output without exact
+        zeros in nearly every case; otherwise the block runs unit by unit, exactly as without fusion.
+        """
+        if step.fallback:
+            if not src[2]:
+                zeros, zmid = step.kernel(src, *step.args)
+                if not zmid:
+                    return self._next_input(zeros, step)
+            for sub in step.fallback:
+                src = self._step(sub, src)
+            return src
+        return self._next_input(step.kernel(src, *step.args), step)
+
+    def _next_input(self, zeros: int, step: _Launch) -> tuple[Any, ...]:
+        zc = self._zero_fix(zeros, step)
+        return step.next_input if zc is None else (step.next_input[0], zc, True)
+
     # ------------------------------------------------------------------ helpers
-    def _program(self, b_: int, h: int, w: int, threads: int) -> list[_Launch]:
+    def _program(self, b_: int, h: int, w: int, threads: int, *, fuse: bool = True) -> list[_Launch]:
         """The launches of the stem and every binary conv for ``b_`` images of ``h`` × ``w`` (memoised).
 
         Everything but a layer's input (and the sign(0) corrections that come with it) is fixed for an input
         size and thread count: building the records once keeps their Python cost off every call.
         """
-        key = (b_, h, w, threads)
+        key = (b_, h, w, threads, fuse)
         program = self._programs.get(key)
         if program is None:
             replaced = self._replaced
-            program = self._build_program(b_, h, w, threads)
+            program = self._build_program(b_, h, w, threads, fuse)
             if self._replaced != replaced:
                 # A work buffer grew: the views taken before (this program's first layers, other programs)
                 # keep the old one alive. Building again takes every view from the new buffers.
                 self._programs.clear()
-                program = self._build_program(b_, h, w, threads)
+                program = self._build_program(b_, h, w, threads, fuse)
             if len(self._programs) >= MAX_PROGRAMS:
                 self._programs.clear()
             self._programs[key] = program
         return program
 
-    def _build_program(self, b_: int, h: int, w: int, threads: int) -> list[_Launch]:
+    def _build_program(self, b_: int, h: int, w: int, threads: int, fuse: bool = True) -> list[_Launch]:
         """See :meth:`_program`. Work buffers "f0"/"p0" and "f1"/"p1" alternate, so that a kernel never writes
-        what it reads; the K×K unit's shortcut is the block input, the 1×1 unit's the K×K output."""
+        what it reads; the K×K unit's shortcut is the block input, the 1×1 unit's the K×K output. A block run
+        in one pass (see :meth:`_block_plan`) reads the one and writes the other; its unit-by-unit fallback puts
+        the K×K output in "f2"/"p2"."""
         units = self._units
         st = self._stem
         k0 = st.kernel_size
@@ -424,21 +462,71 @@ class BinaryEngine:
         kernel = K.stem_forward if plan.parallel else K.stem_forward_serial
         program = [self._launch(st.name, st.kind, kernel, (self._stem_w, self._stem_tp), geo, plan, key="0",
                                 short=None, nxt=units[0] if units else None, offsets=_NO_OFFSETS)]
-        block_input = program[0].out.reshape(program[0].shape)
-        for i, u in enumerate(units):
+        for i in range(0, len(units), 2):
             prev = program[-1]
-            geo = u.geometry(b_, geo.ho, geo.wo)
-            is_kxk = i % 2 == 0
-            res = block_input if is_kxk else prev.out.reshape(prev.shape)
-            plan = self._plan(i, b_ * geo.ho * geo.wo, threads)
-            kernel = K.bconv_forward if plan.parallel else K.bconv_forward_serial
-            short = K.Shortcut(res, is_kxk and u.s != 1, u.rix, u.rsame)
-            program.append(self._launch(u.name, LayerKind.BINARY_CONV, kernel, (u.weights,), geo, plan,
-                                        key="1" if prev.key == "0" else "0", short=short,
-                                        nxt=units[i + 1] if i + 1 < len(units) else None, offsets=u.pack_offsets))
-            if not is_kxk:
-                block_input = program[-1].out.reshape(program[-1].shape)
+            x_key, y_key = prev.key, "1" if prev.key == "0" else "0"
+            block_input = prev.out.reshape(prev.shape)
+            geo1 = units[i].geometry(b_, geo.ho, geo.wo)
+            geo = units[i + 1].geometry(b_, geo1.ho, geo1.wo)
+            plan = self._block_plan(i, geo1, threads) if fuse else None
+            if plan is None:
+                kxk = self._unit_launch(i, geo1, threads, key=y_key, res=block_input)
+                program += [kxk, self._unit_launch(i + 1, geo, threads, key=x_key, res=kxk.out.reshape(kxk.shape))]
+            else:
+                kxk = self._unit_launch(i, geo1, threads, key="2", res=block_input)
+                one = self._unit_launch(i + 1, geo, threads, key=y_key, res=kxk.out.reshape(kxk.shape))
+                program.append(self._block_launch(i, geo1, geo, plan, key=y_key, res=block_input,
+                                                  fallback=(kxk, one)))
         return program
+
+    def _unit_launch(self, i: int, geo: K.ConvGeometry, threads: int, *, key: str, res: np.ndarray) -> _Launch:
+        """Binary conv unit ``i`` alone, writing work buffers ``key``, its shortcut ``res``."""
+        units = self._units
+        u = units[i]
+        plan = self._plan(i, geo.batch * geo.ho * geo.wo, threads)
+        kernel = K.bconv_forward if plan.parallel else K.bconv_forward_serial
+        short = K.Shortcut(res, i % 2 == 0 and u.s != 1, u.rix, u.rsame)
+        return self._launch(u.name, LayerKind.BINARY_CONV, kernel, (u.weights,), geo, plan, key=key, short=short,
+                            nxt=units[i + 1] if i + 1 < len(units) else None, offsets=u.pack_offsets)
+
+    def _block_launch(self, i: int, geo1: K.ConvGeometry, geo2: K.ConvGeometry, plan: Plan, *, key: str,
+                      res: np.ndarray, fallback: tuple[_Launch, _Launch]) -> _Launch:
+        """Units ``i`` (K×K) and ``i + 1`` (1×1) in one pass (:func:`kernels.block_forward`)."""
+        units = self._units
+        u1, u2 = units[i], units[i + 1]
+        nxt = units[i + 2] if i + 2 < len(units) else None
+        npix = geo2.batch * geo2.ho * geo2.wo
+        c = geo2.groups * geo2.cog
+        out = self._buffer("f" + key, npix * c, np.float32).reshape(npix, c)
+        target = self._pack_target("p" + key, npix, nxt, u2.pack_offsets)
+        mid = K.PackTarget(True, u2.shift, u2.groups, u2.cg, u2.wg, _NO_WORDS, *u1.pack_offsets)
+        jobs = K.Jobs(plan.pix_per_job, plan.cranges, self._buffer("zp" + key, plan.jobs, np.int64))
+        mid_zeros = self._buffer("zm", plan.jobs, np.int64)
+        records = (u1.weights, geo1, K.Shortcut(res, u1.s != 1, u1.rix, u1.rsame), mid, u2.weights, geo2,
+                   K.Shortcut(_NO_RES, False, u2.rix, u2.rsame), out, target, jobs, mid_zeros)
+        kernel = K.block_forward if plan.parallel else K.block_forward_serial
+        fix = None if nxt is None else (nxt, nxt.geometry(geo2.batch, geo2.ho, geo2.wo))
+        return _Launch(u1.name.rsplit(".", 1)[0], LayerKind.BINARY_CONV, kernel, K.plain_args(*records), key, out,
+                       (geo2.batch, geo2.ho, geo2.wo, c), tuple(K.PackedInput(target.out, _NO_ZC, False)), fix,
+                       fallback=fallback, layers=(u1.name, u2.name))
+
+    def _block_plan(self, i: int, geo1: K.ConvGeometry, threads: int) -> Plan | None:
+        """A pixel-run split for running units ``i`` and ``i + 1`` in one pass, or None to run them apart.
+
+        One pass keeps the K×K output in the job's buffers instead of writing it out and reading it back.
+        At batch 1 that pays where the output does not fit a core's L2 cache (the 112² and 56² stages of an
+        ImageNet network); smaller maps are better served by the separate layers' channel splits. At batch
+        8 one pass measured slower (0.88× end to end on the Xeon of benchmarks/RESULTS.md), so larger
+        batches run layer by layer.
+        """
+        u = self._units[i]
+        npix = geo1.batch * geo1.ho * geo1.wo
+        if geo1.batch > 1 or 4 * npix * u.cout < FUSE_MIN_BYTES:
+            return None
+        row = u.weights.wt.shape[1]
+        return plan_layer(npix, u.cout, u.cog, row, threads=threads, cap=self._cap(row),
+                          serial_ppj=self._jobs(npix, 1, row), next_cg=None, gathered=True,
+                          layer=_threading_layer(), split_channels=False)
 
     def _launch(self, name: str, kind: LayerKind, kernel: Callable[..., Any], weights: tuple[Any, ...],
                 geo: K.ConvGeometry, plan: Plan, *, key: str, short: K.Shortcut | None, nxt: _Unit | None,
