@@ -870,7 +870,8 @@ def block_forward(inp, conv1, geo1, short1, mid, conv2, geo2, rix2, out_f, targe
             the block again unit by unit.
 
     Returns:
-        The number of exact zeros met while packing for the next conv.
+        The numbers of exact zeros met while packing for the next conv and in the K×K output (the sum of
+        ``mid_zeros``).
     """
     inp = PackedInput(*inp)
     conv1 = BinaryWeights(*conv1)
