@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from nasbnn.engine.bench import benchmark_threads, random_static
+from nasbnn.engine.bench import SETTLE_SECONDS, benchmark_threads, random_static
 from nasbnn.presets import create_space
 
 
@@ -54,8 +54,9 @@ def main() -> None:
     ap.add_argument("--resolution", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--full", action="store_true", help="include the per-layer tables in the output")
-    ap.add_argument("--no-settle", dest="settle", action="store_false",
-                    help="time each side right after the other, without an untimed call of its own first")
+    ap.add_argument("--settle", type=float, default=SETTLE_SECONDS,
+                    help="seconds of untimed calls of a side before its timed calls (0: each side right after the "
+                         "other)")
     args = ap.parse_args()
 
     space = create_space(args.space)
@@ -65,7 +66,7 @@ def main() -> None:
                             warmup=args.warmup, resolution=args.resolution, seed=args.seed, settle=args.settle)
     first = res["results"][str(args.threads[0])]
     out: dict = {"space": space.name, "arch": str(arch), "resolution": first["resolution"], "weights": "random",
-                 "repeats": args.repeats, "settle": args.settle,
+                 "repeats": args.repeats, "settle_seconds": args.settle,
                  "machine": {k: v for k, v in first["machine"].items() if k != "threads"},
                  "packed_bytes": first["packed_bytes"], "float_bytes": first["float_bytes"], "batches": {},
                  "scaling": res["scaling"]}

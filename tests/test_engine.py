@@ -598,8 +598,8 @@ def test_bench_cli_json(capsys):
 
 
 def test_benchmark_settles_each_side_before_timing_it(monkeypatch):
-    """With ``settle`` every timed engine call and every timed float call follows an untimed call of the same
-    side; without it the engine's timed call follows the float network's, as before."""
+    """With ``settle`` every timed engine call and every timed float call follows untimed calls of the same
+    side; without it the engine's timed call follows the float network's."""
     from nasbnn.engine import bench, frozen
 
     log: list[str] = []
@@ -608,12 +608,16 @@ def test_benchmark_settles_each_side_before_timing_it(monkeypatch):
     monkeypatch.setattr(frozen.FrozenBNN, "forward", lambda self, x: (log.append("f"), forward(self, x))[1])
     space = create_space("tiny")
     static = bench.random_static(space, space.smallest())
-    for settle, sequence in ((True, "eeeff"), (False, "efe")):
+    for settle, sequence in ((1e-9, "eeeff"), (0.0, "efe")):  # 1 ns: exactly one untimed call of each side
         log.clear()
         res = bench.benchmark(static, batch_sizes=(1,), threads=1, repeats=2, warmup=0, settle=settle)
-        assert res["settle"] is settle
+        assert res["settle_seconds"] == settle
         # the first calls compile the engine and check agreement; then two repeats of the protocol
         assert "".join(log).endswith(sequence * 2), (settle, log)
+    log.clear()
+    bench.benchmark(static, batch_sizes=(1,), threads=1, repeats=1, warmup=0, settle=0.2)
+    # a tiny network's calls take milliseconds: 0.2 s of settling is several untimed calls of each side
+    assert log.count("f") >= 3 and log.count("e") >= 5, log
 
 
 def test_latency_cli(tmp_path, capsys):

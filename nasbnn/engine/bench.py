@@ -13,12 +13,17 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..errors import EngineError
+
+#: Seconds of untimed calls of a side before its timed calls (see _interleaved): about three calls of the
+#: largest `imagenet` member's engine on two threads, one of its float network.
+SETTLE_SECONDS = 0.05
 
 __all__ = ["bench_network", "benchmark", "benchmark_threads", "format_bench", "machine_info", "random_static"]
 
@@ -123,7 +128,8 @@ def _stats(values: Sequence[float]) -> dict[str, float]:
 
 
 def benchmark(static: Any, *, batch_sizes: Sequence[int] = (1, 8), threads: int | None = None, repeats: int = 10,
-              warmup: int = 2, resolution: int | None = None, seed: int = 0, settle: bool = True) -> dict[str, Any]:
+              warmup: int = 2, resolution: int | None = None, seed: int = 0,
+              settle: float = SETTLE_SECONDS) -> dict[str, Any]:
     """Times the packed engine and the frozen float network on random images.
 
     Args:
@@ -134,8 +140,9 @@ def benchmark(static: Any, *, batch_sizes: Sequence[int] = (1, 8), threads: int 
         warmup: untimed runs first (the engine's first call also compiles or loads its kernels).
         resolution: input size (default: the space's).
         seed: of the random images.
-        settle: precede each side's timed calls by an untimed call of the same side (steady state);
-            False times each side right after the other (see :func:`_interleaved`).
+        settle: seconds of untimed calls of the same side (at least one) before each side's timed calls:
+            the steady state of a loop over images. 0 times each side right after the other (see
+            :func:`_interleaved`).
 
     Returns:
         A JSON-ready dict: ``machine``, ``threads``, sizes, ``batches`` (per batch size: end-to-end and
@@ -172,11 +179,11 @@ def bench_network(*, bundle: str | None = None, space: Any = None, arch: Any = N
 
 def benchmark_threads(static: Any, *, batch_sizes: Sequence[int] = (1, 8), threads: Sequence[int] = (1, 2),
                       repeats: int = 10, warmup: int = 2, resolution: int | None = None,
-                      seed: int = 0, settle: bool = True) -> dict[str, Any]:
+                      seed: int = 0, settle: float = SETTLE_SECONDS) -> dict[str, Any]:
     """:func:`benchmark` at several thread counts, interleaved, and how each side scales with threads.
 
     Every repeat runs each thread count in turn (the engine end to end and layer by layer, then the float
-    network the same way, each after an untimed call of its own with ``settle``), so that all
+    network the same way, each after ``settle`` seconds of untimed calls of its own), so that all
     thread counts see the same machine load; on a shared machine this is what makes their ratio
     meaningful. Returns ``results`` (per thread count, the dict :func:`benchmark` returns) and
     ``scaling`` (per batch size and thread count: the time at the first thread count over the time at
@@ -216,9 +223,10 @@ def benchmark_threads(static: Any, *, batch_sizes: Sequence[int] = (1, 8), threa
             "packed_bytes": packed.nbytes, "float_bytes": float_model_bytes(static),
             "timing": "wall clock (time.perf_counter); 'min' is the best of the repeats, 'median' their median; "
                       "speedups use the best runs; thread counts interleaved within every repeat; "
-                      + ("each side's timed calls follow an untimed call of the same side (steady state)" if settle
+                      + (f"each side's timed calls follow {settle:g} s of untimed calls of the same side (steady "
+                         "state)" if settle > 0
                          else "each side's timed calls follow the other side's (caches and cores as it left them)"),
-            "settle": settle,
+            "settle_seconds": settle,
             "batches": {},
         }
     scaling: dict[str, Any] = {}
@@ -241,15 +249,25 @@ def benchmark_threads(static: Any, *, batch_sizes: Sequence[int] = (1, 8), threa
     return {"threads": tlist, "results": results, "scaling": scaling}
 
 
+def _settle(call: Callable[[], Any], seconds: float) -> None:
+    """Untimed calls until ``seconds`` have passed (at least one)."""
+    end = time.perf_counter() + seconds
+    call()
+    while time.perf_counter() < end:
+        call()
+
+
 def _interleaved(static: Any, engine: Any, frozen: Any, x: torch.Tensor, tlist: Sequence[int], repeats: int,
-                 warmup: int, settle: bool) -> dict[int, dict[str, Any]]:
+                 warmup: int, settle: float) -> dict[int, dict[str, Any]]:
     """Raw timings per thread count: end to end and per layer, engine and float, all repeats.
 
     Within a repeat the engine runs (end to end, then layer by layer), then the float network. With
-    ``settle`` each side's timed calls follow an untimed call of the same side, so that they measure
-    the steady state a loop over images sees. Without it the engine's calls come right after the float
-    network, whose idle OpenMP threads keep spinning on the cores for the first milliseconds and whose
-    hundreds of MB have evicted the engine's weights and buffers from the caches.
+    ``settle`` > 0 each side's timed calls follow that many seconds of untimed calls of the same side
+    (at least one), so that they measure the steady state a loop over images sees. Right after the float
+    network the engine is slower for a few calls: the float network's idle OpenMP threads keep spinning
+    on the cores for the first milliseconds, and its hundreds of MB have evicted the engine's weights and
+    buffers from the caches (largest `imagenet` member, two threads, Xeon: 19.9, 16.1, 15.3, 14.9, 14.8
+    ms for the first five calls after it). ``settle=0`` times each side right after the other.
     """
     from .verify import compare
 
@@ -280,11 +298,11 @@ def _interleaved(static: Any, engine: Any, frozen: Any, x: torch.Tensor, tlist: 
         for t in tlist:
             r = runs[t]
             timings: list[Any] = []
-            if settle:  # engine: untimed, end to end, per layer; float: the same
-                engine(xn, threads=t)
+            if settle > 0:  # engine: untimed, end to end, per layer; float: the same
+                _settle(partial(engine, xn, threads=t), settle)
                 te, ce = time_engine(t)
                 engine.run(xn, threads=t, timings=timings)
-                time_float(t)
+                _settle(partial(time_float, t), settle)
                 tf = time_float(t)
                 lf = _time_float_layers(units, xf)
             else:  # each side right after the other

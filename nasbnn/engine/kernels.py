@@ -197,7 +197,7 @@ class Jobs(NamedTuple):
 
     pix_per_job: int  # output pixels per job (a multiple of BLOCK)
     cranges: np.ndarray  # [chunks, 2] int64 output channel ranges [lo, hi), see bconv_forward
-    zeros: np.ndarray  # [jobs] int64: every job writes the number of exact zeros it packed
+    zeros: np.ndarray  # [jobs] int64: every job writes a count of the exact zeros it packed (non-zero iff any)
 
 
 class _JobRows(NamedTuple):
@@ -384,8 +384,9 @@ def _make_epilogue(pack: bool):  # type: ignore[no-untyped-def]
     def epilogue(typingctx, acc, mr, ac0, conv, c0, res, rv, rv0, out, nvec, target, pixels):  # type: ignore[no-untyped-def]
         """``nvec`` vectors of the output transform of ``mr`` pixels (see :func:`_conv_group`).
 
-        ``pixels`` [4, BLOCK] int64 holds per pixel i < mr its border case, shortcut offset, output offset
-        and packed row. With ``dbase`` and ``tp`` of ``conv`` (:class:`BinaryWeights`), for
+        ``pixels`` [4, BLOCK] int64 holds per pixel i < mr the flat offsets of its border case's row of
+        ``dbase`` (case · C_out), of its shortcut, of its output and of its packed row (row · words).
+        With ``dbase`` and ``tp`` of ``conv`` (:class:`BinaryWeights`), for
         n < nvec·FLOAT_LANES and c = c0 + n: ``d = dbase[case_i, c] - 2·acc[i, ac0 + n]``;
         ``t = float(d)·tp[0, c] + tp[1, c] + res[res_i + rv[rv0 + j] + l] + tp[2, c]`` for
         n = j·FLOAT_LANES + l (``rv`` gives each vector's shortcut offset, e.g. ``c mod C_res`` when
@@ -393,7 +394,8 @@ def _make_epilogue(pack: bool):  # type: ignore[no-untyped-def]
         operations in the same order.
         With packing, the sign bits of ``out + target.shift[c]`` are OR-ed into
         ``target.out[row_i, target.vec_word[v]]`` at bit ``target.vec_bit[v]`` for channel vector
-        v = c // FLOAT_LANES (``target``: :class:`PackTarget`), and the number of exact zeros is returned.
+        v = c // FLOAT_LANES (``target``: :class:`PackTarget`), and the number of channel lanes in which an
+        exact zero occurred is returned (non-zero when there was any: all the caller needs to know).
 
         Channel vectors are the outer loop: each vector's transform constants are loaded once for the
         block's pixels. ``acc``/``dbase`` are int32 2-D, ``tp`` float32 [5, C], ``res``/``out`` flat
@@ -420,7 +422,6 @@ def _make_epilogue(pack: bool):  # type: ignore[no-untyped-def]
             sary, pkary, pwary, pbary = (_record_array(context, builder, tgt_t, tgt_v, name)
                                          for name in ("shift", "out", "vec_word", "vec_bit"))
             a_ld = cgutils.unpack_tuple(builder, aary.shape, 2)[1]
-            d_ld = cgutils.unpack_tuple(builder, dary.shape, 2)[1]
             t_ld = cgutils.unpack_tuple(builder, tary.shape, 2)[1]
             px_ld = cgutils.unpack_tuple(builder, pxary.shape, 2)[1]
             pa = builder.gep(aary.data, [ac0_v])
@@ -431,12 +432,11 @@ def _make_epilogue(pack: bool):  # type: ignore[no-untyped-def]
             ppx = [builder.gep(pxary.data, [builder.mul(ir.Constant(i64, r), px_ld)]) for r in range(4)]
             zero = ir.Constant(vf, None)
             one = ir.Constant(vi, [1] * lanes)
-            count = cgutils.alloca_once_value(builder, ir.Constant(i64, 0))
             if pack:
-                pk_ld = cgutils.unpack_tuple(builder, pkary.shape, 2)[1]
                 psh = builder.gep(sary.data, [c0_v])
                 v0 = builder.udiv(c0_v, ir.Constant(i64, lanes))
                 ivec = ir.IntType(lanes)
+                seen = cgutils.alloca_once_value(builder, ir.Constant(ivec, 0))  # lanes that met an exact zero
 
             def vload(base, off, t):  # type: ignore[no-untyped-def]
                 return builder.load(builder.bitcast(builder.gep(base, [off]), t.as_pointer()), align=4)
@@ -452,8 +452,8 @@ def _make_epilogue(pack: bool):  # type: ignore[no-untyped-def]
                     bit = builder.load(builder.gep(pbary.data, [vi_]))
                 with cgutils.for_range(builder, mr_v) as ploop:
                     i = ploop.index
-                    cfg, r_i, o_i, row = (builder.load(builder.gep(p, [i])) for p in ppx)
-                    d = builder.sub(vload(pd, builder.add(builder.mul(cfg, d_ld), off), vi),
+                    case_off, r_i, o_i, row_off = (builder.load(builder.gep(p, [i])) for p in ppx)
+                    d = builder.sub(vload(pd, builder.add(case_off, off), vi),
                                     builder.shl(vload(pa, builder.add(builder.mul(i, a_ld), off), vi), one))
                     y = builder.fadd(builder.fmul(builder.sitofp(d, vf), mul), bias)
                     y = builder.fadd(y, vload(rary.data, builder.add(r_i, roff), vf))
@@ -465,11 +465,13 @@ def _make_epilogue(pack: bool):  # type: ignore[no-untyped-def]
                     if pack:
                         v = builder.fadd(o, sh)
                         neg = builder.zext(builder.bitcast(builder.fcmp_ordered("<", v, zero), ivec), i64)
-                        isz = builder.zext(builder.bitcast(builder.fcmp_ordered("==", v, zero), ivec), i64)
-                        wp = builder.gep(pkary.data, [builder.add(builder.mul(row, pk_ld), word)])
+                        isz = builder.bitcast(builder.fcmp_ordered("==", v, zero), ivec)
+                        wp = builder.gep(pkary.data, [builder.add(row_off, word)])
                         builder.store(builder.or_(builder.load(wp), builder.shl(neg, bit)), wp)
-                        builder.store(builder.add(builder.load(count), builder.ctpop(isz)), count)
-            return builder.load(count)
+                        builder.store(builder.or_(builder.load(seen), isz), seen)
+            if not pack:
+                return ir.Constant(i64, 0)
+            return builder.zext(builder.ctpop(builder.load(seen)), i64)
 
         return sig, codegen
 
@@ -624,11 +626,13 @@ def _conv_group(src, r0, c0w, g, nlo, nhi, job, geo, conv, inp, short, out_f, ta
     says where each pixel reads and writes); the remaining channels, and every channel when sign(0)
     corrections apply, through the scalar loop (same operations, same order). When packing is fused (see
     :func:`_fuses_pack`) the sign bits for the next layer are OR-ed into the zeroed ``target.out`` rows
-    on the way; returns the number of exact zeros met then.
+    on the way; returns a count of the exact zeros met then, non-zero exactly when there was any (the vector
+    path counts channel lanes, not values).
     """
     _prefer_wide_vectors()
     p0, npx, coords, acc, rbuf, pixels = job.p0, job.npx, job.coords, job.acc, job.rbuf, job.pixels
     rbuf_flat = rbuf.reshape(-1)
+    dstride, pstride = conv.dbase.shape[1], target.out.shape[1]
     wgt = conv.wt[g]
     kw, npad = wgt.shape[0], wgt.shape[1]
     dbase, tp, cog = conv.dbase, conv.tp, geo.cog
@@ -673,9 +677,9 @@ def _conv_group(src, r0, c0w, g, nlo, nhi, job, geo, conv, inp, short, out_f, ta
             pix = p0 + m
             b, oy, ox = coords[m, 0], coords[m, 1], coords[m, 2]
             iu, bu = np.uint64(i), np.uint64(b)
-            pixels[0, iu] = coords[m, 3]
+            pixels[0, iu] = coords[m, 3] * dstride
             pixels[2, iu] = pix * cols + cc
-            pixels[3, iu] = pix
+            pixels[3, iu] = pix * pstride
             if vec_direct:  # the shortcut read in place, one contiguous run per channel vector
                 pixels[1, iu] = ((b * hr + oy) * wr_ + ox) * cr
                 continue
@@ -772,7 +776,7 @@ def bconv_forward(inp, conv, geo, short, out_f, target, jobs):
     The records may come as plain tuples of their fields (see :func:`plain_args`).
 
     Returns:
-        The number of exact zeros met while packing (the sum of ``jobs.zeros``).
+        The count of exact zeros met while packing (the sum of ``jobs.zeros``): non-zero iff any.
     """
     inp = PackedInput(*inp)
     conv = BinaryWeights(*conv)
@@ -865,7 +869,7 @@ def block_forward(inp, conv1, geo1, short1, mid, conv2, geo2, rix2, out_f, targe
             ``same`` are used: the shortcut is the K×K output).
         out_f, target: the 1×1 unit's float output and pack target, as in :func:`bconv_forward`.
         jobs: pixel runs only (``jobs.cranges`` is one range of all channels).
-        mid_zeros: [jobs] int64; every job writes the number of exact zeros of the K×K output it packed.
+        mid_zeros: [jobs] int64; every job writes a count of the exact zeros of the K×K output it packed.
             When any is non-zero the 1×1 results lack their sign(0) corrections and the caller must run
             the block again unit by unit.
 
