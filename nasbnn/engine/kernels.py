@@ -910,21 +910,14 @@ def block_forward(inp, conv1, geo1, short1, mid, conv2, geo2, rix2, out_f, targe
         npx = p1_ - p0
         coords = np.empty((pix_per_job, 4), np.int64)
         _job_coords(p0, npx, geo1, coords)
-        # np.zeros would be split into a hoisted allocation (shared by the threads) and a fill: np.empty is not
-        local = np.empty((pix_per_job, 4), np.int64)  # the K×K output's rows in this job's buffer
+        local = np.zeros((pix_per_job, 4), np.int64)  # the K×K output's rows in this job's buffer
         for m in range(npx):
-            local[m, 0] = 0
-            local[m, 1] = 0
             local[m, 2] = m
-            local[m, 3] = 0
         acc = np.empty((BLOCK, npad), np.int32)
         rbuf = np.empty((BLOCK, npad), np.float32)
         pixels = np.empty((4, BLOCK), np.int64)
         mid_f = np.empty((pix_per_job + slack_rows, c1), np.float32)
-        mid_p = np.empty((pix_per_job, mwords), np.uint64)
-        for m in range(npx):
-            for j in range(mwords):
-                mid_p[m, j] = 0
+        mid_p = np.zeros((pix_per_job, mwords), np.uint64)
         mid_t = PackTarget(True, mid.shift, mid.groups, mid.cg, mid.wg, mid_p, mid.vec_word, mid.vec_bit)
         # --- the K×K unit into the job's buffers (rows 0 .. npx - 1)
         patch = np.empty((pix_per_job, kw1), np.uint64)
