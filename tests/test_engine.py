@@ -620,6 +620,26 @@ def test_benchmark_settles_each_side_before_timing_it(monkeypatch):
     assert log.count("f") >= 3 and log.count("e") >= 5, log
 
 
+def test_bench_rows_of_blocks_run_in_one_pass(monkeypatch):
+    """A block run in one pass is one row of the benchmark: its two layers' OPs and float times summed."""
+    from nasbnn.cost import layer_costs
+    from nasbnn.engine import bench
+
+    monkeypatch.setattr(runtime_mod, "FUSE_MIN_BYTES", 0)
+    space = create_space("tiny")
+    static = bench.random_static(space, space.largest())
+    res = bench.benchmark(static, batch_sizes=(1, 2), threads=1, repeats=1, warmup=0, settle=0)
+    costs = layer_costs(static.arch, space, space.resolution)
+    rows = res["batches"]["1"]["layers"]
+    nblocks = (len(costs) - 2) // 2  # stem, two convs per block, classifier
+    assert len(rows) == 2 + nblocks and rows[0]["name"] == "stem.conv" and rows[-1]["name"] == "classifier"
+    first = rows[1]
+    assert first["layers"] == [costs[1].name, costs[2].name] and first["name"] == f"{costs[1].name}+conv1x1"
+    assert first["mops"] == pytest.approx(costs[1].cost.mops + costs[2].cost.mops)
+    assert first["engine_layer"] == "blocks.0" and first["out_channels"] == costs[2].out_channels
+    assert len(res["batches"]["2"]["layers"]) == len(costs)  # batch 2 runs layer by layer
+
+
 def test_latency_cli(tmp_path, capsys):
     out = tmp_path / "lat.json"
     assert main(["latency", "fit", "--space", "tiny", "--samples", "4", "--repeats", "1", "--out", str(out),
