@@ -1049,16 +1049,21 @@ def stem_forward(x, wf, tp, geo, out_f, target, jobs):
 
 
 # --------------------------------------------------------------------------------------------- head
+#: Classes per job of the classifier; its weights are stored in bands of this many classes (see pool_classify).
+CLASS_BAND = 256
+
+
 @njit(parallel=True, cache=True, fastmath=False)
 def pool_classify(f, b_, hw, wt, bias, out):
     """Global average pool of ``f`` [B·HW, C] then ``out`` [B, classes] = pooled @ W.T + bias.
 
-    ``wt`` is the transposed classifier weight [C, classes] (float32), so that every class has its
-    own accumulator (vectorised without reordering any sum).
+    ``wt`` is the classifier weight in bands of CLASS_BAND classes, ``[bands, C, CLASS_BAND]`` (float32,
+    zero past the last class), so that a job reads its band as one contiguous run and every class has
+    its own accumulator (vectorised without reordering any sum).
     """
     _prefer_wide_vectors()
     c = f.shape[1]
-    ncls = wt.shape[1]
+    ncls = out.shape[1]
     pooled = np.empty((b_, c), np.float32)
     for b in prange(b_):
         acc = np.zeros(c, np.float32)
@@ -1068,20 +1073,21 @@ def pool_classify(f, b_, hw, wt, bias, out):
                 acc[np.uint64(j)] += f[row, np.uint64(j)]
         for j in range(c):
             pooled[np.uint64(b), np.uint64(j)] = acc[np.uint64(j)] / np.float32(hw)
-    chunk = 256
-    nchunk = (ncls + chunk - 1) // chunk
-    for job in prange(b_ * nchunk):
-        b = job // nchunk
-        j0 = (job - b * nchunk) * chunk
-        j1 = min(ncls, j0 + chunk)
+    nband = wt.shape[0]
+    for job in prange(b_ * nband):
+        b = job // nband
+        band = job - b * nband
+        j0 = band * CLASS_BAND
+        n = min(ncls, j0 + CLASS_BAND) - j0
         bu = np.uint64(b)
-        acc = np.zeros(j1 - j0, np.float32)
+        wb = wt[band]
+        acc = np.zeros(CLASS_BAND, np.float32)
         for q in range(c):
             pv = pooled[bu, np.uint64(q)]
             qu = np.uint64(q)
-            for j in range(j1 - j0):
-                acc[np.uint64(j)] += pv * wt[qu, np.uint64(j0 + j)]
-        for j in range(j1 - j0):
+            for j in range(CLASS_BAND):
+                acc[np.uint64(j)] += pv * wb[qu, np.uint64(j)]
+        for j in range(n):
             out[bu, np.uint64(j0 + j)] = acc[np.uint64(j)] + bias[np.uint64(j0 + j)]
 
 

@@ -180,6 +180,19 @@ def _aligned_zeros(n: int, dtype: Any) -> np.ndarray:
     return raw[start:start + n * item].view(dtype)
 
 
+def _class_bands(w: np.ndarray) -> np.ndarray:
+    """The classifier weight [classes, C] as [bands, C, CLASS_BAND]: each band's classes innermost, zero past the
+    last class (see ``kernels.pool_classify``)."""
+    ncls, c = w.shape
+    band = K.CLASS_BAND
+    nband = -(-ncls // band)
+    out = _aligned_zeros(nband * c * band, np.float32).reshape(nband, c, band)
+    padded = np.zeros((nband * band, c), np.float32)
+    padded[:ncls] = w
+    out[:] = padded.reshape(nband, band, c).transpose(0, 2, 1)
+    return out
+
+
 def _popcount(a: np.ndarray) -> np.ndarray:
     """Set bits per uint64 element (``np.bitwise_count`` where numpy has it, numpy >= 2)."""
     if hasattr(np, "bitwise_count"):
@@ -277,7 +290,7 @@ class BinaryEngine:
             ))
         for i, u in enumerate(self._units):
             u.pack_offsets = self._pack_offsets(self._units[i + 1] if i + 1 < len(self._units) else None, u.cout)
-        self._cls_w = np.ascontiguousarray(t["classifier.weight"].T)
+        self._cls_w = _class_bands(t["classifier.weight"])
         self._cls_b = t["classifier.bias"]
 
     # ------------------------------------------------------------------ construction helpers
