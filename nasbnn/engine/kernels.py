@@ -640,7 +640,7 @@ def _conv_group(src, r0, c0w, g, nlo, nhi, job, geo, conv, inp, short, out_f, ta
     zc, has_zc = inp.zc, inp.has_zc
     res_flat = res.reshape(-1)
     out_flat = out_f.reshape(-1)
-    fuse_pack = _fuses_pack(inp, geo, target)
+    fuse_pack = _fuses_pack(has_zc, geo, target)
     c0 = g * cog
     cols = out_f.shape[1]
     hr, wr_, cr = res.shape[1], res.shape[2], res.shape[3]
@@ -742,13 +742,13 @@ def _conv_group(src, r0, c0w, g, nlo, nhi, job, geo, conv, inp, short, out_f, ta
 
 
 @njit(cache=True, fastmath=False)
-def _fuses_pack(inp, geo, target):
+def _fuses_pack(has_zc, geo, target):
     """Whether packing happens inside the vector output transform.
 
-    Only when every channel takes the vector path (no sign(0) corrections, whole vectors per group)
-    and every vector of output channels lies within one packed word of the next conv.
+    Only when every channel takes the vector path (no sign(0) corrections: ``has_zc`` false, whole
+    vectors per group) and every vector of output channels lies within one packed word of the next conv.
     """
-    return target.on and not inp.has_zc and geo.cog % FLOAT_LANES == 0 and target.cg % FLOAT_LANES == 0
+    return target.on and not has_zc and geo.cog % FLOAT_LANES == 0 and target.cg % FLOAT_LANES == 0
 
 
 @njit(parallel=True, cache=True, fastmath=False)
@@ -795,7 +795,7 @@ def bconv_forward(inp, conv, geo, short, out_f, target, jobs):
     cout = geo.groups * cog
     direct = k == 1 and s == 1 and not merge
     of = out_f.reshape(-1)
-    fuse_pack = _fuses_pack(inp, geo, target)
+    fuse_pack = _fuses_pack(inp.has_zc, geo, target)
     do_pack, out_p, ncg, nwg = target.on, target.out, target.cg, target.wg
     nwords = out_p.shape[1]
     for job in prange(njobs):
@@ -898,8 +898,8 @@ def block_forward(inp, conv1, geo1, short1, mid, conv2, geo2, rix2, out_f, targe
     c2 = geo2.groups * geo2.cog
     mwords = mid.groups * mid.wg
     of = out_f.reshape(-1)
-    fuse1 = _fuses_pack(inp, geo1, mid)
-    fuse2 = target.on and geo2.cog % FLOAT_LANES == 0 and target.cg % FLOAT_LANES == 0  # see _fuses_pack
+    fuse1 = _fuses_pack(inp.has_zc, geo1, mid)
+    fuse2 = _fuses_pack(False, geo2, target)  # the 1×1 unit's input never carries sign(0) corrections here
     out_p = target.out  # written below through this name: a record field written inside prange is lost
     nwords = out_p.shape[1]
     slack_rows = (64 + c1 - 1) // c1
