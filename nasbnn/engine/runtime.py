@@ -106,7 +106,7 @@ class _Launch:
     next_input: tuple[Any, ...]  # the next conv's PackedInput without sign(0) corrections, as a plain tuple
     fix: tuple[_Unit, K.ConvGeometry] | None  # the next conv and its sizes (None: the last layer)
     fallback: tuple[_Launch, ...] = ()  # a block's units one by one (see BinaryEngine._step)
-    layers: tuple[str, ...] = ()  # the packed layers a block launch runs (empty: just ``name``)
+    layers: int = 1  # how many layers of the network it runs (2: a block in one pass)
 
 
 @dataclass
@@ -409,7 +409,7 @@ class BinaryEngine:
             t0 = clock()
             src = self._step(step, src)
             if timings is not None:
-                timings.append(LayerTiming(step.name, step.kind, clock() - t0, len(step.layers) or 1))
+                timings.append(LayerTiming(step.name, step.kind, clock() - t0, step.layers))
             if trace is not None:
                 trace(step.name, step.out.reshape(step.shape))
         # --- global average pool + classifier
@@ -511,20 +511,14 @@ class BinaryEngine:
         units = self._units
         u1, u2 = units[i], units[i + 1]
         nxt = units[i + 2] if i + 2 < len(units) else None
-        npix = geo2.batch * geo2.ho * geo2.wo
-        c = geo2.groups * geo2.cog
-        out = self._buffer("f" + key, npix * c, np.float32).reshape(npix, c)
-        target = self._pack_target("p" + key, npix, nxt, u2.pack_offsets)
+        out, target, jobs = self._outputs(geo2, plan, key=key, nxt=nxt, offsets=u2.pack_offsets)
         mid = K.PackTarget(True, u2.shift, u2.groups, u2.cg, u2.wg, _NO_WORDS, *u1.pack_offsets)
-        jobs = K.Jobs(plan.pix_per_job, plan.cranges, self._buffer("zp" + key, plan.jobs, np.int64))
         mid_zeros = self._buffer("zm", plan.jobs, np.int64)
         records = (u1.weights, geo1, K.Shortcut(res, u1.s != 1, u1.rix, u1.rsame), mid, u2.weights, geo2,
                    K.Shortcut(_NO_RES, False, u2.rix, u2.rsame), out, target, jobs, mid_zeros)
         kernel = K.block_forward if plan.parallel else K.block_forward_serial
-        fix = None if nxt is None else (nxt, nxt.geometry(geo2.batch, geo2.ho, geo2.wo))
-        return _Launch(u1.name.rsplit(".", 1)[0], LayerKind.BINARY_CONV, kernel, K.plain_args(*records), key, out,
-                       (geo2.batch, geo2.ho, geo2.wo, c), tuple(K.PackedInput(target.out, _NO_ZC, False)), fix,
-                       fallback=fallback, layers=(u1.name, u2.name))
+        return self._make_launch(u1.name.rsplit(".", 1)[0], LayerKind.BINARY_CONV, kernel, records, geo2, key=key,
+                                 out=out, target=target, nxt=nxt, fallback=fallback, layers=2)
 
     def _block_plan(self, i: int, geo1: K.ConvGeometry, threads: int) -> Plan | None:
         """A pixel-run split for running units ``i`` and ``i + 1`` in one pass, or None to run them apart.
@@ -552,15 +546,30 @@ class BinaryEngine:
         The kernel's arguments after its input: ``weights``, the geometry, the shortcut (binary convs),
         the float output, the pack target (``offsets``: see :meth:`_pack_offsets`) and the split.
         """
+        out, target, jobs = self._outputs(geo, plan, key=key, nxt=nxt, offsets=offsets)
+        records = (*weights, geo, *(() if short is None else (short,)), out, target, jobs)
+        return self._make_launch(name, kind, kernel, records, geo, key=key, out=out, target=target, nxt=nxt)
+
+    def _outputs(self, geo: K.ConvGeometry, plan: Plan, *, key: str, nxt: _Unit | None,
+                 offsets: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, K.PackTarget, K.Jobs]:
+        """The float output [B·Ho·Wo, C], the pack target for ``nxt`` and the split of a launch writing work
+        buffers ``key``."""
         npix = geo.batch * geo.ho * geo.wo
         c = geo.groups * geo.cog
         out = self._buffer("f" + key, npix * c, np.float32).reshape(npix, c)
         target = self._pack_target("p" + key, npix, nxt, offsets)
         jobs = K.Jobs(plan.pix_per_job, plan.cranges, self._buffer("zp" + key, plan.jobs, np.int64))
-        records = (*weights, geo, *(() if short is None else (short,)), out, target, jobs)
+        return out, target, jobs
+
+    @staticmethod
+    def _make_launch(name: str, kind: LayerKind, kernel: Callable[..., Any], records: tuple[Any, ...],
+                     geo: K.ConvGeometry, *, key: str, out: np.ndarray, target: K.PackTarget, nxt: _Unit | None,
+                     **more: Any) -> _Launch:
+        """A launch of ``kernel`` with ``records`` writing ``out`` (``geo``'s output pixels) and ``target``, which
+        feeds ``nxt``."""
         fix = None if nxt is None else (nxt, nxt.geometry(geo.batch, geo.ho, geo.wo))
-        return _Launch(name, kind, kernel, K.plain_args(*records), key, out, (geo.batch, geo.ho, geo.wo, c),
-                       tuple(K.PackedInput(target.out, _NO_ZC, False)), fix)
+        return _Launch(name, kind, kernel, K.plain_args(*records), key, out, (geo.batch, geo.ho, geo.wo, out.shape[1]),
+                       tuple(K.PackedInput(target.out, _NO_ZC, False)), fix, **more)
 
     @staticmethod
     def _parallel(threads: int, work: int) -> bool:
