@@ -185,6 +185,33 @@ def test_warns_once_when_workers_exceed_the_cores(monkeypatch, caplog):
         assert "at most 2" in caplog.text
 
 
+def test_batch_ring_hands_back_what_was_put_and_refuses_a_reused_slot():
+    ring = imf._BatchRing(slots=3, capacity=2, resolution=4)
+    rs = np.random.RandomState(0)
+    images = [rs.randint(0, 256, (4, 4, 3)).astype(np.uint8) for _ in range(5)]
+    first = ring.put(0, images[:2])
+    assert first == imf._Slot(0, 2)
+    later = ring.put(4, images[2:3])  # slot 1, a one-image (last) batch
+    x = ring.take(first)
+    assert x.shape == (2, 3, 4, 4) and torch.equal(x, torch.from_numpy(np.stack(images[:2])).permute(0, 3, 1, 2))
+    assert torch.equal(ring.take(later)[0], torch.from_numpy(images[2]).permute(2, 0, 1))
+    ring.put(3, images[3:5])  # batch 3 reuses slot 0 while batch 0 would still be in use
+    with pytest.raises(RuntimeError, match=r"batch 0 was overwritten .*slot 0 holds batch 3"):
+        ring.check(first)
+    with pytest.raises(RuntimeError, match="overwritten"):
+        ring.take(first)
+
+
+def test_loader_refuses_a_ring_that_does_not_fit_in_shared_memory(tmp_path, monkeypatch):
+    root = jpeg_folder(tmp_path / "data", train=3, val=1)
+    files = sorted(p.relative_to(root).as_posix() for p in (root / "train").rglob("*.jpg"))
+    split = FolderSplit(root, files, torch.zeros(len(files), dtype=torch.int64), resolution=16, workers=2)
+    monkeypatch.setattr(imf.shutil, "disk_usage", lambda _: type("U", (), {"free": 1000})())
+    with pytest.raises(imf.DataError, match=r"need 22 KiB of shared memory for their batches, but /dev/shm has "
+                                            r"1 KiB free; lower data.workers"):
+        list(split.loader(batch_size=3, train=True, seed=0))
+
+
 def test_unreadable_training_image_in_a_worker_names_the_file(tmp_path):
     root = jpeg_folder(tmp_path / "data", train=3, val=1)
     (root / "train" / "bee" / "001.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
