@@ -1,6 +1,7 @@
 """Images per second of the image-folder training loader (224² random-resized crops, flips, normalisation)
-with 0, 1 and 2 workers, beside a plain PIL decode + random-resized-crop loop on the same files, and the
-cost and pixel change of JPEG draft decoding. Prints one JSON object.
+with 0, 1 and 2 workers, beside a plain PIL decode + random-resized-crop loop on the same files; the cost
+and pixel change of JPEG draft decoding; and the loader's JPEG path (simplejpeg + numpy resize) against
+Pillow alone. Prints one JSON object.
 
     python benchmarks/bench_data.py                       # 0, 1, 2 workers, generated 500x375 JPEGs
     python benchmarks/bench_data.py --workers all --images 1024 --batch 64   # every core of a larger node
@@ -13,6 +14,7 @@ round by round, so a load change on a shared machine hits all of them alike; the
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import io
 import json
 import os
@@ -20,6 +22,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 from random import Random
@@ -30,6 +33,7 @@ from PIL import Image
 
 from nasbnn.data.augment import random_resized_crop_box
 from nasbnn.data.imagefolder import FolderSplit, decode_train
+from nasbnn.data.jpeg import pillow_only
 from nasbnn.data.workers import available_cores
 from nasbnn.utils.sysinfo import cpu_name
 
@@ -147,6 +151,37 @@ def draft_effect(root: Path, files: list[str], repeats: int = 3) -> dict:
             "mean_abs_diff_drafted": round(float(np.mean(changed)), 3) if changed else 0.0}
 
 
+def decoder_effect(root: Path, files: list[str], repeats: int = 3) -> dict:
+    """CPU ms per full-decode training view (no draft) through the loader's JPEG path (simplejpeg + the
+    numpy resize) and through Pillow alone, and the largest pixel difference between the two (expected: 0)."""
+    times: dict[str, list[float]] = {"fast": [], "pillow": []}
+
+    def views() -> list[np.ndarray]:
+        return [decode_train(root / f, RES, Random(i), flip=i % 2 == 1, draft=False) for i, f in enumerate(files)]
+
+    for _ in range(repeats):
+        for name in times:
+            with nullcontext() if name == "fast" else pillow_only():
+                t = time.process_time()
+                views()
+                times[name].append((time.process_time() - t) / len(files) * 1e3)
+    fast = views()
+    with pillow_only():
+        plain = views()
+    diff = max(int(np.abs(a.astype(np.int16) - b).max()) for a, b in zip(fast, plain))
+    best = {k: min(v) for k, v in times.items()}
+    return {"fast_cpu_ms": round(best["fast"], 3), "pillow_cpu_ms": round(best["pillow"], 3),
+            "speedup": round(best["pillow"] / best["fast"], 2), "max_abs_pixel_diff": diff,
+            "simplejpeg": _version("simplejpeg")}
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=256, help="images per timed pass")
@@ -177,6 +212,7 @@ def main() -> None:
         kb = statistics.mean((root / f).stat().st_size for f in files) / 1e3
         rates = throughput(root, files, workers, a.batch, a.rounds)
         drafts = {a.size: draft_effect(root, files[:48]), a.large: draft_effect(root, large)}
+        decoder = decoder_effect(root, files[:96])
     one = rates.get("workers_1", {}).get("median")
     two = rates.get("workers_2", {}).get("median")
     out = {
@@ -191,6 +227,7 @@ def main() -> None:
         "two_vs_one_worker": round(two / one, 2) if one and two else None,
         "targets": {"one_worker_vs_reference": 1.0, "two_vs_one_worker": 1.8},
         "draft": drafts,
+        "decoder": decoder,
         "torch": torch.__version__, "pillow": Image.__version__,
     }
     print(json.dumps(out))

@@ -42,22 +42,22 @@ def jpeg_folder(root: Path, train: int = 10, val: int = 3, size: tuple[int, int]
 
 
 class Recorder:
-    """Wraps ``_DecodeDataset.__getitem__`` to note, per decoded item, the process and worker that decoded it
+    """Wraps ``_DecodeDataset._decode`` to note, per decoded item, the process and worker that decoded it
     (appended to a file, so forked workers report back)."""
 
     def __init__(self, path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         self.path = path
-        original = imf._DecodeDataset.__getitem__
+        original = imf._DecodeDataset._decode
 
-        def getitem(dataset, item):  # type: ignore[no-untyped-def]
+        def decode(dataset, item, out):  # type: ignore[no-untyped-def]
             info = get_worker_info()
             seed = dataset.seed if dataset.random_crop else -1
             line = f"{seed} {os.getpid()} {-1 if info is None else info.id} {0 if info is None else info.num_workers}"
             with open(path, "a") as f:
                 f.write(line + "\n")
-            return original(dataset, item)
+            return original(dataset, item, out)
 
-        monkeypatch.setattr(imf._DecodeDataset, "__getitem__", getitem)
+        monkeypatch.setattr(imf._DecodeDataset, "_decode", decode)
 
     def rows(self) -> list[tuple[int, int, int, int]]:
         if not self.path.exists():
@@ -189,13 +189,17 @@ def test_batch_ring_hands_back_what_was_put_and_refuses_a_reused_slot():
     ring = imf._BatchRing(slots=3, capacity=2, resolution=4)
     rs = np.random.RandomState(0)
     images = [rs.randint(0, 256, (4, 4, 3)).astype(np.uint8) for _ in range(5)]
-    first = ring.put(0, images[:2])
+    def put(ordinal: int, batch: list[np.ndarray]) -> imf._Slot:
+        ring.slot(ordinal, len(batch))[:] = np.stack(batch)
+        return ring.stamp(ordinal, len(batch))
+
+    first = put(0, images[:2])
     assert first == imf._Slot(0, 2)
-    later = ring.put(4, images[2:3])  # slot 1, a one-image (last) batch
+    later = put(4, images[2:3])  # slot 1, a one-image (last) batch
     x = ring.take(first)
     assert x.shape == (2, 3, 4, 4) and torch.equal(x, torch.from_numpy(np.stack(images[:2])).permute(0, 3, 1, 2))
     assert torch.equal(ring.take(later)[0], torch.from_numpy(images[2]).permute(2, 0, 1))
-    ring.put(3, images[3:5])  # batch 3 reuses slot 0 while batch 0 would still be in use
+    put(3, images[3:5])  # batch 3 reuses slot 0 while batch 0 would still be in use
     with pytest.raises(RuntimeError, match=r"batch 0 was overwritten .*slot 0 holds batch 3"):
         ring.check(first)
     with pytest.raises(RuntimeError, match="overwritten"):

@@ -184,13 +184,17 @@ def center_crop_resize(img: Image.Image, size: int) -> Image.Image:
     """Eval transform: resize the shorter side to ``round(size / 0.875)`` (bilinear), then centre-crop ``size``."""
     from PIL import Image
 
-    short = round(size / EVAL_CROP_FRACTION)
-    w, h = img.size
-    if w <= h:
-        nw, nh = short, max(short, int(short * h / w))
-    else:
-        nw, nh = max(short, int(short * w / h)), short
+    nw, nh, left, top = center_crop_geometry(*img.size, size)
     img = img.resize((nw, nh), Image.Resampling.BILINEAR)
-    top = round((nh - size) / 2)
-    left = round((nw - size) / 2)
     return img.crop((left, top, left + size, top + size))
+
+
+def center_crop_geometry(width: int, height: int, size: int) -> tuple[int, int, int, int]:
+    """``(resized width, resized height, left, top)`` of :func:`center_crop_resize` on a ``width`` x ``height``
+    image: the whole image is resized, then ``size`` x ``size`` is cut at ``(left, top)``."""
+    short = round(size / EVAL_CROP_FRACTION)
+    if width <= height:
+        nw, nh = short, max(short, int(short * height / width))
+    else:
+        nw, nh = max(short, int(short * width / height)), short
+    return nw, nh, round((nw - size) / 2), round((nh - size) / 2)

@@ -7,6 +7,7 @@ class' sorted file list with the run seed and recorded in a JSON manifest that l
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import math
@@ -26,8 +27,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 from ..config import DataConfig
 from ..errors import DataError
 from ..utils.io import atomic_write_text
-from .augment import Normalize, center_crop_resize, derive_seed, random_resized_crop_box
+from .augment import Normalize, center_crop_geometry, center_crop_resize, derive_seed, random_resized_crop_box
 from .base import Batches, DataBundle, EpochPlan, Split, as_index, finish_images, move_to_device
+from .jpeg import jpeg_array, jpeg_size
+from .resample import resize_box
 from .workers import check_workers
 
 __all__ = ["IMAGE_EXTENSIONS", "MANIFEST_FORMAT", "FolderSplit", "build_imagefolder", "decode_eval", "decode_train",
@@ -203,6 +206,17 @@ class _Failure:
     reason: str
 
 
+def _draft_target(size: tuple[int, int], box: tuple[int, int, int, int], resolution: int) -> tuple[int, int] | None:
+    """The decoded size to ask a JPEG decoder for so that the crop ``box`` of an image of ``size`` stays at
+    least ``resolution`` wide and high, when a 1/2 scale or less reaches it; None when only the full decode does."""
+    left, top, right, bottom = box
+    w, h = size
+    want = (math.ceil(w * resolution / (right - left)), math.ceil(h * resolution / (bottom - top)))
+    if 2 * want[0] > w or 2 * want[1] > h:
+        return None
+    return want
+
+
 def _draft_for_crop(img: Any, box: tuple[int, int, int, int], resolution: int) -> tuple[float, float, float, float]:
     """Asks the JPEG decoder for a 1/2, 1/4 or 1/8 scale that keeps the crop at least ``resolution`` wide and
     high, and returns the same crop region in the drafted image's coordinates.
@@ -210,43 +224,75 @@ def _draft_for_crop(img: Any, box: tuple[int, int, int, int], resolution: int) -
     libjpeg scales in the DCT domain, skipping most of the inverse transform, so a large photo costs less to
     decode; the crop covers the same part of the picture and is still only ever downscaled.
     """
-    left, top, right, bottom = box
-    w, h = img.size
-    want = (math.ceil(w * resolution / (right - left)), math.ceil(h * resolution / (bottom - top)))
-    if 2 * want[0] > w or 2 * want[1] > h:
+    width = img.size[0]
+    want = _draft_target(img.size, box, resolution)
+    if want is None:
         return box  # no reduction possible: leave the decoder alone (the exact full decode)
     drafted = img.draft("RGB", want)
     if drafted is None:  # not a JPEG
         return box
-    scale = w / drafted[1][2]
+    scale = width / drafted[1][2]
+    left, top, right, bottom = box
     return left / scale, top / scale, right / scale, bottom / scale
 
 
-def decode_train(path: Path, resolution: int, rng: Random, *, flip: bool, draft: bool) -> np.ndarray:
+def decode_train(path: Path, resolution: int, rng: Random, *, flip: bool, draft: bool,
+                 out: np.ndarray | None = None) -> np.ndarray:
     """One training view: RandomResizedCrop (box drawn from ``rng`` on the file's size), optional mirror.
 
+    A baseline JPEG decoded in full goes through :mod:`.jpeg` and :mod:`.resample` (Pillow's pixels, for
+    less CPU); drafted JPEGs and other files through Pillow.
+
+    Args:
+        out: uint8 [resolution, resolution, 3] to write the view into (default: a new array).
+
     Returns:
-        uint8 [resolution, resolution, 3], contiguous and read-only.
+        uint8 [resolution, resolution, 3] (``out`` when given).
     """
     from PIL import Image
 
-    with Image.open(path) as opened:
-        crop = random_resized_crop_box(rng, *opened.size)
+    data = path.read_bytes()
+    size = jpeg_size(data)
+    crop: tuple[int, int, int, int] | None = None
+    if size is not None:
+        crop = random_resized_crop_box(rng, *size)
+        if not (draft and _draft_target(size, crop, resolution)):
+            pixels = jpeg_array(data)
+            if pixels is not None:
+                return resize_box(pixels, crop, (resolution, resolution), flip=flip, out=out)
+    with Image.open(io.BytesIO(data)) as opened:
+        if crop is None:
+            crop = random_resized_crop_box(rng, *opened.size)
         box = _draft_for_crop(opened, crop, resolution) if draft else crop
         img = opened if opened.mode == "RGB" else opened.convert("RGB")
-        out = img.resize((resolution, resolution), Image.Resampling.BILINEAR, box=box)
+        view = img.resize((resolution, resolution), Image.Resampling.BILINEAR, box=box)
     if flip:  # PIL mirrors whole pixels; copying a negative-stride numpy view moves single bytes (3x slower)
-        out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return np.asarray(out)
+        view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if out is None:
+        return np.asarray(view)
+    out[:] = np.asarray(view)
+    return out
 
 
-def decode_eval(path: Path, resolution: int) -> np.ndarray:
-    """The evaluation view (full decode; shorter side to ``resolution / 0.875``, centre crop): uint8 [H, W, 3]."""
+def decode_eval(path: Path, resolution: int, out: np.ndarray | None = None) -> np.ndarray:
+    """The evaluation view (full decode; shorter side to ``resolution / 0.875``, centre crop): uint8 [H, W, 3]
+    (``out`` when given)."""
     from PIL import Image
 
-    with Image.open(path) as opened:
-        img = opened if opened.mode == "RGB" else opened.convert("RGB")
-        return np.asarray(center_crop_resize(img, resolution))
+    data = path.read_bytes()
+    pixels = jpeg_array(data) if jpeg_size(data) is not None else None
+    if pixels is not None:
+        nw, nh, left, top = center_crop_geometry(pixels.shape[1], pixels.shape[0], resolution)
+        view = resize_box(pixels, (0, 0, pixels.shape[1], pixels.shape[0]), (nw, nh))
+        view = view[top : top + resolution, left : left + resolution]
+    else:
+        with Image.open(io.BytesIO(data)) as opened:
+            img = opened if opened.mode == "RGB" else opened.convert("RGB")
+            view = np.asarray(center_crop_resize(img, resolution))
+    if out is None:
+        return np.ascontiguousarray(view)
+    out[:] = view
+    return out
 
 
 #: An item of a loader: (file index, epoch, position in the epoch, mirror, batch ordinal in this pass).
@@ -287,14 +333,14 @@ class _BatchRing:
         self.pixels = torch.empty((slots, capacity, resolution, resolution, 3), dtype=torch.uint8).share_memory_()
         self.stamps = torch.full((slots,), -1, dtype=torch.int64).share_memory_()
 
-    def put(self, ordinal: int, images: list[np.ndarray]) -> _Slot:
-        """Writes one batch (in a worker)."""
-        slot = ordinal % self.pixels.shape[0]
-        view = self.pixels[slot].numpy()
-        for i, a in enumerate(images):
-            view[i] = a
-        self.stamps[slot] = ordinal
-        return _Slot(ordinal, len(images))
+    def slot(self, ordinal: int, size: int) -> np.ndarray:
+        """uint8 [size, res, res, 3]: where a worker writes batch ``ordinal`` (then :meth:`stamp` it)."""
+        return self.pixels[ordinal % self.pixels.shape[0], :size].numpy()
+
+    def stamp(self, ordinal: int, size: int) -> _Slot:
+        """Marks batch ``ordinal`` as written, once all its images are in its slot."""
+        self.stamps[ordinal % self.pixels.shape[0]] = ordinal
+        return _Slot(ordinal, size)
 
     def take(self, item: _Slot) -> torch.Tensor:
         """uint8 [n, 3, res, res] (an NHWC view) of a batch a worker put, valid until the next batch is asked for."""
@@ -334,6 +380,9 @@ class _DecodeDataset(Dataset):
         return len(self.files)
 
     def __getitem__(self, item: _Item) -> np.ndarray | _Failure:
+        return self._decode(item, None)
+
+    def _decode(self, item: _Item, out: np.ndarray | None) -> np.ndarray | _Failure:
         from PIL import Image
 
         file_index, epoch, position, flip = item[:4]
@@ -341,19 +390,22 @@ class _DecodeDataset(Dataset):
         try:
             if self.random_crop:
                 rng = Random(derive_seed(self.seed, "crop", epoch, position))
-                return decode_train(path, self.resolution, rng, flip=flip, draft=self.draft)
-            return decode_eval(path, self.resolution)
+                return decode_train(path, self.resolution, rng, flip=flip, draft=self.draft, out=out)
+            return decode_eval(path, self.resolution, out=out)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             return _Failure(str(path), f"{type(exc).__name__}: {exc}")
 
     def __getitems__(self, items: list[_Item]) -> list[np.ndarray | _Failure] | _Slot | _Failure:
-        decoded = [self[item] for item in items]
-        if self.ring is None or not items or get_worker_info() is None:
-            return decoded
-        for d in decoded:
-            if isinstance(d, _Failure):
-                return d
-        return self.ring.put(items[0][4], decoded)  # type: ignore[arg-type]
+        ring = self.ring
+        if ring is None or not items or get_worker_info() is None:
+            return [self._decode(item, None) for item in items]
+        ordinal = items[0][4]
+        view = ring.slot(ordinal, len(items))
+        for i, item in enumerate(items):  # decoded straight into the shared buffer
+            decoded = self._decode(item, view[i])
+            if isinstance(decoded, _Failure):
+                return decoded
+        return ring.stamp(ordinal, len(items))
 
 
 def _collate(items: list[np.ndarray | _Failure] | _Slot | _Failure, resolution: int) -> torch.Tensor | _Slot | _Failure:
@@ -545,8 +597,8 @@ class _FolderBatches(Batches):
         for i in range(plan.start_batch, plan.num_batches):
             if used is not None:
                 ring.check(used)  # still intact after its use, before the next request lets a worker reuse slots
-            item = next(batches, _END)
-            if item is _END:
+            item = next(batches, None)
+            if item is None:
                 return
             if isinstance(item, _Failure):
                 raise DataError(f"cannot decode image {item.path} ({item.reason}); remove or replace the file")
