@@ -206,6 +206,16 @@ def test_batch_ring_hands_back_what_was_put_and_refuses_a_reused_slot():
         ring.take(first)
 
 
+def test_ring_prefetches_fewer_batches_when_they_are_large():
+    mb = 1 << 20
+    assert imf._prefetch(0, 10 * mb) == 0
+    assert imf._prefetch(8, 64 * 224 * 224 * 3) == 4  # 64 images per process, 8 workers: 34 slots, 327 MB
+    assert imf._prefetch(8, 30 * mb) == 4  # (1024 // 30 - 2) // 8 = 4: 34 x 30 MB within 1 GiB
+    assert imf._prefetch(8, 40 * mb) == 2  # (25 - 2) // 8
+    assert imf._prefetch(8, 2048 * 224 * 224 * 3) == 1  # a 2,048-image calibration batch: one per worker
+    assert imf._prefetch(2, 100 * mb) == 4
+
+
 def test_loader_refuses_a_ring_that_does_not_fit_in_shared_memory(tmp_path, monkeypatch):
     root = jpeg_folder(tmp_path / "data", train=3, val=1)
     files = sorted(p.relative_to(root).as_posix() for p in (root / "train").rglob("*.jpg"))

@@ -519,9 +519,10 @@ class FolderSplit(Split):
         if keep and kept is not None and kept.key == key:
             kept.sampler.plan, kept.sampler.epoch = sampler.plan, sampler.epoch
             return kept.loader, kept
-        ring = _BatchRing(_PREFETCH * workers + 2, capacity, self.resolution) if workers > 0 else None
+        ahead = _prefetch(workers, capacity * self.resolution * self.resolution * 3)
+        ring = _BatchRing(ahead * workers + 2, capacity, self.resolution) if workers > 0 else None
         dataset = _DecodeDataset(self.root, self.files, self.resolution, augment, sampler.seed, self.draft, ring)
-        extra: dict[str, Any] = {"persistent_workers": keep, "prefetch_factor": _PREFETCH} if workers > 0 else {}
+        extra: dict[str, Any] = {"persistent_workers": keep, "prefetch_factor": ahead} if workers > 0 else {}
         loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
                             collate_fn=partial(_collate, resolution=self.resolution),
                             # Batches in the ring are copied to pinned memory as they are taken (move_to_device).
@@ -552,8 +553,20 @@ def _one_ahead(items: Iterator[Any]) -> Iterator[Any]:
 
 
 _END = object()
-#: Batches each loader worker may have requested ahead of the training loop.
+#: Batches each loader worker may have requested ahead of the training loop, at most.
 _PREFETCH = 4
+#: Shared memory a loader's ring may take beyond its minimum (one batch per worker, plus two).
+_RING_BUDGET = 1 << 30
+
+
+def _prefetch(workers: int, batch_bytes: int) -> int:
+    """Batches requested ahead per worker: up to :data:`_PREFETCH`, fewer when the ring of
+    ``prefetch * workers + 2`` batches would pass :data:`_RING_BUDGET` (large evaluation or calibration
+    batches), never fewer than one."""
+    if workers <= 0:
+        return 0
+    fits = (_RING_BUDGET // max(batch_bytes, 1) - 2) // workers
+    return max(1, min(_PREFETCH, fits))
 
 
 class _FolderBatches(Batches):
