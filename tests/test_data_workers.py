@@ -257,3 +257,25 @@ def test_cpu_uint8_normalisation_is_bit_identical_to_addcmul(channels, layout):
     assert torch.equal(got, expected)
     cl = finish_images(x, norm, True, {})
     assert cl.is_contiguous(memory_format=torch.channels_last) and torch.equal(cl, expected)
+    cache: dict = {}
+    batches = [finish_images(x, norm, False, cache) for _ in range(3)]  # held: three different buffers
+    assert len({b.data_ptr() for b in batches}) == 3 and all(torch.equal(b, expected) for b in batches)
+
+
+def test_output_pool_reuses_a_buffer_only_when_no_tensor_or_view_holds_it():
+    from nasbnn.data.pixels import OutputPool
+
+    pool = OutputPool(keep=2)
+    a = pool.take((2, 3))
+    first = a.data_ptr()
+    view = a[1:]
+    del a
+    b = pool.take((2, 3))  # the first buffer is still seen through the view
+    assert b.data_ptr() != first
+    c = pool.take((2, 3))  # both kept buffers in use: a new one, which replaces the oldest in the pool
+    assert c.data_ptr() not in (first, b.data_ptr())
+    del view
+    second = b.data_ptr()
+    del b
+    assert pool.take((2, 3)).data_ptr() == second  # free again (the first one left the pool)
+    assert pool.take((3, 3)).shape == (3, 3)

@@ -157,12 +157,13 @@ def finish_images(
 def _normalise_on_cpu(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, cache: dict) -> torch.Tensor:
     """``addcmul(shift, x.float(), scale)`` of a CPU uint8 batch, bit for bit, through a 256-entry table per
     channel (one pass instead of three; see :mod:`.pixels`)."""
-    from .pixels import normalise_uint8, uint8_table
+    from .pixels import OutputPool, normalise_uint8, uint8_table
 
     key = ("cpu-table", x.shape[1], True)  # beside the (device, channels, uint8) entry of scale and shift
     if key not in cache:
-        cache[key] = (uint8_table(scale, shift),)
-    return normalise_uint8(x, cache[key][0])
+        cache[key] = (uint8_table(scale, shift), OutputPool())
+    table, pool = cache[key]
+    return normalise_uint8(x, table, pool)
 
 
 # ------------------------------------------------------------------------------------------ splits
