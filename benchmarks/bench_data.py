@@ -9,6 +9,8 @@ Pillow alone. Prints one JSON object.
 The JPEGs (about 500x375 and 100 KB, like ImageNet's typical photo) are generated with a fixed seed in a
 temporary folder (or ``--root``, reused when it already holds them). Timings interleave the configurations
 round by round, so a load change on a shared machine hits all of them alike; the median round is reported.
+A pass ends with workers idle while the last batches are finished (once per epoch in training, where an
+epoch is far longer): with 2 workers on 1,024 images that costs about 3 %, on 4,096 under 1 %.
 """
 
 from __future__ import annotations
@@ -184,7 +186,9 @@ def _version(package: str) -> str | None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--images", type=int, default=256, help="images per timed pass")
+    p.add_argument("--images", type=int, default=2048,
+                   help="images per timed pass (each pass ends with workers idling while the last batches finish, "
+                        "once per epoch in training: short passes understate the workers' rate)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--workers", default="0,1,2", help="comma-separated worker counts, or 'all' (0, 1, 2, 4, ... "
                                                      "up to the available cores)")
