@@ -58,17 +58,20 @@ fi
 log "python: $PY"
 
 # runtime and test dependencies next to the existing torch (pip resolves only what is missing)
-if ! "$PY" -c 'import nasbnn.cli, pytest, scipy, PIL, numba, omegaconf, pydantic' >/dev/null 2>&1; then
-  deps=$("$PY" - <<'EOF'
-import re, tomllib
-p = tomllib.load(open("pyproject.toml", "rb"))["project"]
-want = p["dependencies"] + [d for d in p["optional-dependencies"]["dev"] if d.split(">")[0] in ("pytest", "scipy")]
-print(" ".join(d for d in want if re.split(r"[<>=!~\[ ]", d)[0] != "torch"))
+if ! "$PY" -c 'import nasbnn.cli, pytest, scipy, PIL, numba, omegaconf, pydantic, tqdm, simplejpeg' >/dev/null 2>&1; then
+  # one requirement per line: environment markers contain spaces
+  mapfile -t deps < <("$PY" - <<'EOF'
+import re
+text = open("pyproject.toml").read()
+def block(name):  # the quoted requirements of `name = [...]` (tomllib needs Python 3.11)
+    m = re.search(rf"^{name} = \[(.*?)\]\s*$", text, re.M | re.S)
+    return re.findall(r'"([^"]+)"', re.sub(r"#.*", "", m.group(1))) if m else []
+want = block("dependencies") + block("train") + [d for d in block("dev") if d.split(">")[0] in ("pytest", "scipy")]
+print("\n".join(d for d in want if re.split(r"[<>=!~\[ ;]", d)[0] != "torch"))
 EOF
 )
-  log "installing missing dependencies: $deps"
-  # shellcheck disable=SC2086
-  timeout 240 "$PY" -m pip install -q $deps >&2 || log "pip install failed; stages will report import errors"
+  log "installing missing dependencies: ${deps[*]}"
+  timeout 240 "$PY" -m pip install -q "${deps[@]}" >&2 || log "pip install failed; stages will report import errors"
 fi
 
 if [ "$DRY" = 1 ]; then
