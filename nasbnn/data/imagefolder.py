@@ -30,6 +30,7 @@ from ..utils.io import atomic_write_text
 from .augment import Normalize, center_crop_geometry, center_crop_resize, derive_seed, random_resized_crop_box
 from .base import Batches, DataBundle, EpochPlan, Split, as_index, finish_images, move_to_device
 from .jpeg import jpeg_array, jpeg_size
+from .jpeg import prepare as prepare_jpeg
 from .resample import resize_box
 from .workers import check_workers
 
@@ -519,6 +520,8 @@ class FolderSplit(Split):
         if keep and kept is not None and kept.key == key:
             kept.sampler.plan, kept.sampler.epoch = sampler.plan, sampler.epoch
             return kept.loader, kept
+        if workers > 0:
+            prepare_jpeg()
         ahead = _prefetch(workers, capacity * self.resolution * self.resolution * 3)
         ring = _BatchRing(ahead * workers + 2, capacity, self.resolution) if workers > 0 else None
         dataset = _DecodeDataset(self.root, self.files, self.resolution, augment, sampler.seed, self.draft, ring)

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["jpeg_array", "jpeg_size", "pillow_only"]
+__all__ = ["jpeg_array", "jpeg_size", "pillow_only", "prepare"]
 
 _ACCEPTED_SPACES = ("YCbCr", "Gray")
 _SOI = b"\xff\xd8"
@@ -42,6 +42,14 @@ def _simplejpeg() -> Any:
         except ImportError:
             _module = None
     return _module
+
+
+def prepare() -> bool:
+    """Loads simplejpeg and the compiled resize (probing Pillow once): whether the fast path is on.
+
+    Called before loader workers start, so that forked workers inherit them instead of each spending
+    1-2 s on it (8 s the first time on a machine, while numba compiles)."""
+    return _simplejpeg() is not None
 
 
 def jpeg_size(data: bytes) -> tuple[int, int] | None:
