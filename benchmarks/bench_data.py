@@ -24,7 +24,6 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 from random import Random
@@ -129,16 +128,26 @@ def throughput(root: Path, files: list[str], workers: list[int], batch: int, rou
     return {k: summary(v) for k, v in runs.items()}
 
 
+def best_cpu_ms(variants: dict[str, Callable[[], object]], views: int, repeats: int) -> dict[str, float]:
+    """Per variant, the best over ``repeats`` interleaved runs of CPU ms per view (each run makes ``views``
+    views). CPU time: one process, so a loaded machine does not skew it."""
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(repeats):
+        for name, run in variants.items():
+            t = time.process_time()
+            run()
+            times[name].append((time.process_time() - t) / views * 1e3)
+    return {k: min(v) for k, v in times.items()}
+
+
 def draft_effect(root: Path, files: list[str], repeats: int = 3) -> dict:
     """CPU ms per training view decoded in full vs through JPEG draft mode, the share of crops that drafting
     reduced, and the mean absolute pixel difference (0-255 scale) between the two views."""
-    times: dict[bool, list[float]] = {False: [], True: []}
-    for _ in range(repeats):
-        for draft in (False, True):
-            t = time.process_time()  # CPU time: one process, so a loaded machine does not skew it
-            for i, f in enumerate(files):
-                decode_train(root / f, RES, Random(i), flip=False, draft=draft)
-            times[draft].append((time.process_time() - t) / len(files) * 1e3)
+    def views(draft: bool) -> None:
+        for i, f in enumerate(files):
+            decode_train(root / f, RES, Random(i), flip=False, draft=draft)
+
+    best = best_cpu_ms({"full": partial(views, False), "draft": partial(views, True)}, len(files), repeats)
     diffs, reduced = [], 0
     for i, f in enumerate(files):
         full = decode_train(root / f, RES, Random(i), flip=False, draft=False).astype(np.float32)
@@ -147,8 +156,8 @@ def draft_effect(root: Path, files: list[str], repeats: int = 3) -> dict:
         reduced += diff > 0
         diffs.append(diff)
     changed = [d for d in diffs if d > 0]
-    return {"full_cpu_ms": round(min(times[False]), 2), "draft_cpu_ms": round(min(times[True]), 2),
-            "speedup": round(min(times[False]) / min(times[True]), 2), "crops_drafted": f"{reduced}/{len(files)}",
+    return {"full_cpu_ms": round(best["full"], 2), "draft_cpu_ms": round(best["draft"], 2),
+            "speedup": round(best["full"] / best["draft"], 2), "crops_drafted": f"{reduced}/{len(files)}",
             "mean_abs_diff_all": round(float(np.mean(diffs)), 3),
             "mean_abs_diff_drafted": round(float(np.mean(changed)), 3) if changed else 0.0}
 
@@ -156,22 +165,15 @@ def draft_effect(root: Path, files: list[str], repeats: int = 3) -> dict:
 def decoder_effect(root: Path, files: list[str], repeats: int = 3) -> dict:
     """CPU ms per full-decode training view (no draft) through the loader's JPEG path (simplejpeg + the
     numpy resize) and through Pillow alone, and the largest pixel difference between the two (expected: 0)."""
-    times: dict[str, list[float]] = {"fast": [], "pillow": []}
-
     def views() -> list[np.ndarray]:
         return [decode_train(root / f, RES, Random(i), flip=i % 2 == 1, draft=False) for i, f in enumerate(files)]
 
-    for _ in range(repeats):
-        for name in times:
-            with nullcontext() if name == "fast" else pillow_only():
-                t = time.process_time()
-                views()
-                times[name].append((time.process_time() - t) / len(files) * 1e3)
-    fast = views()
-    with pillow_only():
-        plain = views()
-    diff = max(int(np.abs(a.astype(np.int16) - b).max()) for a, b in zip(fast, plain))
-    best = {k: min(v) for k, v in times.items()}
+    def plain_views() -> list[np.ndarray]:
+        with pillow_only():
+            return views()
+
+    best = best_cpu_ms({"fast": views, "pillow": plain_views}, len(files), repeats)
+    diff = max(int(np.abs(a.astype(np.int16) - b).max()) for a, b in zip(views(), plain_views()))
     return {"fast_cpu_ms": round(best["fast"], 3), "pillow_cpu_ms": round(best["pillow"], 3),
             "speedup": round(best["pillow"] / best["fast"], 2), "max_abs_pixel_diff": diff,
             "simplejpeg": _version("simplejpeg")}

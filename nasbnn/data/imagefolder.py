@@ -326,31 +326,34 @@ class _BatchRing:
     def __init__(self, slots: int, capacity: int, resolution: int) -> None:
         need = slots * capacity * resolution * resolution * 3
         shm = Path("/dev/shm")
-        if shm.is_dir() and shutil.disk_usage(shm).free < need:
-            free = shutil.disk_usage(shm).free
+        free = shutil.disk_usage(shm).free if shm.is_dir() else need
+        if free < need:
             raise DataError(f"the loader's workers need {_size(need)} of shared memory for their batches, "
                             f"but {shm} has {_size(free)} free; lower data.workers or the batch size, or "
                             f"give the machine (a container: --shm-size) more shared memory")
         self.pixels = torch.empty((slots, capacity, resolution, resolution, 3), dtype=torch.uint8).share_memory_()
         self.stamps = torch.full((slots,), -1, dtype=torch.int64).share_memory_()
 
+    def _index(self, ordinal: int) -> int:
+        return ordinal % self.pixels.shape[0]
+
     def slot(self, ordinal: int, size: int) -> np.ndarray:
         """uint8 [size, res, res, 3]: where a worker writes batch ``ordinal`` (then :meth:`stamp` it)."""
-        return self.pixels[ordinal % self.pixels.shape[0], :size].numpy()
+        return self.pixels[self._index(ordinal), :size].numpy()
 
     def stamp(self, ordinal: int, size: int) -> _Slot:
         """Marks batch ``ordinal`` as written, once all its images are in its slot."""
-        self.stamps[ordinal % self.pixels.shape[0]] = ordinal
+        self.stamps[self._index(ordinal)] = ordinal
         return _Slot(ordinal, size)
 
     def take(self, item: _Slot) -> torch.Tensor:
         """uint8 [n, 3, res, res] (an NHWC view) of a batch a worker put, valid until the next batch is asked for."""
         self.check(item)
-        return self.pixels[item.ordinal % self.pixels.shape[0], : item.size].permute(0, 3, 1, 2)
+        return self.pixels[self._index(item.ordinal), : item.size].permute(0, 3, 1, 2)
 
     def check(self, item: _Slot) -> None:
         """Raises when ``item``'s slot holds another batch (taken, or used, after a worker reused the slot)."""
-        slot = item.ordinal % self.pixels.shape[0]
+        slot = self._index(item.ordinal)
         if int(self.stamps[slot]) != item.ordinal:
             raise RuntimeError(f"loader batch {item.ordinal} was overwritten in its shared buffer (slot {slot} holds "
                                f"batch {int(self.stamps[slot])}); the ring has too few slots")
