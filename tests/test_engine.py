@@ -216,6 +216,52 @@ def test_odd_channel_counts_pad_bits(threads):
     check_engine(static, engine, images(space, 1, 15, seed=6))
 
 
+def _im2col_words(xp, b_, h, w, k, s, g, wg, merge):
+    """Reference for kernels._gather_group: every output pixel's taps' words, zeros outside the image."""
+    p = (k - 1) // 2
+    ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    words = xp.reshape(b_, h, w, -1)[..., g * wg:(g + 1) * wg]
+    padded = np.zeros((b_, h + 2 * p, w + 2 * p, wg), np.uint64)
+    padded[:, p:p + h, p:p + w] = words
+    rows = []
+    for b in range(b_):
+        for oy in range(ho):
+            for ox in range(wo):
+                taps = [padded[b, oy * s + ky, ox * s + kx] for ky in range(k) for kx in range(k)]
+                if merge:
+                    last = [t[wg - 1] for t in taps] + [np.uint64(0)] * (len(taps) % 2)
+                    halves = [last[i] | (last[i + 1] << np.uint64(32)) for i in range(0, len(last), 2)]
+                    rows.append(np.concatenate([t[:wg - 1] for t in taps] + [np.array(halves, np.uint64)]))
+                else:
+                    rows.append(np.concatenate(taps))
+    return np.stack(rows)
+
+
+@pytest.mark.parametrize("k,s,groups,wg,merge", [(3, 1, 1, 2, True), (3, 2, 1, 2, True), (5, 1, 2, 3, False),
+                                                 (5, 2, 4, 1, False), (3, 1, 1, 1, False), (1, 2, 2, 1, False),
+                                                 (5, 1, 1, 1, True)])
+def test_gathered_words_match_im2col(k, s, groups, wg, merge):
+    """Word-level im2col of border and interior pixels, strides 1 and 2, one group and several."""
+    from nasbnn.engine import kernels as kern
+
+    b_, h, w = 2, 9, 8
+    p = (k - 1) // 2
+    ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    rng = np.random.default_rng(k * 100 + s * 10 + groups)
+    xp = rng.integers(0, 2 ** 63, size=(b_ * h * w, groups * wg), dtype=np.uint64)
+    if merge:  # the last word of each group holds at most 32 channels
+        xp.reshape(b_ * h * w, groups, wg)[..., wg - 1] &= np.uint64(0xFFFFFFFF)
+    geo = kern.ConvGeometry(b_, h, w, ho, wo, k, s, p, groups, 64 * wg, wg, 8)
+    npix = b_ * ho * wo
+    coords = np.empty((npix, 4), np.int64)
+    kern._job_coords(0, npix, geo, coords)
+    row = k * k * (wg - 1) + (k * k + 1) // 2 if merge else k * k * wg
+    for g in range(groups):
+        dst = np.full((npix, row), 7, np.uint64)  # stale words must all be overwritten
+        kern._gather_group(xp, coords, npix, geo, g, merge, dst)
+        np.testing.assert_array_equal(dst, _im2col_words(xp, b_, h, w, k, s, g, wg, merge))
+
+
 def _fashion_images(n: int) -> np.ndarray:
     with gzip.open(FASHION / "t10k-images-idx3-ubyte.gz") as f:
         raw = f.read()

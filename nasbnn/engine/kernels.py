@@ -546,7 +546,12 @@ def _gather_group(xp, coords, npx, geo, g, merge, dst):
     words = xp.shape[1]
     flat = xp.reshape(-1)
     q_full = wg - 1 if merge else wg
-    half0 = k * k * q_full
+    kk = k * k
+    half0 = kk * q_full
+    toff = np.empty(kk, np.int64)  # word offset of each tap from the window's first pixel
+    for ky in range(k):
+        for kx in range(k):
+            toff[ky * k + kx] = (ky * w + kx) * words
     for m in range(npx):
         b, oy, ox = coords[m, 0], coords[m, 1], coords[m, 2]
         mu = np.uint64(m)
@@ -567,26 +572,25 @@ def _gather_group(xp, coords, npx, geo, g, merge, dst):
             continue
         y0 = oy * s - p
         x0 = ox * s - p
-        if merge and y0 >= 0 and y0 + k <= h and x0 >= 0 and x0 + k <= w:
-            # every tap inside the image: no bounds tests, the halves paired two taps at a time
-            for ky in range(k):
-                rowbase = ((b * h + y0 + ky) * w + x0) * words + g * wg
-                for kx in range(k):
-                    src = rowbase + kx * words
+        if y0 >= 0 and y0 + k <= h and x0 >= 0 and x0 + k <= w:
+            # every tap inside the image: no bounds tests, taps addressed through the offset table
+            base = ((b * h + y0) * w + x0) * words + g * wg
+            if q_full == 1:
+                for t in range(kk):
+                    dst[mu, np.uint64(t)] = flat[np.uint64(base + toff[t])]
+            else:
+                for t in range(kk):
+                    src = base + toff[t]
                     for wd in range(q_full):
-                        dst[mu, np.uint64(q + wd)] = flat[np.uint64(src + wd)]
-                    q += q_full
-            t = 0
-            for ky in range(k):
-                rowbase = ((b * h + y0 + ky) * w + x0) * words + g * wg + wg - 1
-                for kx in range(k):
-                    half = flat[np.uint64(rowbase + kx * words)]
-                    j = np.uint64(half0 + t // 2)
-                    if t % 2 == 0:
-                        dst[mu, j] = half
-                    else:
-                        dst[mu, j] |= half << np.uint64(32)
-                    t += 1
+                        dst[mu, np.uint64(t * q_full + wd)] = flat[np.uint64(src + wd)]
+            if merge:  # the halves, two taps per word
+                last = base + wg - 1
+                for j in range(kk // 2):
+                    lo = flat[np.uint64(last + toff[2 * j])]
+                    hi = flat[np.uint64(last + toff[2 * j + 1])]
+                    dst[mu, np.uint64(half0 + j)] = lo | (hi << np.uint64(32))
+                if kk % 2 == 1:
+                    dst[mu, np.uint64(half0 + kk // 2)] = flat[np.uint64(last + toff[kk - 1])]
             continue
         t = 0
         for ky in range(k):
