@@ -43,7 +43,6 @@ def amx_permission() -> str | None:
     """Asks the kernel for the AMX tile state; None when granted, else why not."""
     if platform.machine() != "x86_64" or platform.system() != "Linux":
         return f"not Linux on x86-64 ({platform.system()} {platform.machine()})"
-    flags = ""
     try:
         with open("/proc/cpuinfo") as f:
             flags = next((line for line in f if line.startswith("flags")), "")
@@ -153,21 +152,21 @@ def _tile_config_bytes() -> np.ndarray:
     return cfg
 
 
-def _time(loop: Any, args: tuple[Any, ...], seconds: float) -> float:
-    """Seconds per repeat of ``loop(*args, reps)``: the best of 5 timed runs, each sized to about ``seconds``."""
-
-    def run(reps: int) -> None:
-        loop(*args, reps)
-
-    t0 = time.perf_counter()
-    run(1)
-    once = max(time.perf_counter() - t0, 1e-7)
-    reps = max(1, int(seconds / once))
-    best = float("inf")
-    for _ in range(5):
+def _best_seconds(loops: dict[str, tuple[Any, tuple[Any, ...]]], seconds: float) -> dict[str, float]:
+    """Per name, seconds per repeat of ``loop(*args, reps)``: the best of 5 rounds that run every loop in
+    turn (side by side, so that a change in the machine's speed reaches all of them), each run sized to
+    about ``seconds``."""
+    reps = {}
+    for name, (loop, args) in loops.items():
         t0 = time.perf_counter()
-        run(reps)
-        best = min(best, (time.perf_counter() - t0) / reps)
+        loop(*args, 1)
+        reps[name] = max(1, int(seconds / max(time.perf_counter() - t0, 1e-7)))
+    best = dict.fromkeys(loops, float("inf"))
+    for _ in range(5):
+        for name, (loop, args) in loops.items():
+            t0 = time.perf_counter()
+            loop(*args, reps[name])
+            best[name] = min(best[name], (time.perf_counter() - t0) / reps[name])
     return best
 
 
@@ -188,9 +187,9 @@ def probe(kbits: list[int], seconds: float, seed: int) -> dict[str, Any]:
         bits = np.unpackbits(np.bitwise_xor(src[:, :, None], wgt[None]).view(np.uint8), axis=None)
         ref = bits.reshape(32, words, 48, 64).sum(axis=(1, 3))
         row["popcount_exact"] = bool(np.array_equal(acc, ref))
-        sec = _time(_popcount_loop, (src, wgt, acc), seconds)
-        row["popcount_gmacs"] = 32 * 48 * kb / sec / 1e9
         row["popcount_bytes_per_pixel"] = kb // 8
+        loops: dict[str, tuple[Any, tuple[Any, ...]]] = {"popcount": (_popcount_loop, (src, wgt, acc))}
+        macs = {"popcount": 32 * 48 * kb}
         if why_not is None:
             a = rng.choice(np.array([-1, 1], np.int8), size=(32, kb))
             w = rng.choice(np.array([-1, 1], np.int8), size=(kb, 32))
@@ -200,13 +199,16 @@ def probe(kbits: list[int], seconds: float, seed: int) -> dict[str, Any]:
             cfg = _tile_config_bytes()
             _amx_loop(cfg, a, vnni, c, 1)
             row["amx_exact"] = bool(np.array_equal(c, a.astype(np.int32) @ w.astype(np.int32)))
-            sec = _time(_amx_loop, (cfg, a, vnni, c), seconds)
-            row["amx_gmacs"] = 32 * 32 * kb / sec / 1e9
             row["amx_bytes_per_pixel"] = kb
+            loops["amx"] = (_amx_loop, (cfg, a, vnni, c))
+            macs["amx"] = 32 * 32 * kb
+        for name, sec in _best_seconds(loops, seconds).items():
+            row[f"{name}_gmacs"] = macs[name] / sec / 1e9
+        if why_not is None:
             row["amx_over_popcount"] = row["amx_gmacs"] / row["popcount_gmacs"]
         rows.append(row)
     return {"machine": machine_info(1), "amx": "available" if why_not is None else why_not, "rows": rows,
-            "unit": "G binary multiply-adds per second, one thread, best of 5"}
+            "unit": "G binary multiply-adds per second, one thread, best of 5 interleaved rounds"}
 
 
 def main() -> None:
