@@ -111,6 +111,35 @@ def test_torch_free_process_gives_the_same_logits(packed_file, tmp_path):
         np.testing.assert_allclose([t["probability"] for t in p["top"]], probs[order], rtol=1e-5)
 
 
+_LAYER = """
+import sys
+import numba
+import numpy as np
+from nasbnn.engine.packed import PackedModel
+from nasbnn.engine.runtime import BinaryEngine
+np.save(sys.argv[3], BinaryEngine(PackedModel.load(sys.argv[1]), threads=2)(np.load(sys.argv[2])))
+print(numba.threading_layer())
+"""
+
+
+@pytest.mark.parametrize("layer", ["tbb", "safe", "workqueue"])
+def test_threading_layer_the_user_names(packed_file, tmp_path, layer):
+    """``NUMBA_THREADING_LAYER`` is honoured, TBB included (numba alone does not find the tbb wheel's library)."""
+    from nasbnn.engine.kernels import _preload_tbb
+
+    if layer != "workqueue" and not _preload_tbb():
+        pytest.skip("oneTBB does not load here")
+    path, _ = packed_file
+    x = np.random.default_rng(5).standard_normal((3, 3, 16, 16)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "NUMBA_THREADING_LAYER": layer}
+    proc = subprocess.run([sys.executable, "-c", _LAYER, str(path), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[-1] == ("workqueue" if layer == "workqueue" else "tbb")
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), BinaryEngine(PackedModel.load(path), threads=1)(x))
+
+
 def test_near_ties_are_those_of_the_simulated_network(packed_file):
     path, net = packed_file
     model = PackedModel.load(path)

@@ -85,18 +85,20 @@ def _choose_threading_layer() -> None:
     launches as fast but ``numba.set_num_threads`` then also changes PyTorch's OpenMP thread count in
     the same process, and its idle threads spin after each kernel: PyTorch code run after the engine
     can be several times slower. Neither TBB nor workqueue touches PyTorch. A layer the user chose
-    (``NUMBA_THREADING_LAYER``) is kept. Must run before the first parallel kernel; the pools are not
-    re-entrant from several Python threads, so the runtime serialises launches (``runtime.LAUNCH_LOCK``).
+    (``NUMBA_THREADING_LAYER``) is kept; oneTBB is made loadable for every choice that may pick it
+    (``tbb``, ``safe``, ``threadsafe``, ``forksafe``), since numba alone does not find the ``tbb`` wheel's
+    library. Must run before the first parallel kernel; the pools are not re-entrant from several Python
+    threads, so the runtime serialises launches (``runtime.LAUNCH_LOCK``).
     """
-    import os
-
     import numba
     from numba.np.ufunc import parallel
 
-    if os.environ.get("NUMBA_THREADING_LAYER") or getattr(parallel, "_is_initialized", False):
+    layer = numba.config.THREADING_LAYER
+    if getattr(parallel, "_is_initialized", False) or layer in ("omp", "workqueue"):
         return
-    if numba.config.THREADING_LAYER == "default":
-        numba.config.THREADING_LAYER = "tbb" if _preload_tbb() else "workqueue"
+    tbb = _preload_tbb()
+    if layer == "default":
+        numba.config.THREADING_LAYER = "tbb" if tbb else "workqueue"
 
 
 _choose_threading_layer()
