@@ -71,7 +71,7 @@ def finest_plan(npix, cout, cog, kw, *, threads, cap, serial_ppj, next_cg, gathe
     edges = [0, *(schedule_mod.channel_bounds(cout, cog, next_cg) if split_channels else []), cout]
     cr = np.array(list(itertools.pairwise(edges)), np.int64)
     ppj = runtime_mod.K.BLOCK
-    return schedule_mod.Plan(ppj, cr, True, -(-npix // ppj) * len(cr))
+    return schedule_mod.Plan(ppj, cr, True, -(-npix // ppj) * len(cr), threads)
 
 
 @pytest.fixture(params=["1-thread", "2-threads"])
@@ -235,6 +235,19 @@ def _im2col_words(xp, b_, h, w, k, s, g, wg, merge):
                 else:
                     rows.append(np.concatenate(taps))
     return np.stack(rows)
+
+
+def test_each_thread_prefetches_each_channel_range_once():
+    """Under numba's static schedule (contiguous runs, sizes as np.array_split) a job prefetches its weights when
+    its channel range is new to its thread's run."""
+    cr = np.array([[0, 16], [16, 32], [32, 48]], np.int64)
+    flags = schedule_mod.Plan(8, cr, True, 12, threads=2).prefetch_flags()  # runs: jobs 0-5 and 6-11
+    assert flags.tolist() == [True, True, True, False, False, False] * 2
+    flags = schedule_mod.Plan(8, cr, True, 7, threads=2).prefetch_flags()  # runs: 0-3 (chunks 0 1 2 0), 4-6 (1 2 0)
+    assert flags.tolist() == [True, True, True, False, True, True, True]
+    one = np.array([[0, 48]], np.int64)
+    assert schedule_mod.Plan(8, one, True, 5, threads=3).prefetch_flags().tolist() == [True, False, True, False, True]
+    assert schedule_mod.Plan(8, one, False, 5, threads=3).prefetch_flags().tolist() == [True] + [False] * 4
 
 
 @pytest.mark.parametrize("k,s,groups,wg,merge", [(3, 1, 1, 2, True), (3, 2, 1, 2, True), (5, 1, 2, 3, False),

@@ -200,6 +200,7 @@ class Jobs(NamedTuple):
     pix_per_job: int  # output pixels per job (a multiple of BLOCK)
     cranges: np.ndarray  # [chunks, 2] int64 output channel ranges [lo, hi), see bconv_forward
     zeros: np.ndarray  # [jobs] int64: every job writes a count of the exact zeros it packed (non-zero iff any)
+    prefetch: np.ndarray  # [jobs] bool: the jobs that prefetch their channels' weights (schedule.Plan.prefetch_flags)
 
 
 class _JobRows(NamedTuple):
@@ -346,6 +347,25 @@ _ftile_main3 = _make_tile(TILE_M, 3, FLOAT_LANES, "float")
 _ftile_one3 = _make_tile(1, 3, FLOAT_LANES, "float")
 _ftile_main1 = _make_tile(TILE_M, 1, FLOAT_LANES, "float")
 _ftile_one1 = _make_tile(1, 1, FLOAT_LANES, "float")
+
+
+@intrinsic
+def _prefetch(typingctx, arr, off):  # type: ignore[no-untyped-def]
+    """A hint to bring the cache line of ``arr.flat[off]`` into the caches (``prefetcht0``); never faults."""
+    sig = types.none(arr, off)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                            "llvm.prefetch.p0i8")
+        ptr = builder.bitcast(builder.gep(ary.data, [args[1]]), i8p)
+        # read access, high temporal locality, data cache
+        builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 @intrinsic
@@ -757,6 +777,27 @@ def _fuses_pack(has_zc, geo, target):
     return target.on and not has_zc and geo.cog % FLOAT_LANES == 0 and target.cg % FLOAT_LANES == 0
 
 
+@njit(cache=True, fastmath=False)
+def _prefetch_weights(wt, lo, hi, cog):
+    """Requests the weight lines of output channels ``lo <= c < hi`` (``wt``: [groups, row words, npad]) at once.
+
+    The tiles read a job's weights row by row, a few lines per step between many popcounts, so that
+    lines missing from L2 (a layer's weights were last read one image ago) arrive one after the other.
+    Asking for all of them first lets the memory system fetch them in parallel while the job gathers its
+    input.
+    """
+    kw, npad = wt.shape[1], wt.shape[2]
+    flat = wt.reshape(-1)
+    per_line = 64 // 8
+    for g in range(lo // cog, (hi - 1) // cog + 1):
+        nlo = max(lo, g * cog) - g * cog
+        nhi = min(hi, g * cog + cog) - g * cog
+        for r in range(kw):
+            row = (g * kw + r) * npad
+            for n in range(nlo - nlo % per_line, nhi, per_line):
+                _prefetch(flat, row + n)
+
+
 @njit(parallel=True, cache=True, fastmath=False)
 def bconv_forward(inp, conv, geo, short, out_f, target, jobs):
     """One fused binary conv unit: XOR-popcount conv -> folded BN/alpha -> + shortcut -> RPReLU -> pack.
@@ -804,6 +845,7 @@ def bconv_forward(inp, conv, geo, short, out_f, target, jobs):
     fuse_pack = _fuses_pack(inp.has_zc, geo, target)
     do_pack, out_p, ncg, nwg = target.on, target.out, target.cg, target.wg
     nwords = out_p.shape[1]
+    prefetch = jobs.prefetch
     for job in prange(njobs):
         _prefer_wide_vectors()
         pj = job // nch
@@ -822,6 +864,8 @@ def bconv_forward(inp, conv, geo, short, out_f, target, jobs):
         patch = np.empty((pix_per_job, kw), np.uint64)
         rows = _JobRows(p0, npx, np.empty((pix_per_job, 4), np.int64), np.empty((BLOCK, npad), np.int32),
                         np.empty((BLOCK, npad), np.float32), np.empty((4, BLOCK), np.int64))
+        if prefetch[job]:
+            _prefetch_weights(conv.wt, lo, hi, cog)
         _job_coords(p0, npx, geo, rows.coords)
         for g in range(lo // cog, (hi - 1) // cog + 1):
             nlo = max(lo, g * cog) - g * cog
@@ -909,8 +953,12 @@ def block_forward(inp, conv1, geo1, short1, mid, conv2, geo2, rix2, out_f, targe
     out_p = target.out  # written below through this name: a record field written inside prange is lost
     nwords = out_p.shape[1]
     slack_rows = (64 + c1 - 1) // c1
+    prefetch = jobs.prefetch
     for job in prange(njobs):
         _prefer_wide_vectors()
+        if prefetch[job]:  # every job reads all the weights: the first job of each thread asks for them
+            _prefetch_weights(conv1.wt, 0, c1, geo1.cog)
+            _prefetch_weights(conv2.wt, 0, c2, geo2.cog)
         p0 = job * pix_per_job
         p1_ = min(npix, p0 + pix_per_job)
         npx = p1_ - p0

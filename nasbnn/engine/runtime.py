@@ -558,7 +558,8 @@ class BinaryEngine:
         c = geo.groups * geo.cog
         out = self._buffer("f" + key, npix * c, np.float32).reshape(npix, c)
         target = self._pack_target("p" + key, npix, nxt, offsets)
-        jobs = K.Jobs(plan.pix_per_job, plan.cranges, self._buffer("zp" + key, plan.jobs, np.int64))
+        jobs = K.Jobs(plan.pix_per_job, plan.cranges, self._buffer("zp" + key, plan.jobs, np.int64),
+                      plan.prefetch_flags())
         return out, target, jobs
 
     @staticmethod

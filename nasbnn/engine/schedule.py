@@ -34,12 +34,30 @@ L2_WEIGHT_BYTES = 512 * 1024
 
 @dataclass(frozen=True)
 class Plan:
-    """Pixels per job, the channel ranges, and whether the layer uses the thread pool."""
+    """Pixels per job, the channel ranges, whether the layer uses the thread pool, and for how many threads."""
 
     pix_per_job: int
     cranges: np.ndarray  # [chunks, 2] int64, see kernels.bconv_forward
     parallel: bool
     jobs: int
+    threads: int = 1  # the pool's threads when parallel
+
+    def prefetch_flags(self) -> np.ndarray:
+        """[jobs] bool: the jobs that prefetch their channel range's weights (see kernels._prefetch_weights).
+
+        numba's static schedule gives each of ``threads`` threads one contiguous run of the jobs (sizes
+        as ``np.array_split``; jobs are pixel runs outer, channel ranges inner). A job prefetches when its
+        channel range is new to its run, so that every thread asks once for the weights it will read.
+        """
+        nch = len(self.cranges)
+        flags = np.zeros(self.jobs, np.bool_)
+        for run in np.array_split(np.arange(self.jobs), self.threads if self.parallel else 1):
+            seen: set[int] = set()
+            for j in run.tolist():
+                if j % nch not in seen:
+                    seen.add(j % nch)
+                    flags[j] = True
+        return flags
 
 
 def channel_bounds(cout: int, cog: int, next_cg: int | None) -> list[int]:
@@ -140,5 +158,5 @@ def plan_layer(npix: int, cout: int, cog: int, kw: int, *, threads: int, cap: in
             costs = _job_costs(npix, ppj, pop, gat)
             total = _makespan(costs, threads) + launch
             if total < best_cost:
-                best, best_cost = Plan(ppj, cr, True, len(costs)), total
+                best, best_cost = Plan(ppj, cr, True, len(costs), threads), total
     return best
