@@ -140,6 +140,17 @@ def test_threading_layer_the_user_names(packed_file, tmp_path, layer):
     np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), BinaryEngine(PackedModel.load(path), threads=1)(x))
 
 
+def test_unknown_threading_layer_is_a_one_line_error(packed_file, tmp_path):
+    path, _ = packed_file
+    np.save(tmp_path / "x.npy", np.zeros((1, 3, 16, 16), np.float32))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "NUMBA_THREADING_LAYER": "nosuchlayer"}
+    proc = subprocess.run([sys.executable, "-m", "nasbnn", "infer", "--packed", str(path), str(tmp_path / "x.npy")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "NUMBA_THREADING_LAYER='nosuchlayer'" in lines[0] and "Traceback" not in proc.stderr
+
+
 def test_near_ties_are_those_of_the_simulated_network(packed_file):
     path, net = packed_file
     model = PackedModel.load(path)

@@ -8,6 +8,7 @@ classifier.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -49,6 +50,21 @@ WHOLE_MAP_PIXELS = 256
 #: A block runs in one pass when its K×K output (float32) takes at least this many bytes: about a core's L2
 #: cache (2 MiB on the Xeon this was measured on, 1 MiB on the AMD EPYC). See BinaryEngine._block_plan.
 FUSE_MIN_BYTES = 2 << 20
+
+
+def _start_pool() -> None:
+    """Starts numba's thread pool, or raises EngineError in one line when its threading layer cannot load
+    (an unknown ``NUMBA_THREADING_LAYER``, or one whose library is missing)."""
+    from numba.np.ufunc import parallel
+
+    if getattr(parallel, "_is_initialized", False):
+        return
+    try:
+        parallel._launch_threads()
+    except ValueError as e:
+        layer = os.environ.get("NUMBA_THREADING_LAYER")
+        hint = f" (NUMBA_THREADING_LAYER={layer!r})" if layer is not None else ""
+        raise EngineError(f"numba cannot start its thread pool{hint}: {str(e).strip().splitlines()[0]}") from None
 
 
 def _threading_layer() -> str:
@@ -337,6 +353,7 @@ class BinaryEngine:
             raise EngineError(f"threads must be a positive integer, got {n!r}")
         n = min(int(n), limit)
         with LAUNCH_LOCK:
+            _start_pool()
             prev = numba.get_num_threads()
             numba.set_num_threads(n)
             try:
