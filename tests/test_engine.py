@@ -237,19 +237,6 @@ def _im2col_words(xp, b_, h, w, k, s, g, wg, merge):
     return np.stack(rows)
 
 
-def test_each_thread_prefetches_each_channel_range_once():
-    """Under numba's static schedule (contiguous runs, sizes as np.array_split) a job prefetches its weights when
-    its channel range is new to its thread's run."""
-    cr = np.array([[0, 16], [16, 32], [32, 48]], np.int64)
-    flags = schedule_mod.Plan(8, cr, True, 12, threads=2).prefetch_flags()  # runs: jobs 0-5 and 6-11
-    assert flags.tolist() == [True, True, True, False, False, False] * 2
-    flags = schedule_mod.Plan(8, cr, True, 7, threads=2).prefetch_flags()  # runs: 0-3 (chunks 0 1 2 0), 4-6 (1 2 0)
-    assert flags.tolist() == [True, True, True, False, True, True, True]
-    one = np.array([[0, 48]], np.int64)
-    assert schedule_mod.Plan(8, one, True, 5, threads=3).prefetch_flags().tolist() == [True, False, True, False, True]
-    assert schedule_mod.Plan(8, one, False, 5, threads=3).prefetch_flags().tolist() == [True] + [False] * 4
-
-
 @pytest.mark.parametrize("k,s,groups,wg,merge", [(3, 1, 1, 2, True), (3, 2, 1, 2, True), (5, 1, 2, 3, False),
                                                  (5, 2, 4, 1, False), (3, 1, 1, 1, False), (1, 2, 2, 1, False),
                                                  (5, 1, 1, 1, True)])
@@ -273,6 +260,19 @@ def test_gathered_words_match_im2col(k, s, groups, wg, merge):
         dst = np.full((npix, row), 7, np.uint64)  # stale words must all be overwritten
         kern._gather_group(xp, coords, npix, geo, g, merge, dst)
         np.testing.assert_array_equal(dst, _im2col_words(xp, b_, h, w, k, s, g, wg, merge))
+
+
+def test_each_thread_prefetches_each_channel_range_once():
+    """Under numba's static schedule (contiguous runs, sizes as np.array_split) a job prefetches its weights when
+    its channel range is new to its thread's run."""
+    cr = np.array([[0, 16], [16, 32], [32, 48]], np.int64)
+    flags = schedule_mod.Plan(8, cr, True, 12, threads=2).prefetch_flags()  # runs: jobs 0-5 and 6-11
+    assert flags.tolist() == [True, True, True, False, False, False] * 2
+    flags = schedule_mod.Plan(8, cr, True, 7, threads=2).prefetch_flags()  # runs: 0-3 (chunks 0 1 2 0), 4-6 (1 2 0)
+    assert flags.tolist() == [True, True, True, False, True, True, True]
+    one = np.array([[0, 48]], np.int64)
+    assert schedule_mod.Plan(8, one, True, 5, threads=3).prefetch_flags().tolist() == [True, False, True, False, True]
+    assert schedule_mod.Plan(8, one, False, 5, threads=3).prefetch_flags().tolist() == [True] + [False] * 4
 
 
 def _fashion_images(n: int) -> np.ndarray:

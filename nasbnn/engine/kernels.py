@@ -778,6 +778,12 @@ def _fuses_pack(has_zc, geo, target):
 
 
 @njit(cache=True, fastmath=False)
+def _group_part(lo, hi, g, cog):
+    """The part ``[nlo, nhi)`` of group ``g``'s output channels (``cog`` per group) inside ``lo <= c < hi``."""
+    return max(lo, g * cog) - g * cog, min(hi, g * cog + cog) - g * cog
+
+
+@njit(cache=True, fastmath=False)
 def _prefetch_weights(wt, lo, hi, cog):
     """Requests the weight lines of output channels ``lo <= c < hi`` (``wt``: [groups, row words, npad]) at once.
 
@@ -790,8 +796,7 @@ def _prefetch_weights(wt, lo, hi, cog):
     flat = wt.reshape(-1)
     per_line = 64 // 8
     for g in range(lo // cog, (hi - 1) // cog + 1):
-        nlo = max(lo, g * cog) - g * cog
-        nhi = min(hi, g * cog + cog) - g * cog
+        nlo, nhi = _group_part(lo, hi, g, cog)
         for r in range(kw):
             row = (g * kw + r) * npad
             for n in range(nlo - nlo % per_line, nhi, per_line):
@@ -868,8 +873,7 @@ def bconv_forward(inp, conv, geo, short, out_f, target, jobs):
             _prefetch_weights(conv.wt, lo, hi, cog)
         _job_coords(p0, npx, geo, rows.coords)
         for g in range(lo // cog, (hi - 1) // cog + 1):
-            nlo = max(lo, g * cog) - g * cog
-            nhi = min(hi, g * cog + cog) - g * cog
+            nlo, nhi = _group_part(lo, hi, g, cog)
             if direct:
                 zeros += _conv_group(xp, p0, g * wg, g, nlo, nhi, rows, geo, conv, inp, short, out_f, target)
             else:
