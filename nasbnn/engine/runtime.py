@@ -47,9 +47,9 @@ MAX_PROGRAMS = 128
 #: Maps of at most this many output pixels may go whole to one job (see BinaryEngine._plan).
 WHOLE_MAP_PIXELS = 256
 
-#: A block runs in one pass when its K×K output (float32) takes at least this many bytes: about a core's L2
-#: cache (2 MiB on the Xeon this was measured on, 1 MiB on the AMD EPYC). See BinaryEngine._block_plan.
-FUSE_MIN_BYTES = 2 << 20
+#: A block runs in one pass when its K×K output (float32) takes at least this many bytes (1 MiB: a core's L2
+#: cache on the AMD EPYC, half of it on the Xeon of benchmarks/RESULTS.md). See BinaryEngine._block_plan.
+FUSE_MIN_BYTES = 1 << 20
 
 
 def _start_pool() -> None:
@@ -541,10 +541,12 @@ class BinaryEngine:
         """A pixel-run split for running units ``i`` and ``i + 1`` in one pass, or None to run them apart.
 
         One pass keeps the K×K output in the job's buffers instead of writing it out and reading it back.
-        At batch 1 that pays where the output does not fit a core's L2 cache (the 112² and 56² stages of an
-        ImageNet network); smaller maps are better served by the separate layers' channel splits. At batch
-        8 one pass measured slower (0.88× end to end on the Xeon of benchmarks/RESULTS.md), so larger
-        batches run layer by layer.
+        At batch 1 that pays for outputs of 1 MiB and more (the 112², 56² and stride-1 28² blocks of the
+        largest `imagenet` member: 1-2.5 % faster end to end than from 2 MiB on the Xeon of
+        benchmarks/RESULTS.md). Smaller maps are better served by the separate layers' channel splits: one
+        pass for the 14² blocks as well measured 6-8 % slower on two threads, since every job then reads all
+        of the K×K weights. At batch 8 one pass measured slower (0.88× end to end), so larger batches run
+        layer by layer.
         """
         u = self._units[i]
         npix = geo1.batch * geo1.ho * geo1.wo
