@@ -12,6 +12,7 @@ from typing import Any
 from .errors import SpaceError
 from .registry import Registry
 from .space import SearchSpace, StageSpec
+from .utils.io import missing_file
 
 __all__ = ["create_space", "list_spaces", "load_space_file", "register_space", "resolve_space"]
 
@@ -46,7 +47,7 @@ def load_space_file(path: str | Path) -> SearchSpace:
 
     p = Path(path)
     if not p.is_file():
-        raise SpaceError(f"search-space file {str(p)!r} does not exist")
+        raise SpaceError(missing_file(p, "search-space file"))
     try:
         data: Any = OmegaConf.to_container(OmegaConf.load(p), resolve=True)
     except Exception as exc:  # yaml errors carry several lines; keep the first

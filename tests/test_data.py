@@ -358,6 +358,14 @@ def _fake_cifar10(parent: Path, n: int = 20) -> Path:
     return folder
 
 
+def test_damaged_cifar_batches_are_one_line_errors(tmp_path):
+    folder = _fake_cifar10(tmp_path)
+    for junk in (b"hello world" * 10, b"\x80\x02}q", b""):  # a memo read (KeyError), truncated, empty
+        (folder / "data_batch_3").write_bytes(junk)
+        with pytest.raises(DataError, match=r"cannot read .*data_batch_3: .*damaged"):
+            build_data(DataConfig(name="cifar10", root=str(folder), holdout_per_class=1), resolution=32, seed=0)
+
+
 def test_fake_cifar10_folder_loads(tmp_path):
     folder = _fake_cifar10(tmp_path)
     raw = safe_unpickle(folder / "data_batch_2")

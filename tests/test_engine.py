@@ -475,6 +475,7 @@ def test_bad_packed_files(tmp_path, tiny_static):
     blob = good.read_bytes()
     cases = {
         "missing": (tmp_path / "nope.nbp", "does not exist"),
+        "folder": (tmp_path, "is a folder, not a file"),
         "empty": (tmp_path / "empty.nbp", "empty or truncated"),
         "short": (tmp_path / "short.nbp", "truncated"),
         "torch": (tmp_path / "model.pt", "not a nasbnn packed model"),

@@ -8,7 +8,7 @@ import stat
 import pytest
 
 from nasbnn.errors import OutputError
-from nasbnn.utils.io import atomic_write_bytes, atomic_write_text, ensure_dir, umask
+from nasbnn.utils.io import atomic_write_bytes, atomic_write_text, ensure_dir, missing_file, umask
 
 
 @pytest.fixture
@@ -54,3 +54,9 @@ def test_a_folder_where_a_file_belongs(tmp_path):
 def test_a_folder_on_a_virtual_file_system():
     with pytest.raises(OutputError, match="cannot be created"):
         ensure_dir("/sys/nasbnn-out/run")
+
+
+def test_a_folder_or_nothing_where_a_file_is_read(tmp_path):
+    assert missing_file(tmp_path, "packed model") == f"packed model {str(tmp_path)!r} is a folder, not a file"
+    gone = tmp_path / "gone.nbp"
+    assert missing_file(gone) == f"file {str(gone)!r} does not exist"

@@ -200,6 +200,7 @@ def test_infer_bad_inputs(packed_file, tmp_path, capsys):
     big = _png(tmp_path / "big.png", _pixels(3, (20, 16, 3)))
     assert "is 16x20; the network takes 16x16" in _err([*base, str(big)], capsys)
     assert "does not exist" in _err([*base, str(tmp_path / "missing.png")], capsys)
+    assert "is a folder, not a file" in _err([*base, str(tmp_path)], capsys)
     np.save(tmp_path / "bad.npy", np.zeros((2, 1, 16, 16), np.float32))
     assert "has shape (2, 1, 16, 16)" in _err([*base, str(tmp_path / "bad.npy")], capsys)
     np.save(tmp_path / "nan.npy", np.full((1, 3, 16, 16), np.nan, np.float32))

@@ -101,6 +101,12 @@ def test_refuses_files_that_need_arbitrary_unpickling(tmp_path, tiny_space):
         load_upstream_checkpoint(SuperBNN(tiny_space), tmp_path / "junk.pth.tar")
     with pytest.raises(CheckpointError, match="does not exist"):
         load_upstream_checkpoint(SuperBNN(tiny_space), tmp_path / "missing.pth.tar")
+    # bytes that the restricted unpickler rejects with a KeyError (a memo read), not an UnpicklingError
+    (tmp_path / "text.pth.tar").write_bytes(b"hello world" * 10)
+    with pytest.raises(CheckpointError, match=r"cannot read .* as a torch file"):
+        load_upstream_checkpoint(SuperBNN(tiny_space), tmp_path / "text.pth.tar")
+    with pytest.raises(CheckpointError, match="is a folder, not a file"):
+        load_upstream_checkpoint(SuperBNN(tiny_space), tmp_path)
 
 
 def test_codec_round_trip_and_canonical_inactive_rows():

@@ -95,7 +95,7 @@ def safe_unpickle(path: Path) -> Any:
             return _ArrayOnlyUnpickler(f, path).load()
     except DataError:
         raise
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, IndexError, AttributeError) as exc:
+    except Exception as exc:  # a damaged pickle fails with any error type (KeyError, struct.error...)
         raise DataError(f"cannot read {path}: {type(exc).__name__}: {exc} (the file is damaged; replace it)") from None
 
 

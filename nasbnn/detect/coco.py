@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
+from ..utils.io import missing_file
 
 __all__ = ["CategoryMap", "CocoImage", "CocoSplit", "load_coco_split"]
 
@@ -139,7 +140,7 @@ def _new_entry_id(path: Path, kind: str, i: int, entry: Any, seen: set[int]) -> 
 def read_annotation_json(path: Path) -> dict[str, Any]:
     """The parsed annotation file; malformed JSON and non-COCO top levels are one-line :class:`DataError`."""
     if not path.is_file():
-        raise DataError(f"annotation file {str(path)!r} does not exist (expected COCO JSON: images, annotations, "
+        raise DataError(f"{missing_file(path, 'annotation file')} (expected COCO JSON: images, annotations, "
                         "categories)")
     try:
         with open(path, "rb") as f:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import NasbnnError
+from ..utils.io import missing_file
 from .packed import InputSpec, PackedModel
 
 __all__ = ["InferInputError", "Prediction", "classify_files", "consumer_shift_names", "format_predictions",
@@ -127,7 +128,7 @@ def load_inputs(paths: list[str], spec: InputSpec, norm: tuple[np.ndarray, np.nd
     for name in paths:
         p = Path(name)
         if not p.is_file():
-            raise InferInputError(f"input {name!r} does not exist")
+            raise InferInputError(missing_file(p, "input"))
         if p.suffix.lower() == ".npy":
             a = _read_npy(p, spec)
             names += [name] if a.shape[0] == 1 else [f"{name}[{i}]" for i in range(a.shape[0])]

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import CheckpointError, EngineError
 from ..space import Arch, SearchSpace
+from ..utils.io import missing_file
 from ..utils.stats import kendall_tau, spearman_rho
 
 __all__ = [
@@ -162,7 +163,7 @@ class LatencyModel:
         """
         p = Path(path)
         if not p.is_file():
-            raise CheckpointError(f"latency model {str(p)!r} does not exist")
+            raise CheckpointError(missing_file(p, "latency model"))
         try:
             data = json.loads(p.read_text())
         except (UnicodeDecodeError, json.JSONDecodeError):

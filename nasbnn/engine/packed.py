@@ -22,6 +22,7 @@ import numpy as np
 from ..cost import LayerKind
 from ..errors import CheckpointError, EngineError, NasbnnError
 from ..space import Arch, SearchSpace
+from ..utils.io import missing_file
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -251,7 +252,7 @@ class PackedModel:
         """
         p = Path(path)
         if not p.is_file():
-            raise CheckpointError(f"packed model {str(p)!r} does not exist")
+            raise CheckpointError(missing_file(p, "packed model"))
         blob = p.read_bytes()
         meta = _read_header(blob, p)
         try:

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import NasbnnError, OutputError
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "ensure_dir", "read_json", "umask"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "ensure_dir", "missing_file", "read_json", "umask"]
 
 
 def umask() -> int:
@@ -81,6 +81,14 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def missing_file(path: str | Path, what: str = "file") -> str:
+    """The message for a ``path`` that should name an existing file but does not: a folder, or nothing."""
+    p = Path(path)
+    if p.is_dir():
+        return f"{what} {str(p)!r} is a folder, not a file"
+    return f"{what} {str(p)!r} does not exist"
+
+
 def read_json(path: str | Path, *, error: type[NasbnnError] = NasbnnError, missing: str | None = None) -> Any:
     """The parsed JSON file ``path``.
 
@@ -89,7 +97,7 @@ def read_json(path: str | Path, *, error: type[NasbnnError] = NasbnnError, missi
     """
     p = Path(path)
     if not p.is_file():
-        raise error(missing or f"{str(p)!r} does not exist")
+        raise error(missing or missing_file(p).removeprefix("file "))
     try:
         return json.loads(p.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

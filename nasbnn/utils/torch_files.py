@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError
+from .io import missing_file
 
 __all__ = ["safe_torch_load"]
 
@@ -38,7 +39,7 @@ def safe_torch_load(path: str | Path, *, numpy_scalars: bool = False) -> Any:
 
     p = Path(path)
     if not p.is_file():
-        raise CheckpointError(f"file {str(p)!r} does not exist")
+        raise CheckpointError(missing_file(p))
     try:
         if numpy_scalars:
             with torch.serialization.safe_globals(_numpy_scalar_globals()):
@@ -55,6 +56,8 @@ def safe_torch_load(path: str | Path, *, numpy_scalars: bool = False) -> Any:
         detail = re.search(r"WeightsUnpickler error: \s*(.+?)\n", msg)
         reason = detail.group(1).strip() if detail else "not a torch file"
         raise CheckpointError(f"cannot read {str(p)!r} as a torch file ({reason})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot read {str(p)!r} as a torch file: {first[:200]}") from None
+    except Exception as exc:  # the restricted unpickler fails on garbage with any error type
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        kind = type(exc).__name__
+        detail = first[:200] if isinstance(exc, (RuntimeError, EOFError, OSError, ValueError)) and first else kind
+        raise CheckpointError(f"cannot read {str(p)!r} as a torch file: {detail}") from None
