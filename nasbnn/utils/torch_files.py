@@ -59,5 +59,6 @@ def safe_torch_load(path: str | Path, *, numpy_scalars: bool = False) -> Any:
     except Exception as exc:  # the restricted unpickler fails on garbage with any error type
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         kind = type(exc).__name__
-        detail = first[:200] if isinstance(exc, (RuntimeError, EOFError, OSError, ValueError)) and first else kind
+        known = isinstance(exc, (RuntimeError, EOFError, OSError, ValueError)) and first
+        detail = first[:200] if known else f"the file is damaged or not a torch file ({kind})"
         raise CheckpointError(f"cannot read {str(p)!r} as a torch file: {detail}") from None
