@@ -85,7 +85,7 @@ def missing_file(path: str | Path, what: str = "file") -> str:
     """The message for a ``path`` that should name an existing file but does not: a folder, or nothing."""
     p = Path(path)
     if p.is_dir():
-        return f"{what} {str(p)!r} is a folder, not a file"
+        return f"{what + ' ' if what != 'file' else ''}{str(p)!r} is a folder, not a file"
     return f"{what} {str(p)!r} does not exist"
 
 
