@@ -61,3 +61,4 @@ def test_a_folder_or_nothing_where_a_file_is_read(tmp_path):
     gone = tmp_path / "gone.nbp"
     assert missing_file(gone) == f"file {str(gone)!r} does not exist"
     assert missing_file(tmp_path) == f"{str(tmp_path)!r} is a folder, not a file"
+    assert missing_file(gone, "") == f"{str(gone)!r} does not exist"

@@ -82,11 +82,16 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def missing_file(path: str | Path, what: str = "file") -> str:
-    """The message for a ``path`` that should name an existing file but does not: a folder, or nothing."""
+    """The message for a ``path`` that should name an existing file but does not: a folder, or nothing.
+
+    ``what`` names the file in the message (none when empty; a folder is never called a "file").
+    """
     p = Path(path)
     if p.is_dir():
-        return f"{what + ' ' if what != 'file' else ''}{str(p)!r} is a folder, not a file"
-    return f"{what} {str(p)!r} does not exist"
+        noun = "" if what in ("", "file") else f"{what} "
+        return f"{noun}{str(p)!r} is a folder, not a file"
+    noun = f"{what} " if what else ""
+    return f"{noun}{str(p)!r} does not exist"
 
 
 def read_json(path: str | Path, *, error: type[NasbnnError] = NasbnnError, missing: str | None = None) -> Any:
@@ -97,7 +102,7 @@ def read_json(path: str | Path, *, error: type[NasbnnError] = NasbnnError, missi
     """
     p = Path(path)
     if not p.is_file():
-        raise error(missing or missing_file(p).removeprefix("file "))
+        raise error(missing or missing_file(p, ""))
     try:
         return json.loads(p.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
