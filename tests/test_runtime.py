@@ -207,6 +207,11 @@ def test_infer_bad_inputs(packed_file, tmp_path, capsys):
     assert "NaN" in _err([*base, str(tmp_path / "nan.npy")], capsys)
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     assert "cannot read" in _err([*base, str(tmp_path / "obj.npy")], capsys)
+    np.savez(tmp_path / "arch.npz", x=np.zeros((1, 3, 16, 16), np.float32))
+    (tmp_path / "arch.npz").rename(tmp_path / "arch.npy")  # np.load would return an NpzFile, not an array
+    assert "is an .npz archive, not an .npy array" in _err([*base, str(tmp_path / "arch.npy")], capsys)
+    (tmp_path / "text.npy").write_text("1 2 3\n")
+    assert "is not an .npy file (no NumPy header)" in _err([*base, str(tmp_path / "text.npy")], capsys)
     good = _png(tmp_path / "ok.png", _pixels(4))
     assert "--top-k must be at least 1" in _err([*base, str(good), "--top-k", "0"], capsys)
     assert "mean/std need 1 or 3 values" in _err([*base, str(good), "--mean", "0.1", "0.2", "--std", "1", "1"],

@@ -98,9 +98,14 @@ def _read_image(path: Path, spec: InputSpec) -> np.ndarray:
 def _read_npy(path: Path, spec: InputSpec) -> np.ndarray:
     """[B, C, H, W] of an .npy file (never unpickled), checked against the network."""
     try:
-        a = np.load(path, allow_pickle=False)
+        with open(path, "rb") as fh:
+            magic = fh.read(len(np.lib.format.MAGIC_PREFIX))
+        a = np.load(path, allow_pickle=False) if magic == np.lib.format.MAGIC_PREFIX else None
     except (OSError, ValueError, EOFError) as exc:
         raise InferInputError(f"cannot read {str(path)!r} as a numpy array: {str(exc).splitlines()[0]}") from None
+    if a is None:  # np.load would open a zip as an .npz archive and try to unpickle anything else
+        what = "an .npz archive, not an .npy array" if magic.startswith(b"PK") else "not an .npy file (no NumPy header)"
+        raise InferInputError(f"{str(path)!r} is {what}; save the batch with numpy.save")
     if a.dtype.kind not in "fiu":
         raise InferInputError(f"{str(path)!r} holds {a.dtype} values; expected uint8 pixels or float inputs")
     if a.ndim == 2 and spec.channels == 1:
