@@ -212,6 +212,7 @@ class _JobRows(NamedTuple):
     acc: np.ndarray  # [BLOCK, npad] int32 popcount sums
     rbuf: np.ndarray  # [BLOCK, npad] float32 shortcut of the block's pixels (when not read in place)
     pixels: np.ndarray  # [4, BLOCK] int64 per pixel of the block: border case, shortcut, output offsets, row
+    start: int  # the block of pixels the job begins with (it goes on cyclically), see bconv_forward
 
 
 def plain_args(*args: Any) -> tuple[Any, ...]:
@@ -681,7 +682,9 @@ def _conv_group(src, r0, c0w, g, nlo, nhi, job, geo, conv, inp, short, out_f, ta
     rvid = np.arange(0, max(cog, 1), FLOAT_LANES)  # offsets of the vectors in rbuf
     rvoff = np.arange(0, max(cols, 1), FLOAT_LANES) % cr  # offsets of the vectors in a shortcut pixel
     zeros = 0
-    for m0 in range(0, npx, BLOCK):
+    nblk = (npx + BLOCK - 1) // BLOCK
+    for kb in range(nblk):
+        m0 = (kb + job.start) % nblk * BLOCK
         mr = min(BLOCK, npx - m0)
         n3 = nlo + span - span % (3 * LANES)
         if mr == BLOCK:
@@ -862,13 +865,18 @@ def bconv_forward(inp, conv, geo, short, out_f, target, jobs):
         # the next layer's words of channels lo..hi-1 (all words when one chunk holds every channel)
         wlo = (lo // ncg) * nwg + (lo % ncg) // 64
         whi = min(nwords, ((hi - 1) // ncg) * nwg + ((hi - 1) % ncg) // 64 + 1) if nch > 1 else nwords
+        # Jobs of the same pixels with other channels (on other threads at the same time) begin at other blocks
+        # of them: a pixel's packed row spans both jobs' words, and two cores writing one cache line at once
+        # pass it back and forth.
+        start = (job - pj * nch) * ((npx + BLOCK - 1) // BLOCK) // nch
         if fuse_pack:
-            for pix in range(p0, p1_):
+            for q in range(npx):
+                pix = np.uint64(p0 + (q + start * BLOCK) % npx)
                 for j in range(wlo, whi):
-                    out_p[np.uint64(pix), np.uint64(j)] = 0
+                    out_p[pix, np.uint64(j)] = 0
         patch = np.empty((pix_per_job, kw), np.uint64)
         rows = _JobRows(p0, npx, np.empty((pix_per_job, 4), np.int64), np.empty((BLOCK, npad), np.int32),
-                        np.empty((BLOCK, npad), np.float32), np.empty((4, BLOCK), np.int64))
+                        np.empty((BLOCK, npad), np.float32), np.empty((4, BLOCK), np.int64), start)
         if prefetch[job]:
             _prefetch_weights(conv.wt, lo, hi, cog)
         _job_coords(p0, npx, geo, rows.coords)
@@ -979,7 +987,7 @@ def block_forward(inp, conv1, geo1, short1, mid, conv2, geo2, rix2, out_f, targe
         mid_t = PackTarget(True, mid.shift, mid.groups, mid.cg, mid.wg, mid_p, mid.vec_word, mid.vec_bit)
         # --- the K×K unit into the job's buffers (rows 0 .. npx - 1)
         patch = np.empty((pix_per_job, kw1), np.uint64)
-        rows1 = _JobRows(0, npx, coords, acc, rbuf, pixels)
+        rows1 = _JobRows(0, npx, coords, acc, rbuf, pixels, 0)
         zmid = 0
         for g in range(geo1.groups):
             _gather_group(xp, coords, npx, geo1, g, conv1.merge, patch)
@@ -994,7 +1002,7 @@ def block_forward(inp, conv1, geo1, short1, mid, conv2, geo2, rix2, out_f, targe
                     out_p[np.uint64(pix), np.uint64(j)] = 0
         sc2 = Shortcut(mid_f.reshape((1, 1, pix_per_job + slack_rows, c1)), False, rix2.rix, rix2.same)
         in2 = PackedInput(mid_p, inp.zc, False)
-        rows2 = _JobRows(p0, npx, local, acc, rbuf, pixels)
+        rows2 = _JobRows(p0, npx, local, acc, rbuf, pixels, 0)
         zeros = 0
         for g in range(geo2.groups):
             zeros += _conv_group(mid_p, 0, g * geo2.wg, g, 0, geo2.cog, rows2, geo2, conv2, in2, sc2, out_f, target)
