@@ -857,7 +857,8 @@ def bconv_forward(inp, conv, geo, short, out_f, target, jobs):
     for job in prange(njobs):
         _prefer_wide_vectors()
         pj = job // nch
-        lo, hi = cranges[job - pj * nch, 0], cranges[job - pj * nch, 1]
+        chunk = job - pj * nch
+        lo, hi = cranges[chunk, 0], cranges[chunk, 1]
         p0 = pj * pix_per_job
         p1_ = min(npix, p0 + pix_per_job)
         npx = p1_ - p0
@@ -868,7 +869,7 @@ def bconv_forward(inp, conv, geo, short, out_f, target, jobs):
         # Jobs of the same pixels with other channels (on other threads at the same time) begin at other blocks
         # of them: a pixel's packed row spans both jobs' words, and two cores writing one cache line at once
         # pass it back and forth.
-        start = (job - pj * nch) * ((npx + BLOCK - 1) // BLOCK) // nch
+        start = chunk * ((npx + BLOCK - 1) // BLOCK) // nch
         if fuse_pack:
             for q in range(npx):
                 pix = np.uint64(p0 + (q + start * BLOCK) % npx)
