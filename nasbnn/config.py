@@ -15,11 +15,15 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError
+from .space import MAX_RESOLUTION
 from .utils.io import atomic_write_text
 
 __all__ = [
+    "MAX_EPOCHS",
+    "AdamBetas",
     "BudgetConfig",
     "DataConfig",
+    "Epochs",
     "EvalConfig",
     "ExportConfig",
     "FinetuneConfig",
@@ -31,6 +35,7 @@ __all__ = [
     "SpaceConfig",
     "SyntheticDataConfig",
     "TrainConfig",
+    "WarmupEpochs",
     "dump_config",
     "load_config",
 ]
@@ -45,11 +50,20 @@ def _amp_alias(value: Any) -> Any:
 
 AmpMode = Annotated[Literal["auto", "bf16", "off"], BeforeValidator(_amp_alias)]
 
+#: Most epochs of any schedule: far beyond any recipe, and small enough that steps stay exact integers.
+MAX_EPOCHS = 100_000
+#: A training length in epochs (may be fractional).
+Epochs = Annotated[float, Field(gt=0, le=MAX_EPOCHS)]
+#: A warm-up length in epochs (0: none).
+WarmupEpochs = Annotated[float, Field(ge=0, le=MAX_EPOCHS)]
+#: Adam's moment decay rates, each in [0, 1).
+AdamBetas = tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]]
+
 
 class Strict(BaseModel):
-    """Base of all config sections: unknown keys and wrong types are errors."""
+    """Base of all config sections: unknown keys and wrong types are errors, and every float is finite."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class SpaceConfig(Strict):
@@ -57,7 +71,7 @@ class SpaceConfig(Strict):
 
     name: str = "fashion-mnist"
     num_classes: int | None = Field(None, ge=1, description="default: the dataset's class count")
-    resolution: int | None = Field(None, ge=8, description="default: the preset's resolution")
+    resolution: int | None = Field(None, ge=8, le=MAX_RESOLUTION, description="default: the preset's resolution")
 
 
 class SyntheticDataConfig(Strict):
@@ -67,7 +81,7 @@ class SyntheticDataConfig(Strict):
     num_test: int = Field(128, ge=8)
     num_classes: int = Field(5, ge=2)
     channels: int = Field(3, ge=1)
-    resolution: int = Field(16, ge=4)
+    resolution: int = Field(16, ge=4, le=MAX_RESOLUTION)
 
 
 #: Images per class upstream's ``split_imagenet.py`` holds out of ImageNet-train for the search.
@@ -93,7 +107,8 @@ class DataConfig(Strict):
     augment: bool = True
     crop_padding: int | None = Field(None, ge=0, description="random-crop padding; default: the dataset's")
     flip: bool | None = Field(None, description="random horizontal flip; default: the dataset's")
-    resolution: int | None = Field(None, ge=8, description="imagefolder crop size; default: the space's")
+    resolution: int | None = Field(None, ge=8, le=MAX_RESOLUTION, description="imagefolder crop size; default: "
+                                                                                "the space's")
     limit_train: int | None = Field(None, ge=1, description="use only this many training images (quick runs)")
     manifest: str | None = Field(None, description="imagefolder split manifest; default: <run>/split.json")
     jpeg_draft: bool = Field(True, description="imagefolder training crops: decode a JPEG at 1/2, 1/4 or 1/8 scale "
@@ -121,11 +136,11 @@ class ModelConfig(Strict):
 class TrainConfig(Strict):
     """Supernet training (the Bi-Teacher sandwich). Defaults are the upstream ImageNet recipe."""
 
-    epochs: float = Field(512, gt=0, description="may be fractional for short runs")
+    epochs: Epochs = Field(512, description="may be fractional for short runs")
     lr: float = Field(2.5e-3, gt=0, description="Adam learning rate (upstream: 2.5e-3 at global batch 512)")
     weight_decay: float = Field(5e-6, ge=0, description="L2 on conv and classifier weights only")
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_epochs: float = Field(0, ge=0)
+    betas: AdamBetas = Field((0.9, 0.999), description="Adam's moment decay rates, each in [0, 1)")
+    warmup_epochs: WarmupEpochs = 0
     warmup_start_factor: float = Field(0.01, gt=0, le=1)
     min_lr: float = Field(0.0, ge=0)
     num_random: int = Field(2, ge=0, description="random subnets per step besides the smallest")
@@ -139,7 +154,7 @@ class TrainConfig(Strict):
     weight_distill_scale: float = Field(0.1, ge=0)
     checkpoint_every: int = Field(500, ge=1, description="steps between checkpoints")
     log_every: int = Field(20, ge=1)
-    eval_every_epochs: float = Field(1.0, gt=0, description="teacher/smallest test accuracy cadence")
+    eval_every_epochs: Epochs = Field(1.0, description="teacher/smallest test accuracy cadence")
     eval_images: int | None = Field(None, ge=1, description="cap of test images per periodic evaluation")
     grad_clip: float | None = Field(None, gt=0)
     amp: AmpMode = Field("off", description="numerics of the training passes: off (float32, PyTorch's default TF32, "
@@ -198,11 +213,11 @@ class SearchConfig(Strict):
 class FinetuneConfig(Strict):
     """Fine-tuning one exported network. Defaults are the upstream ImageNet values."""
 
-    epochs: float = Field(25, gt=0)
+    epochs: Epochs = 25
     lr: float = Field(1e-5, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int | None = Field(None, ge=1, description="default: data.batch_size")
-    warmup_epochs: float = Field(0, ge=0)
+    warmup_epochs: WarmupEpochs = 0
     checkpoint_every: int = Field(500, ge=1)
     log_every: int = Field(20, ge=1)
 
@@ -223,7 +238,7 @@ class PipelineConfig(Strict):
 
     finetune_members: int = Field(1, ge=0, description="fine-tune this many of the largest family members "
                                   "(0: none)")
-    finetune_epochs: float = Field(2.0, gt=0, description="epochs per fine-tuned member (the other settings: "
+    finetune_epochs: Epochs = Field(2.0, description="epochs per fine-tuned member (the other settings: "
                                    "finetune.*)")
     bench_repeats: int = Field(5, ge=0, description="timed batch-1 runs per member, packed engine vs PyTorch "
                                "float (0: pack only)")
@@ -271,6 +286,21 @@ def _format_error(err: ValidationError, schema: type[BaseModel]) -> str:
     return f"config key {loc!r}: {e['msg']}{got_s}"
 
 
+def _check_override_value(override: str) -> None:
+    """Raises a :class:`ConfigError` naming ``override`` when its value is not valid YAML."""
+    import yaml
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        OmegaConf.from_dotlist([override])
+    except (yaml.YAMLError, OmegaConfBaseException, ValueError) as exc:
+        problem = getattr(exc, "problem", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
+        value = override.split("=", 1)[1]
+        raise ConfigError(f"override {override!r}: {value!r} is not a valid YAML value ({problem}); quote a "
+                          "string value, e.g. key='...'") from None
+
+
 def load_config(schema: type[M], path: str | Path | None = None, overrides: Sequence[str] = ()) -> M:
     """Schema defaults, then the YAML file, then ``key=value`` overrides, validated.
 
@@ -295,6 +325,8 @@ def load_config(schema: type[M], path: str | Path | None = None, overrides: Sequ
     bad = [o for o in overrides if "=" not in o or not o.split("=", 1)[0].strip()]
     if bad:
         raise ConfigError(f"override {bad[0]!r} is not of the form key=value (e.g. train.epochs=2)")
+    for override in overrides:
+        _check_override_value(override)
     try:
         merged = OmegaConf.merge(OmegaConf.create(data), OmegaConf.from_dotlist(list(overrides)))
         data = OmegaConf.to_container(merged, resolve=True)  # type: ignore[assignment]
@@ -318,7 +350,7 @@ def resolve_config_path(path: str | Path) -> Path:
     """A config file path, or the built-in config of that name.
 
     Raises:
-        ConfigError: neither a file nor a built-in name.
+        ConfigError: a folder, or neither a file nor a built-in name.
     """
     p = Path(path)
     if p.is_file():
@@ -326,6 +358,9 @@ def resolve_config_path(path: str | Path) -> Path:
     builtin = BUILTIN_CONFIGS / f"{p.name.removesuffix('.yaml')}.yaml"
     if p.parent == Path(".") and builtin.is_file():
         return builtin
+    if p.is_dir():
+        raise ConfigError(f"config {str(p)!r} is a folder, not a config file; give a YAML file or a built-in config: "
+                          f"{', '.join(builtin_configs())}")
     raise ConfigError(f"config file {str(p)!r} does not exist; built-in configs: {', '.join(builtin_configs())}")
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from .errors import SpaceError
 from .registry import Registry
-from .space import SearchSpace, StageSpec
+from .space import SearchSpace, StageSpec, value_kind
 from .utils.io import missing_file
 
 __all__ = ["create_space", "list_spaces", "load_space_file", "register_space", "resolve_space"]
@@ -42,7 +42,12 @@ def create_space(name: str, *, num_classes: int | None = None, resolution: int |
 
 
 def load_space_file(path: str | Path) -> SearchSpace:
-    """Reads a space definition (the dict form of :meth:`SearchSpace.to_dict`) from YAML or JSON."""
+    """Reads a space definition (the dict form of :meth:`SearchSpace.to_dict`) from YAML or JSON.
+
+    Raises:
+        SpaceError: a missing or unreadable file, or a definition that is not a valid space (the message names
+            the file and the problem, with the size limits of :mod:`nasbnn.space`).
+    """
     from omegaconf import OmegaConf
 
     p = Path(path)
@@ -53,9 +58,12 @@ def load_space_file(path: str | Path) -> SearchSpace:
     except Exception as exc:  # yaml errors carry several lines; keep the first
         raise SpaceError(f"cannot read search-space file {str(p)!r}: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
-        raise SpaceError(f"search-space file {str(p)!r} must hold a mapping")
+        raise SpaceError(f"search-space file {str(p)!r} must hold a mapping, not {value_kind(data)}")
     data.setdefault("name", p.stem)
-    return SearchSpace.from_dict(data)
+    try:
+        return SearchSpace.from_dict(data)
+    except SpaceError as exc:
+        raise SpaceError(f"search-space file {str(p)!r}: {exc}") from None
 
 
 def resolve_space(spec: str | dict[str, Any] | SearchSpace, **overrides: Any) -> SearchSpace:

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 
 from .config import M, RunConfig, SyntheticDataConfig, load_config
-from .errors import CheckpointError, SearchError
+from .errors import CheckpointError, InvalidArch, SearchError
 from .models import SuperBNN
-from .space import Arch, SearchSpace
+from .space import Arch, SearchSpace, value_kind
 from .utils.io import read_json
 from .utils.seeding import derive_seed
 
@@ -151,12 +151,16 @@ def resolve_archs(space: SearchSpace, spec: str) -> list[tuple[str, Arch]]:
     file holding an architecture dict.
 
     Raises:
-        InvalidArch: an architecture outside ``space``.
-        NasbnnError: a missing file; SearchError: a bad bucket, or one the family lacks.
+        InvalidArch: an empty spec, an architecture outside ``space``, or a JSON file that holds neither an
+            architecture dict nor a family (the message names the file and what is wrong).
+        NasbnnError: a missing file; SearchError: a bad bucket, one the family lacks, or a malformed family entry.
     """
     from .deploy import read_family
 
     spec = spec.strip()
+    if not spec:
+        raise InvalidArch("empty architecture string; expected e.g. 'c24k3g1.1|c48k3g1.1,c48k3g1.1|...', largest, "
+                          "smallest, a pareto.json or an architecture JSON file")
     if spec in ("largest", "smallest"):
         return [(spec, space.largest() if spec == "largest" else space.smallest())]
     if spec.startswith("upstream:"):
@@ -164,27 +168,57 @@ def resolve_archs(space: SearchSpace, spec: str) -> list[tuple[str, Arch]]:
 
         return [("upstream", arch_from_upstream(parse_upstream_ints(spec[9:]), space, nondecreasing=False))]
     path, _, bucket = spec.rpartition("@") if "@" in spec else (spec, "", "")
-    if path.endswith(".json") or Path(path).is_dir():
-        if Path(path).is_file() and path.endswith(".json") and "family" not in read_json(path):
+    if not path.strip():
+        raise SearchError(f"{spec!r} names no file before '@'; expected e.g. pareto.json@57")
+    if path.endswith(".json") or _exists(path, "dir"):
+        if path.endswith(".json") and _exists(path, "file"):
             data = read_json(path)
-            return [("arch", space.validate(Arch.from_dict(data.get("arch", data)), nondecreasing=False))]
+            if not (isinstance(data, dict) and "family" in data):
+                return [("arch", _arch_from_json(space, data, path))]
         return _family_members(space, read_family(path), path, bucket)
     return [("arch", space.parse(spec))]
 
 
+def _exists(path: str, kind: str) -> bool:
+    """Whether ``path`` is a folder (``kind="dir"``) or a file; ``False`` for a name the system cannot look up
+    (too long, say): such a spec is then read as an architecture string."""
+    try:
+        return Path(path).is_dir() if kind == "dir" else Path(path).is_file()
+    except OSError:
+        return False
+
+
+def _arch_from_json(space: SearchSpace, data: Any, path: str) -> Arch:
+    """The architecture of a JSON file's content: an architecture dict, or one under an ``arch`` key."""
+    if not isinstance(data, dict):
+        raise InvalidArch(f"{path!r} holds {value_kind(data)}, but is neither an architecture dict "
+                          "{'stages': [[{'width': W, ...}, ...], ...]} nor a pareto.json with a 'family' list")
+    try:
+        return space.validate(Arch.from_dict(data.get("arch", data)), nondecreasing=False)
+    except InvalidArch as exc:
+        raise InvalidArch(f"{path!r}: {exc}", rule=exc.rule) from None
+
+
 def _family_members(space: SearchSpace, family: list[dict[str, Any]], path: str, bucket: str,
                     ) -> list[tuple[str, Arch]]:
+    """The members of a family read by :func:`nasbnn.deploy.read_family`, or the one of ``bucket``."""
+    members = [(i, float(f["bucket"]), str(f["arch"])) for i, f in enumerate(family)]
     if bucket:
         try:
             want = float(bucket)
         except ValueError:
             raise SearchError(f"bad bucket {bucket!r} in {path}@{bucket}; expected e.g. pareto.json@57") from None
-        chosen = [f for f in family if abs(float(f["bucket"]) - want) < 1e-9]
+        chosen = [m for m in members if abs(m[1] - want) < 1e-9]
         if not chosen:
             raise SearchError(f"no family member in bucket {want:g}; buckets: "
-                              + ", ".join(f"{float(f['bucket']):g}" for f in family))
-        family = chosen
-    return [(f"mops_{float(f['bucket']):g}", space.validate(Arch.parse(f["arch"]), nondecreasing=False))
-            for f in family]
+                              + ", ".join(f"{b:g}" for _, b, _ in members))
+        members = chosen
+    out = []
+    for i, b, text in members:
+        try:
+            out.append((f"mops_{b:g}", space.validate(Arch.parse(text), nondecreasing=False)))
+        except InvalidArch as exc:
+            raise InvalidArch(f"{path!r}: family entry {i}: {exc}", rule=exc.rule) from None
+    return out
 
 

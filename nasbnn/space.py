@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import re
-from collections.abc import Iterator, Mapping, Sequence
+import reprlib
+from collections.abc import Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass
 from functools import cached_property
 from random import Random
@@ -21,13 +23,63 @@ from typing import Any, NamedTuple
 from .errors import InvalidArch, SpaceError
 
 __all__ = [
+    "MAX_BLOCK_OPTIONS",
+    "MAX_CLASSES",
+    "MAX_DEPTH",
+    "MAX_KERNEL",
+    "MAX_RESOLUTION",
+    "MAX_STAGES",
+    "MAX_WEIGHTS",
+    "MAX_WIDTH",
     "Arch",
     "BlockArch",
     "BlockGeometry",
     "SearchSpace",
     "StageArch",
     "StageSpec",
+    "value_kind",
 ]
+
+# Limits of a search space: every preset fits them many times over, and no space within them makes a
+# command spend minutes tabulating its options or allocate more memory than a machine has.
+#: Largest K×K kernel (odd sizes only).
+MAX_KERNEL = 11
+#: Most blocks in one stage.
+MAX_DEPTH = 64
+#: Most channels of a block (also the most groups, and the most input channels).
+MAX_WIDTH = 8192
+#: Most stages, the stem included.
+MAX_STAGES = 16
+#: Largest input resolution.
+MAX_RESOLUTION = 1024
+#: Most classifier outputs.
+MAX_CLASSES = 100_000
+#: Most latent weights of the supernet (2 GB in float32; the ImageNet preset has 66 million).
+MAX_WEIGHTS = 500_000_000
+#: Most (input width, width, kernel, groups, 1x1 groups) combinations the space tabulates for sampling.
+MAX_BLOCK_OPTIONS = 200_000
+
+
+def _is_int(value: Any) -> bool:
+    """True for an integer that is not a boolean (Python and NumPy integers)."""
+    return type(value) is int or (isinstance(value, numbers.Integral) and not isinstance(value, bool))
+
+
+def value_kind(value: Any) -> str:
+    """What a parsed JSON/YAML value is, in words (``"a list"``, ``"null"``...), for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    return f"a {type(value).__name__}"
 
 
 class BlockArch(NamedTuple):
@@ -73,6 +125,16 @@ class StageArch(NamedTuple):
 
 
 _BLOCK_RE = re.compile(r"^c(\d+)k(\d+)(?:g(\d+)(?:\.(\d+))?)?$")
+_BLOCK_KEYS = BlockArch._fields
+_DICT_FORM = "{'stages': [[{'width': W, 'kernel_size': K, 'groups': G, 'pw_groups': P}, ...], ...]}"
+
+
+def _block_problem(block: BlockArch) -> str | None:
+    """What is wrong with the fields of ``block`` (each must be a positive integer), or ``None``."""
+    for name, value in zip(_BLOCK_KEYS, block):
+        if not _is_int(value) or value < 1:
+            return f"{name} must be a positive integer, got {value!r}"
+    return None
 
 
 class Arch(NamedTuple):
@@ -119,36 +181,42 @@ class Arch(NamedTuple):
         """Inverse of :meth:`to_dict`.
 
         Raises:
-            InvalidArch: the mapping is not of that form.
+            InvalidArch: the mapping is not of that form, or a field is not a positive integer.
         """
-        try:
-            stages = data["stages"]
-            built = []
-            for stage in stages:
-                blocks = []
-                for b in stage:
-                    extra = set(b) - {"width", "kernel_size", "groups", "pw_groups"}
-                    if extra:
-                        raise InvalidArch(f"unknown block keys {sorted(extra)}; valid: width, kernel_size, "
-                                          "groups, pw_groups")
-                    blocks.append(
-                        BlockArch(
-                            int(b["width"]),
-                            int(b.get("kernel_size", 3)),
-                            int(b.get("groups", 1)),
-                            int(b.get("pw_groups", 1)),
-                        )
-                    )
-                built.append(StageArch(tuple(blocks)))
-        except InvalidArch:
-            raise
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InvalidArch(
-                f"not an architecture dict ({exc!r}); expected "
-                "{'stages': [[{'width': W, 'kernel_size': K, 'groups': G, 'pw_groups': P}, ...], ...]}"
-            ) from None
-        if not built or any(not s.blocks for s in built):
+        if not isinstance(data, Mapping):
+            raise InvalidArch(f"an architecture dict must be a mapping, got {value_kind(data)}; expected {_DICT_FORM}")
+        if "stages" not in data:
+            raise InvalidArch(f"an architecture dict needs 'stages'; expected {_DICT_FORM}")
+        stages = data["stages"]
+        if not isinstance(stages, (list, tuple)):
+            raise InvalidArch(f"'stages' must be a list of stages (lists of blocks), got {value_kind(stages)}; "
+                              f"expected {_DICT_FORM}")
+        if not stages:
             raise InvalidArch("an architecture needs at least one stage and one block per stage")
+        built = []
+        for s, stage in enumerate(stages):
+            if not isinstance(stage, (list, tuple)):
+                raise InvalidArch(f"stage {s} must be a list of blocks, got {value_kind(stage)}")
+            if not stage:
+                raise InvalidArch("an architecture needs at least one stage and one block per stage")
+            blocks = []
+            for j, b in enumerate(stage):
+                where = f"stage {s} block {j}"
+                if not isinstance(b, Mapping):
+                    raise InvalidArch(f"{where} must be a mapping with keys {', '.join(_BLOCK_KEYS)}; got "
+                                      f"{value_kind(b)}")
+                extra = set(b) - set(_BLOCK_KEYS)
+                if extra:
+                    raise InvalidArch(f"{where}: unknown block keys {sorted(map(str, extra))}; valid: "
+                                      f"{', '.join(_BLOCK_KEYS)}")
+                if "width" not in b:
+                    raise InvalidArch(f"{where}: 'width' is required")
+                block = BlockArch(b["width"], b.get("kernel_size", 3), b.get("groups", 1), b.get("pw_groups", 1))
+                problem = _block_problem(block)
+                if problem is not None:
+                    raise InvalidArch(f"{where}: {problem}")
+                blocks.append(BlockArch(*(int(v) for v in block)))
+            built.append(StageArch(tuple(blocks)))
         return cls(tuple(built))
 
     @classmethod
@@ -170,8 +238,15 @@ class Arch(NamedTuple):
                         f"malformed block {block_text.strip()!r} (stage {si}, block {bi}); expected "
                         "c<width>k<kernel>g<groups>.<pw_groups>, e.g. c96k5g2.1"
                     )
-                w, k, g, pg = m.groups()
-                blocks.append(BlockArch(int(w), int(k), int(g or 1), int(pg or 1)))
+                where = f"block {block_text.strip()!r} (stage {si}, block {bi})"
+                try:
+                    block = BlockArch(*(int(v or 1) for v in m.groups()))
+                except ValueError:  # more digits than int() reads
+                    raise InvalidArch(f"{where}: a number is too large") from None
+                problem = _block_problem(block)
+                if problem is not None:
+                    raise InvalidArch(f"{where}: {problem}")
+                blocks.append(block)
             stages.append(StageArch(tuple(blocks)))
         return cls(tuple(stages))
 
@@ -187,6 +262,10 @@ class StageSpec:
         groups: group options of the K×K conv, ascending.
         pw_groups: group options of the 1×1 conv, ascending.
         stride: stride of the stage's first block (1 or 2).
+
+    Raises:
+        SpaceError: an option that is not a list of positive integers, an even kernel size, or a value beyond
+            :data:`MAX_WIDTH` (widths and groups), :data:`MAX_DEPTH` or :data:`MAX_KERNEL`.
     """
 
     widths: tuple[int, ...]
@@ -197,19 +276,24 @@ class StageSpec:
     stride: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("widths", "depths", "kernel_sizes", "groups", "pw_groups"):
+        limits = {"widths": MAX_WIDTH, "depths": MAX_DEPTH, "kernel_sizes": MAX_KERNEL, "groups": MAX_WIDTH,
+                  "pw_groups": MAX_WIDTH}
+        for name, limit in limits.items():
             raw = getattr(self, name)
-            try:
-                vals = tuple(sorted({int(v) for v in raw}))
-            except (TypeError, ValueError):
-                raise SpaceError(f"stage option {name} must be a list of integers, got {raw!r}") from None
+            if (isinstance(raw, (str, bytes)) or not isinstance(raw, (Sequence, Set))
+                    or not all(_is_int(v) for v in raw)):
+                raise SpaceError(f"stage option {name} must be a list of integers, got {reprlib.repr(raw)}")
+            vals = tuple(sorted({int(v) for v in raw}))
             if not vals or vals[0] < 1:
                 raise SpaceError(f"stage option {name} must be a non-empty list of positive integers")
+            if vals[-1] > limit:
+                raise SpaceError(f"stage option {name} must be at most {limit}, got {vals[-1]}")
             object.__setattr__(self, name, vals)
         if any(k % 2 == 0 for k in self.kernel_sizes):
             raise SpaceError(f"kernel sizes must be odd, got {list(self.kernel_sizes)}")
-        if self.stride not in (1, 2):
-            raise SpaceError(f"stage stride must be 1 or 2, got {self.stride}")
+        if not _is_int(self.stride) or self.stride not in (1, 2):
+            raise SpaceError(f"stage stride must be 1 or 2, got {self.stride!r}")
+        object.__setattr__(self, "stride", int(self.stride))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -256,7 +340,9 @@ class SearchSpace:
         resolution: default input resolution (the models do not bake it in).
 
     Raises:
-        SpaceError: the stage table is inconsistent (the message names the problem).
+        SpaceError: the stage table is inconsistent, or the space is beyond the limits of this module
+            (``MAX_*``: stages, resolution, classes, block options, supernet weights); the message names the
+            problem and the limit.
     """
 
     def __init__(
@@ -270,16 +356,30 @@ class SearchSpace:
     ) -> None:
         self.name = name
         self.stages: tuple[StageSpec, ...] = tuple(stages)
+        for key, value, limit in (("in_channels", in_channels, MAX_WIDTH), ("num_classes", num_classes, MAX_CLASSES),
+                                  ("resolution", resolution, MAX_RESOLUTION)):
+            if not _is_int(value) or not 1 <= value <= limit:
+                raise SpaceError(f"{key} must be 1 to {limit}, got {value!r}")
         self.in_channels = int(in_channels)
         self.num_classes = int(num_classes)
         self.resolution = int(resolution)
         if len(self.stages) < 2:
             raise SpaceError("a search space needs the stem stage and at least one block stage")
+        if len(self.stages) > MAX_STAGES:
+            raise SpaceError(f"a search space has at most {MAX_STAGES} stages (the stem included), got "
+                             f"{len(self.stages)}")
         if self.stages[0].depths != (1,):
             raise SpaceError(f"the stem stage (stage 0) must have depth options [1], got "
                               f"{list(self.stages[0].depths)}")
-        if self.in_channels < 1 or self.num_classes < 1 or self.resolution < 1:
-            raise SpaceError("in_channels, num_classes and resolution must be positive")
+        options = self._block_options()
+        if options > MAX_BLOCK_OPTIONS:
+            raise SpaceError(f"search space {name!r} has {options} block options (input width x width x kernel x "
+                             f"groups x 1x1 groups, summed over stages); at most {MAX_BLOCK_OPTIONS}: give the "
+                             "stages fewer options")
+        weights = self.num_weights()
+        if weights > MAX_WEIGHTS:
+            raise SpaceError(f"the supernet of search space {name!r} would hold about {weights:,} weights; at most "
+                             f"{MAX_WEIGHTS:,}: use fewer or narrower blocks, or smaller kernels")
         self._block_tables = self._build_tables()
         # stage -> input width -> per width option: the legal blocks (fast path of ``sample``).
         self._sample_tables: list[dict[int, tuple[tuple[BlockArch, ...], ...]]] = [
@@ -308,28 +408,49 @@ class SearchSpace:
         """Builds a space from :meth:`to_dict` output (e.g. read from a config file).
 
         Raises:
-            SpaceError: missing or unknown keys.
+            SpaceError: missing or unknown keys, values of the wrong type, or sizes beyond the limits of this
+                module (the message names the key and what is valid).
         """
+        if not isinstance(data, Mapping):
+            raise SpaceError(f"a search-space definition must be a mapping, got {value_kind(data)}")
         allowed = {"name", "in_channels", "num_classes", "resolution", "stages"}
         extra = set(data) - allowed
         if extra:
-            raise SpaceError(f"unknown search-space keys {sorted(extra)}; valid: {sorted(allowed)}")
+            raise SpaceError(f"unknown search-space keys {sorted(map(str, extra))}; valid: {sorted(allowed)}")
         if "stages" not in data:
             raise SpaceError("a search-space definition needs 'stages'")
         stage_keys = {"widths", "depths", "kernel_sizes", "groups", "pw_groups", "stride"}
+        raw_stages = data["stages"]
+        if not isinstance(raw_stages, (list, tuple)):
+            raise SpaceError(f"'stages' must be a list of stage mappings (keys {sorted(stage_keys)}), got "
+                             f"{value_kind(raw_stages)}")
+        if len(raw_stages) > MAX_STAGES:
+            raise SpaceError(f"a search space has at most {MAX_STAGES} stages (the stem included), got "
+                             f"{len(raw_stages)}")
         stages = []
-        for i, st in enumerate(data["stages"]):
+        for i, st in enumerate(raw_stages):
             if not isinstance(st, Mapping):
                 raise SpaceError(f"stage {i} must be a mapping with keys {sorted(stage_keys)}")
             bad = set(st) - stage_keys
             if bad:
-                raise SpaceError(f"stage {i}: unknown keys {sorted(bad)}; valid: {sorted(stage_keys)}")
+                raise SpaceError(f"stage {i}: unknown keys {sorted(map(str, bad))}; valid: {sorted(stage_keys)}")
             if "widths" not in st:
                 raise SpaceError(f"stage {i}: 'widths' is required")
-            stages.append(StageSpec(**{k: (tuple(v) if isinstance(v, (list, tuple)) else v)
-                                       for k, v in st.items()}))
+            try:
+                stages.append(StageSpec(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in st.items()}))
+            except SpaceError as exc:
+                raise SpaceError(f"stage {i}: {exc}") from None
+        name = data.get("name", "custom")
+        if not isinstance(name, str):
+            raise SpaceError(f"'name' must be a string, got {value_kind(name)}")
+        sizes = {"in_channels": (3, MAX_WIDTH), "num_classes": (1000, MAX_CLASSES),
+                 "resolution": (224, MAX_RESOLUTION)}
+        for key, (default, limit) in sizes.items():
+            value = data.get(key, default)
+            if not _is_int(value):
+                raise SpaceError(f"'{key}' must be an integer from 1 to {limit}, got {reprlib.repr(value)}")
         return cls(
-            str(data.get("name", "custom")),
+            name,
             stages,
             in_channels=int(data.get("in_channels", 3)),
             num_classes=int(data.get("num_classes", 1000)),
@@ -368,6 +489,31 @@ class SearchSpace:
             num_classes=self.num_classes if num_classes is None else num_classes,
             resolution=self.resolution if resolution is None else resolution,
         )
+
+    def _block_options(self) -> int:
+        """How many entries :meth:`_build_tables` considers (before the groups that do not divide are left out)."""
+        total = 0
+        for s, spec in enumerate(self.stages):
+            ins = set(spec.widths) | ({self.in_channels} if s == 0 else set(self.stages[s - 1].widths))
+            total += (len(ins) * len(spec.widths) * len(spec.kernel_sizes) * len(spec.groups)
+                      * len(spec.pw_groups))
+        return total
+
+    def num_weights(self) -> int:
+        """The latent weights of the supernet of this space (its convolutions, kernel transforms and
+        classifier): what training allocates, several times over with gradients and optimizer state."""
+        total = 0
+        for s, spec in enumerate(self.stages):
+            k = max(spec.kernel_sizes)
+            transforms = sum(small**4 for small in spec.kernel_sizes[:-1]) + k**4
+            for j in range(max(spec.depths)):
+                max_in = self.max_in_channels(s, j)
+                if s == 0:
+                    total += max(spec.widths) * (max_in // min(spec.groups)) * k * k
+                    continue
+                total += max_in * (max_in // min(spec.groups)) * k * k + transforms
+                total += max(spec.widths) * (max_in // min(spec.pw_groups))
+        return total + max(self.stages[-1].widths) * self.num_classes
 
     @property
     def max_depths(self) -> tuple[int, ...]:
@@ -506,6 +652,10 @@ class SearchSpace:
             prev_w = 0
             for j, b in enumerate(stage.blocks):
                 where = f"stage {s} block {j}"
+                problem = _block_problem(b)
+                if problem is not None:  # the channel arithmetic below needs positive integers
+                    problems.append(("format", f"{where}: {problem}"))
+                    return problems
                 if b.width not in spec.widths:
                     problems.append(("width", f"{where}: unknown width {b.width}; valid: {list(spec.widths)}"))
                 if b.kernel_size not in spec.kernel_sizes:

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from ..config import AmpMode, RunBase, Strict
+from ..config import AdamBetas, AmpMode, Epochs, RunBase, Strict, WarmupEpochs
 
 __all__ = [
     "BackboneConfig",
@@ -140,19 +140,19 @@ class DetectConfig(Strict):
 class DetectTrainConfig(Strict):
     """Adam with L2 on conv kernels, linear warm-up and cosine decay (as the classification runs)."""
 
-    epochs: float = Field(12, gt=0, description="may be fractional")
+    epochs: Epochs = Field(12, description="may be fractional")
     lr: float = Field(2e-3, gt=0, description="Adam learning rate of the neck and head")
     backbone_lr_scale: float = Field(1.0, gt=0, description="the backbone learns at lr × this (binary latent "
                                                             "weights flip sign at high rates)")
     weight_decay: float = Field(1e-4, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_epochs: float = Field(0.5, ge=0)
+    betas: AdamBetas = Field((0.9, 0.999), description="Adam's moment decay rates, each in [0, 1)")
+    warmup_epochs: WarmupEpochs = 0.5
     warmup_start_factor: float = Field(0.01, gt=0, le=1)
     min_lr: float = Field(0.0, ge=0)
     grad_clip: float | None = Field(10.0, gt=0)
     checkpoint_every: int = Field(200, ge=1, description="steps between checkpoints")
     log_every: int = Field(10, ge=1)
-    eval_every_epochs: float | None = Field(None, gt=0, description="mAP on the val split this often "
+    eval_every_epochs: Epochs | None = Field(None, description="mAP on the val split this often "
                                                                     "(null: at the end only)")
     amp: AmpMode = "auto"
 
