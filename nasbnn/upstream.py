@@ -12,12 +12,15 @@ Files are read with ``torch.load(..., weights_only=True)``: nothing in them is e
 
 from __future__ import annotations
 
+import math
+import numbers
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -160,6 +163,9 @@ def _unwrap_state(obj: Any) -> Mapping[str, Tensor]:
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not all(isinstance(k, str) for k in obj):
         raise CheckpointError("not an upstream checkpoint: expected a state dict or a dict with 'state_dict'")
+    for k, v in obj.items():
+        if not isinstance(v, Tensor):
+            raise CheckpointError(f"not an upstream checkpoint: its state dict entry {k!r} is {_kind(v)}, not a tensor")
     return obj
 
 
@@ -264,6 +270,54 @@ class UpstreamSearchResult:
     epoch: int | None
 
 
+def _real(value: Any) -> float | None:
+    """A real number from a Python or numpy number or a one-element tensor; None for anything else."""
+    if isinstance(value, Tensor):
+        if value.numel() != 1 or value.dtype == torch.bool or value.is_complex():
+            return None
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        return None
+    return float(value)
+
+
+def _whole(value: Any) -> int | None:
+    """An integer from :func:`_real`'s inputs whose value is whole; None for anything else."""
+    x = _real(value)
+    return int(x) if x is not None and math.isfinite(x) and x.is_integer() else None
+
+
+def _candidate(value: Any) -> tuple[int, ...] | str:
+    """An upstream candidate (tuple, list or tensor of whole numbers) as a tuple, or why it is not one."""
+    if isinstance(value, Tensor):
+        if value.dtype == torch.bool or value.is_complex():
+            return f"is {_kind(value)}, not integers"
+        items: list[Any] = value.flatten().tolist()
+    elif isinstance(value, (tuple, list)):
+        items = list(value)
+    else:
+        return f"is {_kind(value)}, not a sequence of integers"
+    ints = []
+    for v in items:
+        i = _whole(v)
+        if i is None:
+            return f"holds {_shown(v)} ({_kind(v)}), not only integers"
+        ints.append(i)
+    return tuple(ints)
+
+
+_KINDS = {"str": "a string", "int": "an integer", "NoneType": "None", "dict": "a dict", "list": "a list",
+          "tuple": "a tuple", "float": "a float", "bool": "a bool"}
+
+
+def _kind(value: Any) -> str:
+    """What ``value`` is, for a message: ``a string``, ``a torch.float32 tensor of shape [22, 6]``..."""
+    if isinstance(value, Tensor):
+        return f"a {value.dtype} tensor of shape {list(value.shape)}"
+    name = type(value).__name__
+    return _KINDS.get(name, f"a {name}")
+
+
 def load_upstream_search(path: str | Path, space: SearchSpace) -> UpstreamSearchResult:
     """Reads an upstream search result (``info.pth.tar``).
 
@@ -271,33 +325,68 @@ def load_upstream_search(path: str | Path, space: SearchSpace) -> UpstreamSearch
     kept, flagged ``nondecreasing=False``.
 
     Raises:
-        CheckpointError: unreadable file or not of that format.
+        CheckpointError: unreadable file, not of that format, or fields of the wrong type.
         InvalidArch: an architecture outside ``space``.
     """
     info = safe_torch_load(path, numpy_scalars=True)
     if not isinstance(info, Mapping) or "pareto_global" not in info:
         raise CheckpointError(f"{str(path)!r} is not an upstream search result (no 'pareto_global')")
-    vis = info.get("vis_dict", {}) or {}
 
-    def lookup(t: Sequence[int]) -> tuple[float | None, float | None]:
-        entry = vis.get(tuple(int(v) for v in t), {}) if isinstance(vis, Mapping) else {}
-        ops, acc = entry.get("ops"), entry.get("acc")
-        return (None if ops is None else float(ops), None if acc is None else float(acc))
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"{str(path)!r} is not a valid upstream search result: {what}")
 
+    pareto, vis = info["pareto_global"], info.get("vis_dict") or {}
+    if not isinstance(pareto, Mapping):
+        raise bad(f"'pareto_global' is {_kind(pareto)}, not a dict of OPs bucket -> candidate")
+    if not isinstance(vis, Mapping):
+        raise bad(f"'vis_dict' is {_kind(vis)}, not a dict of candidate -> {{'ops', 'acc'}}")
+    records: dict[tuple[int, ...], tuple[float | None, float | None]] = {}
+    for key, entry in vis.items():
+        t = _candidate(key)
+        if isinstance(t, str):
+            continue  # not a candidate key: nothing refers to it
+        if not isinstance(entry, Mapping):
+            raise bad(f"the 'vis_dict' entry of candidate {_short(t)} is {_kind(entry)}, not a dict")
+        values = []
+        for field in ("ops", "acc"):
+            raw = entry.get(field)
+            x = None if raw is None else _real(raw)
+            if raw is not None and x is None:
+                raise bad(f"the 'vis_dict' entry of candidate {_short(t)} has {field!r} = {_kind(raw)}, not a number")
+            values.append(x)
+        records[t] = (values[0], values[1])
+    members = []
+    for key, value in pareto.items():
+        bucket = _whole(key)
+        if bucket is None:
+            raise bad(f"'pareto_global' has the key {_shown(key)} ({_kind(key)}); OPs buckets are whole numbers")
+        t = _candidate(value)
+        if isinstance(t, str):
+            raise bad(f"'pareto_global'[{bucket}] {t}; a candidate is {COLUMNS * space.num_rows} integers")
+        members.append((bucket, t))
     family = []
-    for key in sorted(info["pareto_global"], key=float):
-        t = info["pareto_global"][key]
+    for bucket, t in sorted(members):
         arch = arch_from_upstream(t, space, nondecreasing=False)
-        mops, top1 = lookup(t)
-        family.append(UpstreamFamilyMember(int(key), arch, mops, top1, space.contains(arch)))
+        mops, top1 = records.get(t, (None, None))
+        family.append(UpstreamFamilyMember(bucket, arch, mops, top1, space.contains(arch)))
     evaluated = []
-    if isinstance(vis, Mapping):
-        for t, _entry in vis.items():
-            try:
-                arch = arch_from_upstream(t, space, nondecreasing=False)
-            except InvalidArch:
-                continue
-            mops, top1 = lookup(t)
-            evaluated.append((arch, mops, top1))
-    epoch = info.get("epoch")
-    return UpstreamSearchResult(family, evaluated, None if epoch is None else int(epoch))
+    for t, (mops, top1) in records.items():
+        try:
+            arch = arch_from_upstream(t, space, nondecreasing=False)
+        except InvalidArch:
+            continue
+        evaluated.append((arch, mops, top1))
+    raw_epoch = info.get("epoch")
+    epoch = None if raw_epoch is None else _whole(raw_epoch)
+    if raw_epoch is not None and epoch is None:
+        raise bad(f"'epoch' is {_kind(raw_epoch)}, not a whole number")
+    return UpstreamSearchResult(family, evaluated, epoch)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _short(t: tuple[int, ...]) -> str:
+    return f"({', '.join(str(v) for v in t[:6])}, ...)" if len(t) > 6 else str(t)

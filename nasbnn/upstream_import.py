@@ -178,14 +178,17 @@ def _write(tmp: Path, cfg: RunConfig, space: SearchSpace, model: Any, ck_meta: d
 
 def imported_family(search_dir: str | Path, space: SearchSpace) -> list[Any] | None:
     """The architectures of an imported official family in ``search_dir`` (None when there is none)."""
+    from .search.result import family_entries
     from .space import Arch
+    from .utils.io import read_json
 
     p = Path(search_dir) / IMPORTED_FAMILY
     if not p.is_file():
         return None
+    fix = f"; import the official files again, or delete {str(p)!r} to search without them"
     try:
-        doc = json.loads(p.read_text())
-        archs = [space.validate(Arch.parse(f["arch"]), nondecreasing=False) for f in doc["family"]]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise SearchError(f"cannot read the imported family {str(p)!r}: {exc}") from None
+        family = family_entries(read_json(p, error=SearchError), repr(str(p)))
+        archs = [space.validate(Arch.parse(f["arch"]), nondecreasing=False) for f in family]
+    except (SearchError, InvalidArch) as exc:
+        raise SearchError(f"cannot read the imported family: {exc}{fix}") from None
     return archs

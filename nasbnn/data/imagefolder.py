@@ -151,15 +151,37 @@ def _make_manifest(root: Path, seed: int, per_class: int) -> SplitManifest:
     return SplitManifest(classes, train, holdout, seed, per_class)
 
 
+def _manifest_fix(path: Path) -> str:
+    """How to get past a manifest that cannot be used: remove that one file, or use another."""
+    return f"delete the manifest file {str(path)!r} to draw a new split, or point data.manifest elsewhere"
+
+
 def _read_manifest(path: Path, root: Path, seed: int, per_class: int) -> SplitManifest:
-    fix = f"delete {path} to draw a new split, or point data.manifest elsewhere"
+    if path.is_dir():
+        raise DataError(f"split manifest {str(path)!r} is a folder, not a file; set data.manifest to a file path "
+                        f"(e.g. {str(path / 'split.json')!r})")
+    fix = _manifest_fix(path)
     try:
         data: Any = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"cannot read split manifest {path}: {exc}; {fix}") from None
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise DataError(f"cannot read split manifest {path}: {reason}; {fix}") from None
     keys = ("seed", "holdout_per_class", "classes", "train", "holdout", "hash")
     if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT or any(k not in data for k in keys):
         raise DataError(f"{path} is not a {MANIFEST_FORMAT} split manifest; {fix}")
+    for key in ("classes", "train", "holdout"):
+        entries = data[key]
+        if not isinstance(entries, list):
+            raise DataError(f"split manifest {path}: {key!r} is {json.dumps(entries)[:40]}, not a list; {fix}")
+        bad = next((i for i, e in enumerate(entries) if not isinstance(e, str)), None)
+        if bad is not None:
+            raise DataError(f"split manifest {path}: {key!r} entry {bad} is {json.dumps(entries[bad])[:40]}, not a "
+                            f"{'class name' if key == 'classes' else 'file name'}; {fix}")
+    for key in ("seed", "holdout_per_class"):
+        if isinstance(data[key], bool) or not isinstance(data[key], int):
+            raise DataError(f"split manifest {path}: {key!r} is {json.dumps(data[key])[:40]}, not an integer; {fix}")
+    if not isinstance(data["hash"], str):
+        raise DataError(f"split manifest {path}: 'hash' is not a string; {fix}")
     # The official split (``origin``: see upstream_split.py) does not depend on the seed or a hold-out count.
     official = data.get("origin") is not None
     if data["seed"] != seed and not official:
@@ -177,13 +199,15 @@ def _read_manifest(path: Path, root: Path, seed: int, per_class: int) -> SplitMa
     return SplitManifest(list(data["classes"]), list(data["train"]), list(data["holdout"]), seed, per_class)
 
 
-def _labels_of(files: Sequence[str], classes: Sequence[str], where: Path) -> torch.Tensor:
+def _labels_of(files: Sequence[str], classes: Sequence[str], manifest: Path | None) -> torch.Tensor:
     index = {name: i for i, name in enumerate(classes)}
     labels = []
     for f in files:
         parts = f.split("/")
         if len(parts) < 3 or parts[1] not in index:
-            raise DataError(f"{where} lists {f!r}, which is not under a class folder; delete it to rebuild the split")
+            where = f"split manifest {manifest}" if manifest is not None else "the split"
+            fix = f"; {_manifest_fix(manifest)}" if manifest is not None else ""
+            raise DataError(f"{where} lists {f!r}, which is not under a class folder{fix}")
         labels.append(index[parts[1]])
     return torch.tensor(labels, dtype=torch.int64)
 
@@ -667,15 +691,15 @@ def build_imagefolder(cfg: DataConfig, *, resolution: int, seed: int, run_dir: s
         if manifest_path is not None:
             atomic_write_text(manifest_path, manifest.to_json(root))
             log.info("wrote split manifest %s", manifest_path)
-    where = manifest_path or root
     classes = manifest.classes
-    train_labels = _labels_of(manifest.train, classes, where)
+    train_labels = _labels_of(manifest.train, classes, manifest_path)
     train = FolderSplit(root, manifest.train, train_labels, resolution=res, augment=cfg.augment,
                         workers=cfg.workers, draft=cfg.jpeg_draft)
     if cfg.limit_train is not None and cfg.limit_train < len(train):
         train = train.subset(_round_robin_first(train_labels, cfg.limit_train))
-    search_val = FolderSplit(root, manifest.holdout, _labels_of(manifest.holdout, classes, where), resolution=res,
-                             augment=cfg.augment, workers=cfg.workers, draft=cfg.jpeg_draft)
+    holdout_labels = _labels_of(manifest.holdout, classes, manifest_path)
+    search_val = FolderSplit(root, manifest.holdout, holdout_labels, resolution=res, augment=cfg.augment,
+                             workers=cfg.workers, draft=cfg.jpeg_draft)
     _, val_files = list_class_images(root, "val", classes)
     val_paths = [f for fs in val_files for f in fs]
     val_labels = torch.tensor([c for c, fs in enumerate(val_files) for _ in fs], dtype=torch.int64)

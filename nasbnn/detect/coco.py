@@ -140,6 +140,10 @@ def _new_entry_id(path: Path, kind: str, i: int, entry: Any, seen: set[int]) -> 
 def read_annotation_json(path: Path) -> dict[str, Any]:
     """The parsed annotation file; malformed JSON and non-COCO top levels are one-line :class:`DataError`."""
     if not path.is_file():
+        blocker = next((d for d in path.parents if d.exists() and not d.is_dir()), None)
+        if blocker is not None:
+            raise DataError(f"annotation file {str(path)!r} cannot exist: {str(blocker)!r} is a file, not a folder "
+                            "(the dataset folder must hold annotations/ and the image folders)")
         raise DataError(f"{missing_file(path, 'annotation file')} (expected COCO JSON: images, annotations, "
                         "categories)")
     try:

@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
-from ..utils.io import atomic_write_bytes, atomic_write_text
+from ..utils.io import atomic_write_bytes, atomic_write_text, ensure_dir
 from ..utils.seeding import derive_seed
 
-__all__ = ["SHAPES", "generate_split", "generate_synthetic_coco"]
+__all__ = ["MAX_IMAGES", "MAX_OBJECTS", "MAX_SIZE", "SHAPES", "generate_split", "generate_synthetic_coco"]
 
 SHAPES = ("rectangle", "ellipse", "triangle", "diamond")
 CATEGORY_IDS = (1, 3, 5, 7)
@@ -89,13 +89,14 @@ def _image(seed: int, index: int, size: int, classes: int, max_objects: int
             continue
         label = int(rng.integers(0, classes))
         colour = tuple(int(c) for c in rng.integers(0, 256, size=3))
-        before = np.asarray(canvas).copy()
+        before = np.asarray(canvas.crop(box))  # a shape only ever changes pixels inside its box
         _draw(canvas, SHAPES[label], box, colour)  # type: ignore[arg-type]
-        tight = _tight_box(before, np.asarray(canvas))
+        tight = _tight_box(before, np.asarray(canvas.crop(box)))
         if tight is None:  # same colour as the background everywhere: nothing visible
             continue
         placed.append(box)
-        objects.append((label, tight))
+        left, top = box[0], box[1]
+        objects.append((label, (left + tight[0], top + tight[1], left + tight[2], top + tight[3])))
     # Noise over objects and background alike, so colour edges are not perfectly clean.
     pixels = np.asarray(canvas).astype(np.float32) + rng.normal(0, 6, size=(size, size, 3))
     buf = io.BytesIO()
@@ -103,15 +104,37 @@ def _image(seed: int, index: int, size: int, classes: int, max_objects: int
     return buf.getvalue(), objects
 
 
+#: Most objects one image may hold, images one split may have, and the largest image side.
+MAX_OBJECTS = 100
+MAX_IMAGES = 100_000
+MAX_SIZE = 1024
+
+
 def _check_settings(split: str, *, images: int, size: int, classes: int, max_objects: int) -> None:
-    """Raises DataError for settings no synthetic split can have."""
+    """Raises DataError for settings no synthetic split can have, or that would take hours to generate."""
     if not 1 <= classes <= len(SHAPES):
         raise DataError(f"synthetic detection data has 1 to {len(SHAPES)} classes, got {classes}")
     if size < 16:
         raise DataError(f"synthetic images must be at least 16 pixels wide, got {size}")
-    if images < 1 or max_objects < 0:
-        raise DataError(f"a synthetic {split} split needs at least 1 image and max_objects >= 0, got {images} "
-                        f"images and max_objects={max_objects}")
+    if size > MAX_SIZE:
+        raise DataError(f"synthetic images are at most {MAX_SIZE} pixels wide, got {size}")
+    if not 1 <= images <= MAX_IMAGES:
+        raise DataError(f"a synthetic {split} split needs at least 1 image and at most {MAX_IMAGES}, got {images}")
+    if not 1 <= max_objects <= MAX_OBJECTS:
+        raise DataError(f"synthetic images hold 1 to {MAX_OBJECTS} objects each, got max_objects={max_objects}")
+
+
+def _dataset_folder(out: Path) -> Path:
+    """``out`` as a dataset folder, created if missing.
+
+    Raises:
+        DataError: ``out`` or a folder above it is a file.
+        OutputError: it cannot be created (read-only file system, no permission).
+    """
+    for part in (out, *out.parents):
+        if part.exists() and not part.is_dir():
+            raise DataError(f"dataset folder {str(out)!r} cannot be used: {str(part)!r} is a file, not a folder")
+    return ensure_dir(out, what="dataset folder")
 
 
 def generate_split(out: str | Path, split: str, *, images: int, size: int = 128, seed: int = 0, classes: int = 3,
@@ -126,9 +149,8 @@ def generate_split(out: str | Path, split: str, *, images: int, size: int = 128,
     (atomically), so its presence means the split is complete.
     """
     _check_settings(split, images=images, size=size, classes=classes, max_objects=max_objects)
-    out = Path(out)
-    img_dir = out / split
-    img_dir.mkdir(parents=True, exist_ok=True)
+    out = _dataset_folder(Path(out))
+    img_dir = ensure_dir(out / split, what="image folder")
     split_seed = derive_seed(seed, "split", split)
     coco: dict[str, Any] = {
         "info": {"description": f"nasbnn synthetic shapes ({split})",
@@ -164,6 +186,7 @@ def generate_synthetic_coco(out: str | Path, *, images: int, val_images: int | N
     val_n = max(1, images // 4) if val_images is None else val_images
     for split, n in (("train", images), ("val", val_n)):  # both checked before anything is written
         _check_settings(split, images=n, size=size, classes=classes, max_objects=max_objects)
+    ensure_dir(out, what="dataset folder")
     train = generate_split(out, "train", images=images, size=size, seed=seed, classes=classes,
                            max_objects=max_objects, first_image_id=1)
     val = generate_split(out, "val", images=val_n, size=size, seed=seed, classes=classes, max_objects=max_objects,

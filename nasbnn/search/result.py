@@ -14,11 +14,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import SearchError
+from ..errors import InvalidArch, SearchError
 from ..space import Arch
 from ..utils.io import atomic_write_text, ensure_dir
+from ..utils.metrics import json_kind
 
-__all__ = ["Budget", "Candidate", "family_from", "pareto_front", "write_results"]
+__all__ = ["Budget", "Candidate", "family_entries", "family_from", "pareto_front", "write_results"]
 
 
 @dataclass(frozen=True)
@@ -39,9 +40,67 @@ class Candidate:
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> Candidate:
-        return cls(Arch.parse(d["arch"]), float(d["mflops"]), float(d["mbops"]), float(d["mops"]),
-                   float(d["cost"]), float(d["top1"]), int(d["generation"]))
+    def from_json(cls, d: Any) -> Candidate:
+        """The candidate of a :meth:`to_json` dict.
+
+        Raises:
+            SearchError: not an object, a missing field, a field of the wrong type or a malformed architecture.
+        """
+        if not isinstance(d, dict):
+            raise SearchError(f"a candidate must be a JSON object, got a {json_kind(d)}")
+        missing = [k for k in _CANDIDATE_FIELDS if k not in d]
+        if missing:
+            raise SearchError(f"the candidate has no {', '.join(repr(k) for k in missing)}")
+        return cls(_arch_field(d["arch"]), *(_finite(d, k) for k in ("mflops", "mbops", "mops", "cost", "top1")),
+                   _generation(d["generation"]))
+
+
+_CANDIDATE_FIELDS = ("arch", "mflops", "mbops", "mops", "cost", "top1", "generation")
+
+
+def _arch_field(value: Any) -> Arch:
+    if not isinstance(value, str):
+        raise SearchError(f"'arch' is a {json_kind(value)}, not an architecture string")
+    try:
+        return Arch.parse(value)
+    except InvalidArch as exc:
+        raise SearchError(f"'arch' {value!r}: {exc}") from None
+
+
+def _finite(d: dict[str, Any], key: str) -> float:
+    value = d[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise SearchError(f"{key!r} is {json.dumps(value)[:40]}, not a finite number")
+    return float(value)
+
+
+def _generation(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise SearchError(f"'generation' is {json.dumps(value)[:40]}, not a generation number")
+    return value
+
+
+def family_entries(doc: Any, where: str) -> list[dict[str, Any]]:
+    """The ``family`` entries of a ``pareto.json``-like document, each checked to have a finite numeric
+    ``bucket`` and an architecture string ``arch`` (other fields pass through).
+
+    Raises:
+        SearchError: no ``family`` list, or an entry that lacks those fields (the message names ``where``).
+    """
+    fam = doc.get("family") if isinstance(doc, dict) else None
+    if not isinstance(fam, list):
+        raise SearchError(f"{where} has no 'family' list; is it a nasbnn pareto.json?")
+    for i, entry in enumerate(fam):
+        if not isinstance(entry, dict):
+            raise SearchError(f"{where}: family entry {i} is a {json_kind(entry)}, not an object")
+        try:
+            if "bucket" not in entry or "arch" not in entry:
+                raise SearchError("it needs 'bucket' and 'arch'")
+            _finite(entry, "bucket")
+            _arch_field(entry["arch"])
+        except SearchError as exc:
+            raise SearchError(f"{where}: family entry {i}: {exc}") from None
+    return fam
 
 
 @dataclass(frozen=True)

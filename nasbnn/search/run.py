@@ -19,8 +19,8 @@ from ..errors import ConfigError, SearchError
 from ..runs import eval_batches, first_train_batches, load_supernet, trained_data_config
 from ..space import Arch, SearchSpace
 from ..train.distributed import DistInfo, barrier
-from ..utils.io import atomic_write_text, ensure_dir
-from ..utils.metrics import read_jsonl
+from ..utils.io import atomic_write_text, ensure_dir, read_json
+from ..utils.metrics import json_kind, read_jsonl_strict
 from ..utils.seeding import derive_seed
 from .evaluator import SupernetEvaluator
 from .evolution import EvolutionSearch, SearchState
@@ -137,23 +137,66 @@ def _search_meta(cfg: RunConfig, space: SearchSpace, state: dict[str, Any], *, s
     return meta
 
 
-def _resumed_history(out: Path, meta: dict[str, Any]) -> list[Candidate]:
-    """The candidates the search in ``out`` evaluated, provided it ran with the settings in ``meta``.
+_RESUME = "cannot resume: "
+_START_OVER = "; pass --force to start the search over"
+
+
+def _resumed_history(out: Path, meta: dict[str, Any]) -> tuple[list[Candidate], list[dict[str, Any]]]:
+    """The candidates the search in ``out`` evaluated and the lines of its ``generations.jsonl``, provided
+    it ran with the settings in ``meta``.
 
     Raises:
-        SearchError: ``out`` holds no search.
+        SearchError: ``out`` holds no search, or its files are damaged.
         SearchSettingsChanged: the search in ``out`` used other settings.
     """
-    old = json.loads((out / "meta.json").read_text()) if (out / "meta.json").is_file() else None
-    if old is None:
+    meta_path = out / "meta.json"
+    if not meta_path.is_file():
         raise SearchError(f"cannot resume: no search in {str(out)!r} (meta.json missing)")
+    try:
+        old = read_json(meta_path, error=SearchError)
+    except SearchError as exc:
+        raise SearchError(f"cannot resume: {exc}{_START_OVER}") from None
+    if not isinstance(old, dict):
+        raise SearchError(f"cannot resume: {str(meta_path)!r} is a JSON {json_kind(old)}, not an object"
+                          f"{_START_OVER}")
     # More generations continue the same search: generation g depends only on the generations before it.
     grows = isinstance(old.get("generations"), int) and meta["generations"] >= old["generations"]
     diff = [k for k in meta if k != "title" and old.get(k) != meta[k] and not (k == "generations" and grows)]
     if diff:
         raise SearchSettingsChanged(f"cannot resume: the search in {str(out)!r} used other settings "
                                     f"({', '.join(diff)})")
-    return [Candidate.from_json(r) for r in read_jsonl(out / "history.jsonl")]
+    hist = out / "history.jsonl"
+    history = [_record(hist, n, Candidate.from_json, r) for n, r in _read_lines(hist, _RESUME)]
+    return history, _generation_lines(out / "generations.jsonl")
+
+
+def _read_lines(path: Path, lead: str) -> list[tuple[int, dict[str, Any]]]:
+    """The numbered records of one of the search's JSON-lines files (a line cut short at the end dropped)."""
+    try:
+        return read_jsonl_strict(path, error=SearchError, hint=_START_OVER)
+    except SearchError as exc:
+        raise SearchError(f"{lead}{exc}") from None
+
+
+def _record(path: Path, n: int, parse: Callable[[dict[str, Any]], Any], record: dict[str, Any], *,
+            lead: str = _RESUME) -> Any:
+    try:
+        return parse(record)
+    except SearchError as exc:
+        raise SearchError(f"{lead}{str(path)!r} line {n}: {exc}{_START_OVER}") from None
+
+
+def _generation_line(record: dict[str, Any]) -> dict[str, Any]:
+    g = record.get("generation")
+    if isinstance(g, bool) or not isinstance(g, int) or g < 0:
+        raise SearchError("no generation number" if g is None else f"'generation' is {json.dumps(g)[:40]}, "
+                          "not a generation number")
+    return record
+
+
+def _generation_lines(path: Path, *, lead: str = _RESUME) -> list[dict[str, Any]]:
+    """The checked lines of ``generations.jsonl``."""
+    return [_record(path, n, _generation_line, r, lead=lead) for n, r in _read_lines(path, lead)]
 
 
 def _open_results(out: Path, meta: dict[str, Any], *, resume: bool, force: bool, dist_info: DistInfo,
@@ -161,15 +204,17 @@ def _open_results(out: Path, meta: dict[str, Any], *, resume: bool, force: bool,
     """Readies the results folder and returns the candidates a resumed search already evaluated.
 
     Rank 0 writes ``meta.json`` and either empties ``history.jsonl`` and ``generations.jsonl`` or rewrites
-    the resumed history; every rank has read the folder before, and waits for the writes after.
+    them as resumed (without a last line a killed writer cut short); every rank has read the folder before,
+    and waits for the writes after.
 
     Raises:
         SearchError: results exist and neither ``resume`` nor ``force`` is set, or nothing to resume.
     """
     hist_path = out / "history.jsonl"
     history: list[Candidate] = []
+    generations: list[dict[str, Any]] = []
     if resume:
-        history = _resumed_history(out, meta)
+        history, generations = _resumed_history(out, meta)
     elif hist_path.exists() and not force:
         raise SearchError(f"search results already exist in {str(out)!r}; pass --resume to continue or --force "
                           "to start over")
@@ -182,8 +227,10 @@ def _open_results(out: Path, meta: dict[str, Any], *, resume: bool, force: bool,
                 if (out / name).exists():
                     (out / name).unlink()
             atomic_write_text(hist_path, "")
-        else:  # drop a line a killed writer may have cut short
+        else:  # drop lines a killed writer may have cut short
             atomic_write_text(hist_path, "".join(json.dumps(c.to_json()) + "\n" for c in history))
+            if (out / "generations.jsonl").exists():
+                atomic_write_text(out / "generations.jsonl", "".join(json.dumps(r) + "\n" for r in generations))
     barrier(dist_info)
     return history
 
@@ -267,7 +314,7 @@ def _compact_generations(path: Path) -> None:
     if not path.exists():
         return
     lines = {}
-    for r in read_jsonl(path):
+    for r in _generation_lines(path, lead="damaged search results: "):
         lines[r["generation"]] = r
     atomic_write_text(path, "".join(json.dumps(lines[g]) + "\n" for g in sorted(lines)))
 

@@ -106,5 +106,5 @@ def read_json(path: str | Path, *, error: type[NasbnnError] = NasbnnError, missi
     try:
         return json.loads(p.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        where = f" ({exc.msg} at line {exc.lineno})" if isinstance(exc, json.JSONDecodeError) else ""
+        where = f" ({exc.msg}: line {exc.lineno}, column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
         raise error(f"{str(p)!r} is not valid JSON{where}") from None

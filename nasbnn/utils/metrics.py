@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..errors import NasbnnError
 from ..utils.io import atomic_write_text
 
 _logger = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ class MetricsWriter:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.path = self.folder / filename
         if resume_step is not None and self.path.exists():
-            kept = [line for line in read_jsonl(self.path) if int(line.get("step", 0)) <= resume_step]
+            kept = [r for r in read_jsonl(self.path) if (s := _record_step(r)) is not None and s <= resume_step]
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         elif resume_step is None and self.path.exists():
             self.path.unlink()
@@ -92,18 +93,75 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _record_step(record: dict[str, Any]) -> int | None:
+    """The ``step`` of a log record (0 when it has none; None when it is not an integer)."""
+    step = record.get("step", 0)
+    return None if isinstance(step, bool) or not isinstance(step, int) else step
+
+
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Reads JSON lines, skipping a truncated last line (a writer killed mid-line)."""
+    """Reads the JSON objects of a log, one a line, skipping lines that are not one (a truncated last line
+    of a writer killed mid-line, or damage)."""
     out = []
     p = Path(path)
     if not p.exists():
         return out
-    for line in p.read_text().splitlines():
+    for line in p.read_text(errors="replace").splitlines():
         line = line.strip()
         if not line:
             continue
         try:
-            out.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(record, dict):
+            out.append(record)
+    return out
+
+
+def json_kind(value: Any) -> str:
+    """The JSON name of a parsed value's type (``array``, ``string``, ``number``...)."""
+    if isinstance(value, bool):
+        return "boolean"
+    if value is None:
+        return "null"
+    return {dict: "object", list: "array", str: "string", int: "number", float: "number"}.get(type(value),
+                                                                                          type(value).__name__)
+
+
+def read_jsonl_strict(path: str | Path, *, error: type[NasbnnError], hint: str = "",
+                      ) -> list[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` for every line of an appended JSON-lines file (none when it is missing).
+
+    Each line is written whole and ends with a newline, so a last line without its newline that does not
+    parse is what a writer killed mid-line leaves: it is dropped with a warning. Any other line that is not
+    a JSON object is damage.
+
+    Raises:
+        error: a damaged line (the message names the file and line, then ``hint``), or an unreadable file.
+    """
+    p = Path(path)
+    if not p.exists():
+        return []
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise error(f"cannot read {str(p)!r}: {exc.strerror or exc}{hint}") from None
+    lines = raw.split(b"\n")  # the last one follows the last newline: empty, or a line cut short
+    out: list[tuple[int, dict[str, Any]]] = []
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            if n == len(lines):
+                _logger.warning("warning: dropping the unfinished last line %d of %s (a writer stopped mid-line)",
+                                n, p)
+                continue
+            why = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8 text"
+            raise error(f"{str(p)!r} line {n} is damaged ({why}){hint}") from None
+        if not isinstance(record, dict):
+            raise error(f"{str(p)!r} line {n} is a JSON {json_kind(record)}, not an object{hint}")
+        out.append((n, record))
     return out
