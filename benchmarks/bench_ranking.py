@@ -142,7 +142,8 @@ def ensure_supernet(cfg: RunConfig, run: Path) -> Path:
 
     if not _supernet_done(run):
         resume = (run / "checkpoint.pt").is_file() and (run / "config.yaml").is_file()
-        train_supernet(cfg.model_copy(update={"out": str(run)}), run_dir=run, resume=resume, progress=False)
+        train_supernet(cfg.model_copy(update={"out": str(run)}), run_dir=run, resume=resume, force=not resume,
+                       progress=False)
     return run / "checkpoint.pt"
 
 
@@ -189,7 +190,8 @@ def standalone_acc(cfg: RunConfig, arch: Arch, root: Path) -> tuple[float, bool,
         if s.get("arch") == str(arch) and s.get("step") == s.get("total_steps"):
             return float(s["test_top1"]), True, run
     resume = (run / "checkpoint.pt").is_file() and (run / "config.yaml").is_file()
-    out = train_arch(cfg.model_copy(update={"out": str(run)}), arch, run_dir=run, resume=resume, progress=False)
+    out = train_arch(cfg.model_copy(update={"out": str(run)}), arch, run_dir=run, resume=resume, force=not resume,
+                     progress=False)
     return float(out["test_top1"]), False, run
 
 

@@ -15,16 +15,20 @@ import torch
 
 from .bundle import save_bundle
 from .config import RunConfig, config_to_dict
-from .errors import ConfigError, SearchError
+from .errors import ConfigError, OutputError, SearchError
 from .export import export_subnet
 from .models import StaticBNN, SuperBNN
 from .registry import Registry
+from .search.result import family_entries
 from .space import Arch
 from .train.bn import evaluate_top1, recalibrate_bn
 from .utils.io import read_json
 
-__all__ = ["EXPORT_FORMATS", "evaluate_network", "evaluate_spec", "export_arch", "export_from_checkpoint",
-           "read_family"]
+__all__ = ["EXPORT_FORMATS", "check_export_folder", "evaluate_network", "evaluate_spec", "export_arch",
+           "export_from_checkpoint", "read_family"]
+
+#: What an export writes into its folder (the bundle, and the files of ``--format onnx|packed``).
+EXPORT_FILES = ("bundle.json", "model.safetensors", "config.yaml", "model.onnx", "model.nbp")
 
 
 def evaluate_network(net: torch.nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]], *,
@@ -56,15 +60,12 @@ def export_arch(model: SuperBNN, arch: Arch, folder: str | Path, *, calib: Seque
 
 
 def read_family(pareto_json: str | Path) -> list[dict[str, Any]]:
-    """The ``family`` entries of a search's ``pareto.json``."""
+    """The ``family`` entries of a search's ``pareto.json``, each with a numeric ``bucket`` and an ``arch`` string."""
     p = Path(pareto_json)
     if p.is_dir():
         p = p / "pareto.json" if (p / "pareto.json").is_file() else p / "search" / "pareto.json"
     doc = read_json(p, error=SearchError, missing=f"no search result at {str(p)!r} (run `nasbnn search` first)")
-    fam = doc.get("family") if isinstance(doc, dict) else None
-    if not isinstance(fam, list):
-        raise SearchError(f"{str(p)!r} has no 'family' list; is it a nasbnn pareto.json?")
-    return fam
+    return family_entries(doc, repr(str(p)))
 
 
 #: Files written beside a bundle's weights: ``fn(net, folder, dataset) -> description``.
@@ -96,13 +97,35 @@ def _write_packed(net: StaticBNN, folder: Path, dataset: str) -> str:
     return f"{path} ({packed.nbytes / 1e6:.2f} MB packed vs {packed.float_bytes / 1e6:.2f} MB float)"
 
 
+def check_export_folder(folder: str | Path) -> None:
+    """Refuses an export destination that holds something an export would damage: a training run
+    (``checkpoint.pt``), or files an export writes (``config.yaml``, ...) that are not those of a bundle.
+    A missing or empty folder, a folder of other files, and an existing bundle (replaced) are fine.
+
+    Raises:
+        OutputError: the folder holds a training run or files of something other than a bundle.
+    """
+    p = Path(folder)
+    if not p.is_dir():
+        return
+    if (p / "checkpoint.pt").exists():
+        raise OutputError(f"export folder {str(p)!r} holds a training run (checkpoint.pt); export to another "
+                          "folder (--to)")
+    if not (p / "bundle.json").is_file():
+        taken = [name for name in EXPORT_FILES if (p / name).exists()]
+        if taken:
+            raise OutputError(f"export folder {str(p)!r} holds {taken[0]} but is not a bundle (no bundle.json); "
+                              "export to another folder (--to)")
+
+
 def export_from_checkpoint(cfg: RunConfig, *, checkpoint: str | Path, spec: str, dest: str | Path | None = None,
                            fmt: str = "bundle", recalibrate: bool = True, evaluate: bool = False,
                            expect_space: str | None = None) -> list[dict[str, Any]]:
     """Exports the architectures of ``spec`` (see :func:`nasbnn.runs.resolve_archs`) from a supernet.
 
-    Every architecture is validated before anything is written. One architecture with ``dest`` goes to
-    ``dest``; otherwise each goes to ``<dest or <out>/export>/<name>``. Returns one record per export.
+    Every architecture and destination (:func:`check_export_folder`) is validated before anything is
+    written. One architecture with ``dest`` goes to ``dest``; otherwise each goes to
+    ``<dest or <out>/export>/<name>``; a bundle already there is replaced. Returns one record per export.
     """
     from .runs import calibration_batches, eval_batches, load_supernet, resolve_archs, run_data
     from .utils.device import resolve_device
@@ -111,6 +134,9 @@ def export_from_checkpoint(cfg: RunConfig, *, checkpoint: str | Path, spec: str,
     model, state = load_supernet(checkpoint, resolve_device(cfg.device), expect_space=expect_space)
     targets = resolve_archs(model.space, spec)
     root = Path(dest) if dest else Path(cfg.out) / "export"
+    folders = [root if len(targets) == 1 and dest else root / name for name, _ in targets]
+    for folder in folders:
+        check_export_folder(folder)
     device = next(model.parameters()).device
     calib = test = None
     if recalibrate or evaluate:
@@ -118,8 +144,7 @@ def export_from_checkpoint(cfg: RunConfig, *, checkpoint: str | Path, spec: str,
         calib = calibration_batches(data, cfg, device, seed=seed) if recalibrate else None
         test = eval_batches(data.test, cfg, device) if evaluate else None
     out = []
-    for name, arch in targets:
-        folder = root if len(targets) == 1 and dest else root / name
+    for (name, arch), folder in zip(targets, folders):
         net, metrics = export_arch(model, arch, folder, calib=calib, test=test, config=config_to_dict(cfg),
                                    source={"checkpoint": str(checkpoint), "step": int(state.get("step", 0))})
         out.append({"name": name, "arch": str(arch), "folder": str(folder), "files": write(net, folder, cfg.data.name),

@@ -108,7 +108,8 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True, log=print) -> dict[st
 
 
 def _train_stage(cfg: RunConfig, run: Path, *, progress: bool, log) -> None:  # type: ignore[no-untyped-def]
-    """1. The supernet: reused when finished, resumed when interrupted."""
+    """1. The supernet: reused when finished, resumed when interrupted, else trained afresh (replacing a
+    checkpoint without the run's config.yaml)."""
     from .train.supernet import train_supernet
 
     ckpt = run / "checkpoint.pt"
@@ -118,7 +119,7 @@ def _train_stage(cfg: RunConfig, run: Path, *, progress: bool, log) -> None:  # 
     resume = ckpt.is_file() and (run / "config.yaml").is_file()
     log(f"[1/6] supernet: {'resuming' if resume else 'training'} ({cfg.train.epochs:g} epochs of "
         f"{cfg.data.name}) -> {run}")
-    train_supernet(cfg, run_dir=run, resume=resume, progress=progress)
+    train_supernet(cfg, run_dir=run, resume=resume, force=not resume, progress=progress)
 
 
 def _search_stage(cfg: RunConfig, run: Path, *, progress: bool, log) -> dict[str, Any]:  # type: ignore[no-untyped-def]
@@ -230,7 +231,9 @@ def _finetune_members(cfg: RunConfig, run: Path, fam_out: list[dict[str, Any]], 
                 done.unlink(missing_ok=True)
                 atomic_write_text(marker, json.dumps(what, indent=2) + "\n")
             resume = same and (dest / "checkpoint.pt").is_file()
-            res = finetune(ft_cfg, bundle=f["bundle"], run_dir=dest, resume=resume, progress=progress)
+            # another member or other settings: start over
+            res = finetune(ft_cfg, bundle=f["bundle"], run_dir=dest, resume=resume, force=not resume,
+                           progress=progress)
             log(f"  {dest.name}: {f['top1']:.2f}% direct -> {res['test_top1']:.2f}% fine-tuned")
         f["finetuned_top1"] = res["test_top1"]
         f["finetuned_bundle"] = str(dest / "bundle")
@@ -275,12 +278,11 @@ def _deploy_members(cfg: RunConfig, fam_out: list[dict[str, Any]], dataset: str,
 def format_summary(summary: dict[str, Any]) -> str:
     from .utils.table import format_table
 
-    nan = float("nan")
     rows = []
-    for f in summary["family"]:
-        rows.append([f["mops"], f["top1"], f.get("finetuned_top1", "-"), f.get("random_median_top1", nan),
-                     f.get("gap_over_random_median", nan), f"{f['packed_bytes'] / 1e3:.1f}" if "packed_bytes" in f
-                     else "-", f.get("engine_ms", nan), f.get("float_ms", nan), f["arch"]])
+    for f in summary["family"]:  # "-" where a stage did not run (no random baseline, pack only, ...)
+        rows.append([f["mops"], f["top1"], f.get("finetuned_top1", "-"), f.get("random_median_top1", "-"),
+                     f.get("gap_over_random_median", "-"), f"{f['packed_bytes'] / 1e3:.1f}" if "packed_bytes" in f
+                     else "-", f.get("engine_ms", "-"), f.get("float_ms", "-"), f["arch"]])
     lines = [format_table(["MOPs", "direct top-1 %", "fine-tuned %", "random median %", "gap (pts)", "packed KB",
                            "engine ms", "float ms", "architecture"], rows, align="rrrrrrrrl")]
     if summary.get("largest_top1") is not None:

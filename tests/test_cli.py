@@ -23,6 +23,20 @@ def test_every_subcommand_has_help(capsys):
         assert "usage: nasbnn" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+    (["spaces", "--nosuch"], "unrecognized arguments: --nosuch"),
+    (["cost", "--space", "tiny", "--resolution", "x", "--largest"], "invalid int value: 'x'"),
+    (["cost", "--space", "tiny"], "one of the arguments --arch"),
+    (["bench", "--threads"], "expected one argument"),
+])
+def test_usage_errors_take_one_line(capsys, argv, needle):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and needle in err and err.endswith("--help)"), err
+
+
 @pytest.mark.parametrize("name", builtin_configs())
 def test_every_shipped_config_validates(name):
     if name.startswith("detect"):

@@ -199,3 +199,14 @@ def test_export_packed_and_onnx_formats_and_bench_a_bundle(run, tmp_path, capsys
     assert res["weights"].startswith("trained") and res["end_to_end_speedup"] > 0
     assert main(["bench", "--bundle", str(dest), "--largest"]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def test_summary_table_marks_stages_that_did_not_run():
+    from nasbnn.pipeline import format_summary
+
+    member = {"mops": 12.5, "top1": 80.0, "arch": "c4k3g1.1", "packed_bytes": 2048}
+    text = format_summary({"family": [member], "bench": {"threads": None, "repeats": 0}, "plot": "p.png",
+                           "supernet": "run/checkpoint.pt"})
+    row = text.splitlines()[2].split()
+    assert "nan" not in text.lower()
+    assert row[:3] == ["12.500", "80.000", "-"] and row[5] == "2.0" and row[6:8] == ["-", "-"]

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, OutputError
 
 
 def add_config_args(p: argparse.ArgumentParser, *, default_config: str | None = None) -> None:
@@ -30,11 +32,65 @@ def add_checkpoint_arg(p: argparse.ArgumentParser) -> None:
                    help="supernet checkpoint or run folder (default: <out>/checkpoint.pt)")
 
 
-def add_training_args(p: argparse.ArgumentParser) -> None:
-    """``--resume``, ``--max-steps`` and ``--no-progress`` of the commands that train in a run folder."""
-    p.add_argument("--resume", action="store_true", help="continue the run in out=... from its last checkpoint")
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this step (the schedule is unchanged)")
+def add_training_args(p: argparse.ArgumentParser, *, folder: str = "out=...") -> None:
+    """``--resume``, ``--force``, ``--max-steps`` and ``--no-progress`` of the commands that train in a run
+    folder (``folder`` names it in the help)."""
+    p.add_argument("--resume", action="store_true", help=f"continue the run in {folder} from its last checkpoint")
+    p.add_argument("--force", action="store_true",
+                   help="start over, replacing the run's checkpoint (without it, a run folder that holds one is "
+                        "refused)")
+    p.add_argument("--max-steps", type=int, default=None, metavar="N",
+                   help="stop after this step, at least 1 (the schedule is unchanged)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def check_training_args(args: argparse.Namespace) -> None:
+    """Refuses a ``--max-steps`` below 1 and ``--resume`` with ``--force`` (ConfigError)."""
+    if args.max_steps is not None and args.max_steps < 1:
+        raise ConfigError(f"--max-steps must be at least 1, got {args.max_steps}")
+    if args.resume and getattr(args, "force", False):
+        raise ConfigError("--resume continues the run and --force starts it over; give one of them")
+
+
+def check_output_file(path: str | Path, *, option: str, inputs: Iterable[str | Path | None] = (),
+                      bundles: Iterable[str | Path | None] = (), bundle_files: Iterable[str] = ()) -> Path:
+    """Refuses, before any work, an output file that would replace one of the command's ``inputs`` or one of
+    the ``bundle_files`` of an input bundle folder, that is a folder, or whose folder cannot be created
+    (OutputError naming ``option``). Returns ``path``."""
+    out = Path(path)
+    target = out.resolve()
+    bundle_files = set(bundle_files)
+    for item in inputs:
+        if item is not None and Path(item).resolve() == target:
+            raise OutputError(f"{option} {str(out)!r} is one of this command's inputs; choose another file")
+    for folder in bundles:
+        if folder is None:
+            continue
+        if target.parent == Path(folder).resolve() and target.name in bundle_files:
+            raise OutputError(f"{option} {str(out)!r} would replace {target.name} of the input bundle "
+                              f"{str(folder)!r}; choose another file")
+    if out.is_dir():
+        raise OutputError(f"{option} {str(out)!r} is a folder, not a file")
+    for parent in out.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputError(f"{option} {str(out)!r} cannot be written: {str(parent)!r} is a file, not a folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise OutputError(f"{option} {str(out)!r} cannot be written: {str(parent)!r} is not writable")
+            break
+    return out
+
+
+def distinct_outputs(*named: tuple[str, str | Path | None]) -> None:
+    """Refuses two options that name the same output file (OutputError)."""
+    seen: dict[Path, str] = {}
+    for option, path in named:
+        if path is None:
+            continue
+        key = Path(path).resolve()
+        if key in seen:
+            raise OutputError(f"{seen[key]} and {option} name the same file {str(path)!r}; give two different files")
+        seen[key] = option
 
 
 def add_cost_output_args(p: argparse.ArgumentParser) -> None:

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_cost_output_args, add_training_args, arch_spec, config_parser, print_json
+from .common import (
+    add_cost_output_args,
+    add_training_args,
+    arch_spec,
+    check_training_args,
+    config_parser,
+    print_json,
+)
 
 DEFAULT_CONFIG = "detect-synthetic"
 
@@ -37,7 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                   "config.yaml is used, with KEY=VALUE overrides (e.g. data.root=...).")
     q.add_argument("--checkpoint", default=None, metavar="PATH",
                    help="detector checkpoint or run folder (default: <out>/checkpoint.pt)")
-    q.add_argument("--json-out", default=None, metavar="FILE", help="metrics file (default: <run>/eval.json)")
+    q.add_argument("--json-out", default=None, metavar="FILE",
+                   help="metrics file (default: <run>/eval.json; the detections go beside it as "
+                        "<name>_detections.json); never one of the inputs")
     q.set_defaults(handler=_eval)
 
     q = _backbone_parser(dsub, "cost", help="FLOPs, BOPs and OPs of a detector, per layer and in total",
@@ -45,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                      "the neck and head); the backbone total is shown beside the detector total.")
     q.add_argument("--checkpoint", default=None, metavar="PATH", help="cost of a trained detector's checkpoint")
     q.add_argument("--space", default=None, help="search space of the backbone (sets backbone.space)")
-    q.add_argument("--canvas", type=int, default=None, help="input side (sets data.canvas)")
+    q.add_argument("--canvas", type=int, default=None, help="input side in pixels, 16 to 8192 (sets data.canvas)")
     q.add_argument("--num-classes", type=int, default=None, help="default: from the config's data")
     add_cost_output_args(q)
     q.set_defaults(handler=_cost)
@@ -101,9 +110,11 @@ def _train(args: argparse.Namespace) -> int:
 
     from ..detect.train import train_detector
 
+    check_training_args(args)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = _load(args)
-    summary = train_detector(cfg, resume=args.resume, progress=not args.no_progress, max_steps=args.max_steps)
+    summary = train_detector(cfg, resume=args.resume, force=args.force, progress=not args.no_progress,
+                             max_steps=args.max_steps)
     print(f"detector: step {summary['step']}/{summary['total_steps']}, checkpoint {summary['checkpoint']}")
     src = summary["backbone"]
     print(f"  backbone: {src.get('kind')} {src.get('arch')} (space {src.get('space')!r})")
@@ -118,7 +129,8 @@ def _eval(args: argparse.Namespace) -> int:
     from ..utils.table import format_table
 
     ckpt, cfg = eval_config(args.checkpoint, args.config, args.overrides, default_config=DEFAULT_CONFIG)
-    res = evaluate_run(ckpt, cfg, json_out=args.json_out)
+    res = evaluate_run(ckpt, cfg, json_out=args.json_out,
+                       inputs=[args.config] if args.config and Path(args.config).is_file() else [])
     print(f"{res['images']} images, checkpoint {res['checkpoint']} (step {res['step']})")
     print(format_table(["metric", "value"], [[k, round(v, 4)] for k, v in res["metrics"].items()]))
     print(f"written: {res['json']}")
@@ -126,8 +138,10 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _cost(args: argparse.Namespace) -> int:
-    from ..detect.cost import config_geometry, detector_cost_report, detector_cost_text
+    from ..detect.cost import check_canvas, config_geometry, detector_cost_report, detector_cost_text
 
+    if args.canvas is not None:
+        check_canvas(args.canvas)
     if args.checkpoint is not None:
         from ..detect.train import checkpoint_geometry
 

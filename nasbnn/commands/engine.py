@@ -5,10 +5,19 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .common import add_arch_args, arch_spec, print_json, print_report, resolve_arch
+from .common import (
+    add_arch_args,
+    arch_spec,
+    check_output_file,
+    distinct_outputs,
+    print_json,
+    print_report,
+    resolve_arch,
+)
 
 __all__ = ["register"]
 
@@ -26,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="threads for both the engine and PyTorch (default: all cores)")
     p.add_argument("--repeats", type=int, default=10, help="timed runs per measurement (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs first (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and images")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and images, 0 to 2**63-1")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
     p.set_defaults(handler=_bench)
 
@@ -40,9 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--threads", type=int, nargs="+", default=[1],
                    help="engine thread counts, one model each in the same file (default: %(default)s)")
     f.add_argument("--repeats", type=int, default=5, help="timed runs per architecture (default: %(default)s)")
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--seed", type=int, default=0, help="seed of the samples and random weights, 0 to 2**63-1")
     f.add_argument("--report", metavar="FILE", default=None,
-                   help="also write the full report (measurements, correlations) as JSON")
+                   help="also write the full report (measurements, correlations) as JSON (not the --out file)")
     f.add_argument("--json", action="store_true", help="print the report summary as JSON")
     f.set_defaults(handler=_latency_fit)
     q = lsub.add_parser("predict", help="predicted engine latency of an architecture")
@@ -56,11 +65,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from ..engine.bench import bench_network, format_bench
+    from ..engine.bench import bench_network, check_seed, format_bench
     from ..presets import resolve_space
 
     if args.bundle and arch_spec(args) is not None:
         raise ConfigError("give either --bundle or an architecture (--arch, --largest, ...), not both")
+    check_seed(args.seed)
     space = None if args.bundle else resolve_space(args.space)
     arch = None if space is None else resolve_arch(args, space)
     result = bench_network(bundle=args.bundle, space=space, arch=arch, seed=args.seed, batch_sizes=args.batch,
@@ -70,12 +80,19 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _latency_fit(args: argparse.Namespace) -> int:
+    from ..engine.bench import check_seed
     from ..engine.latency import fit_summary, format_fit, save_fit
     from ..presets import resolve_space
 
     space = resolve_space(args.space)
     if len(set(args.threads)) != len(args.threads) or min(args.threads) < 1:
         raise ConfigError(f"--threads must be distinct positive integers, got {args.threads}")
+    check_seed(args.seed)
+    distinct_outputs(("--out", args.out), ("--report", args.report))
+    space_file = [args.space] if Path(args.space).is_file() else []
+    check_output_file(args.out, option="--out", inputs=space_file)
+    if args.report:
+        check_output_file(args.report, option="--report", inputs=space_file)
     models, report = _measured_fit(space, args)
     save_fit(models, report, args.out, args.report)
     if args.json:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_training_args, config_parser
+from .common import add_training_args, check_training_args, config_parser
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,8 +20,10 @@ def _train(args: argparse.Namespace) -> int:
     from ..runs import run_config
     from ..train.supernet import train_supernet
 
+    check_training_args(args)
     cfg = run_config(RunConfig, args.config, args.overrides, resume=args.resume)
-    summary = train_supernet(cfg, resume=args.resume, progress=not args.no_progress, max_steps=args.max_steps)
+    summary = train_supernet(cfg, resume=args.resume, force=args.force, progress=not args.no_progress,
+                             max_steps=args.max_steps)
     print(f"supernet: step {summary['step']}/{summary['total_steps']}, checkpoint {summary['checkpoint']}")
     for k in ("teacher_top1", "largest_top1", "smallest_top1"):
         if k in summary:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_training_args, config_parser
+from .common import add_training_args, check_training_args, config_parser
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,8 +22,9 @@ def _train_arch(args: argparse.Namespace) -> int:
     from ..runs import run_config
     from ..train.standalone import train_arch
 
+    check_training_args(args)
     cfg = run_config(RunConfig, args.config, args.overrides, resume=args.resume)
-    summary = train_arch(cfg, args.arch, resume=args.resume, progress=not args.no_progress,
+    summary = train_arch(cfg, args.arch, resume=args.resume, force=args.force, progress=not args.no_progress,
                          max_steps=args.max_steps)
     print(f"train-arch: step {summary['step']}/{summary['total_steps']}, bundle {summary['bundle']}")
     if "test_top1" in summary:

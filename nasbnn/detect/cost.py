@@ -14,8 +14,10 @@ from .config import DetectConfig, DetectDataConfig, DetectRunConfig
 from .model import level_specs
 
 __all__ = [
+    "MAX_CANVAS",
     "DetectorCost",
     "DetectorGeometry",
+    "check_canvas",
     "config_geometry",
     "detector_cost",
     "detector_cost_report",
@@ -24,6 +26,9 @@ __all__ = [
     "detector_geometry",
     "detector_layer_costs",
 ]
+
+#: The widest canvas a detector's cost is computed for (pixels).
+MAX_CANVAS = 8192
 
 
 def _conv(name: str, kind: str, cin: int, cout: int, k: int, stride: int, res: int) -> LayerCost:
@@ -106,13 +111,22 @@ class DetectorGeometry(NamedTuple):
     canvas: int
 
 
-def detector_geometry(space: SearchSpace, arch: Arch, detect: DetectConfig, num_classes: int,
-                      canvas: int) -> DetectorGeometry:
-    """A :class:`DetectorGeometry`, refusing a class count below 1 or a canvas below 16 pixels (ConfigError)."""
-    if num_classes < 1:
-        raise ConfigError(f"a detector needs at least 1 class, got --num-classes {num_classes}")
+def check_canvas(canvas: int) -> int:
+    """``canvas``, refused (ConfigError) unless it is between 16 and :data:`MAX_CANVAS` pixels."""
     if canvas < 16:
         raise ConfigError(f"the canvas must be at least 16 pixels wide, got {canvas}")
+    if canvas > MAX_CANVAS:
+        raise ConfigError(f"the canvas must be at most {MAX_CANVAS} pixels wide, got {canvas}")
+    return canvas
+
+
+def detector_geometry(space: SearchSpace, arch: Arch, detect: DetectConfig, num_classes: int,
+                      canvas: int) -> DetectorGeometry:
+    """A :class:`DetectorGeometry`, refusing a class count below 1 or a canvas outside 16 to
+    :data:`MAX_CANVAS` pixels (ConfigError)."""
+    if num_classes < 1:
+        raise ConfigError(f"a detector needs at least 1 class, got --num-classes {num_classes}")
+    check_canvas(canvas)
     return DetectorGeometry(space, arch, detect, num_classes, canvas)
 
 

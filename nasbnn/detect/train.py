@@ -14,7 +14,7 @@ import torch
 
 from ..config import load_config
 from ..data.augment import Normalize
-from ..errors import CheckpointError, ConfigError, DataError
+from ..errors import CheckpointError, ConfigError, DataError, OutputError
 from ..models.static import StaticBNN
 from ..space import Arch
 from ..train.checkpoint import load_checkpoint, space_from_checkpoint
@@ -140,6 +140,23 @@ def config_of_checkpoint(state: dict[str, Any], path: str | Path) -> DetectRunCo
                               f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}") from None
 
 
+def _detector_checkpoint(checkpoint: str | Path) -> dict[str, Any]:
+    """The detector checkpoint at ``checkpoint`` (file or run folder).
+
+    Raises:
+        CheckpointError: not a checkpoint, or one of another kind (a supernet's is named as such).
+    """
+    state = load_checkpoint(checkpoint)
+    kind = state.get("kind")
+    if kind != CHECKPOINT_KIND:
+        p = Path(checkpoint)
+        p = p / "checkpoint.pt" if p.is_dir() else p
+        hint = (" (a supernet can be a detector's backbone: nasbnn detect train --backbone-checkpoint)"
+                if kind == "supernet" else "")
+        raise CheckpointError(f"{str(p)!r} is a {kind} checkpoint, not a detector{hint}")
+    return state
+
+
 def load_detector(checkpoint: str | Path, device: torch.device | str = "cpu"
                   ) -> tuple[BinaryDetector, CategoryMap, DetectRunConfig, dict[str, Any]]:
     """A trained detector from a run's checkpoint (file or run folder), in eval mode.
@@ -150,7 +167,7 @@ def load_detector(checkpoint: str | Path, device: torch.device | str = "cpu"
     Raises:
         CheckpointError: not a detector checkpoint, or weights that do not fit its description.
     """
-    state = load_checkpoint(checkpoint, kind=CHECKPOINT_KIND)
+    state = _detector_checkpoint(checkpoint)
     cfg = config_of_checkpoint(state, checkpoint)
     extra = state["extra"]
     space = space_from_checkpoint(state)
@@ -174,7 +191,7 @@ def checkpoint_geometry(checkpoint: str | Path, *, canvas: int | None = None,
     Raises:
         CheckpointError: not a detector checkpoint, or a stored config that does not validate.
     """
-    state = load_checkpoint(checkpoint, kind=CHECKPOINT_KIND)
+    state = _detector_checkpoint(checkpoint)
     cfg = config_of_checkpoint(state, checkpoint)
     space, arch = space_from_checkpoint(state), Arch.parse(state["extra"]["arch"])
     trained_classes = len(state["extra"]["categories"])
@@ -192,6 +209,7 @@ def eval_config(checkpoint: str | Path | None, config: str | Path | None, overri
 
     Raises:
         NasbnnError: ``overrides`` but no config to apply them to.
+        CheckpointError: the checkpoint is not a detector's (e.g. a supernet run's).
     """
     if checkpoint is not None:
         ckpt = Path(checkpoint)
@@ -199,7 +217,12 @@ def eval_config(checkpoint: str | Path | None, config: str | Path | None, overri
         ckpt = Path(load_config(DetectRunConfig, config or default_config, overrides).out)
     run = ckpt if ckpt.is_dir() else ckpt.parent
     if (run / "config.yaml").is_file():
-        return ckpt, load_config(DetectRunConfig, run / "config.yaml", overrides)
+        try:
+            return ckpt, load_config(DetectRunConfig, run / "config.yaml", overrides)
+        except ConfigError:
+            if (ckpt / "checkpoint.pt" if ckpt.is_dir() else ckpt).is_file():
+                _detector_checkpoint(ckpt)  # another kind of run is named as such
+            raise
     if config is not None:
         return ckpt, load_config(DetectRunConfig, config, overrides)
     if overrides:
@@ -253,11 +276,26 @@ class DetectorTrainer(StepTrainer[BinaryDetector]):
 
 
 # -------------------------------------------------------------------------------------------- run
+def _eval_paths(run: Path, split_name: str, json_out: str | Path | None = None) -> tuple[Path, Path]:
+    """Where an evaluation writes its metrics and its detections."""
+    if json_out is None:
+        return run / "eval.json", run / f"detections_{split_name}.json"
+    path = Path(json_out)
+    return path, path.with_name(path.stem + "_detections.json")
+
+
+def _refuse_overwriting_inputs(outputs: Sequence[Path], inputs: Sequence[str | Path | None]) -> None:
+    """Refuses (OutputError) an output file that is one of the evaluation's inputs, before it starts."""
+    protected = {Path(p).resolve() for p in inputs if p is not None}
+    for out in outputs:
+        if out.resolve() in protected:
+            raise OutputError(f"{str(out)!r} is one of this evaluation's inputs; choose another --json-out")
+
+
 def _write_eval(run: Path, split_name: str, stats: dict[str, float], results: list[dict[str, Any]],
                 info: dict[str, Any], json_out: str | Path | None = None) -> Path:
-    path = Path(json_out) if json_out is not None else run / "eval.json"
-    atomic_write_text(run / f"detections_{split_name}.json" if json_out is None
-                      else path.with_name(path.stem + "_detections.json"), json.dumps(results) + "\n")
+    path, detections = _eval_paths(run, split_name, json_out)
+    atomic_write_text(detections, json.dumps(results) + "\n")
     atomic_write_text(path, json.dumps({**info, "split": split_name, "metrics": stats}, indent=2) + "\n")
     return path
 
@@ -338,19 +376,21 @@ def _resumed_backbone(state: dict[str, Any], categories: CategoryMap, path: Path
 
 
 def train_detector(cfg: DetectRunConfig, *, run_dir: str | Path | None = None, resume: bool = False,
-                   progress: bool = True, max_steps: int | None = None,
+                   force: bool | None = None, progress: bool = True, max_steps: int | None = None,
                    model_out: list[BinaryDetector] | None = None) -> dict[str, Any]:
     """Trains the configured detector; writes the run folder; returns the final metrics.
 
     Args:
         resume: continue from ``<run_dir>/checkpoint.pt``; the batches, flips and weights of the
             continued run equal those of an uninterrupted one.
+        force: a fresh run may replace the folder's checkpoint (see :class:`~nasbnn.train.run.TrainingRun`).
         max_steps: stop after this global step (the schedule still spans ``train.epochs``).
         model_out: if given, the trained in-memory detector is appended to it.
 
     Raises:
         DataError: unusable annotation files or images (found before training starts).
         CheckpointError: ``resume`` without a usable checkpoint.
+        OutputError: a fresh run without ``force`` into a folder that holds a checkpoint.
         TrainingDiverged: a loss became NaN/inf (the last good checkpoint is kept).
     """
     from ..train.distributed import setup
@@ -359,7 +399,7 @@ def train_detector(cfg: DetectRunConfig, *, run_dir: str | Path | None = None, r
 
     dist_info, device = setup(cfg.device)
     configure_backends(device)
-    run = TrainingRun(Path(run_dir or cfg.out), cfg, dist=dist_info, resume=resume, progress=progress,
+    run = TrainingRun(Path(run_dir or cfg.out), cfg, dist=dist_info, resume=resume, force=force, progress=progress,
                       desc="detector")
     if dist_info.is_main:
         ensure_synthetic(cfg.data)
@@ -395,13 +435,19 @@ def train_detector(cfg: DetectRunConfig, *, run_dir: str | Path | None = None, r
 
 
 def evaluate_run(checkpoint: str | Path, cfg: DetectRunConfig | None = None, *,
-                 json_out: str | Path | None = None) -> dict[str, Any]:
+                 json_out: str | Path | None = None, inputs: Sequence[str | Path | None] = ()) -> dict[str, Any]:
     """COCO evaluation of a trained detector on its (or ``cfg``'s) evaluation split; writes JSON.
 
     Args:
         checkpoint: a detector checkpoint or run folder.
         cfg: the data/eval settings to use (default: the run's own config).
-        json_out: where to write the metrics (default: ``eval.json`` beside the checkpoint).
+        json_out: where to write the metrics (default: ``eval.json`` beside the checkpoint); the detections
+            go beside it (``<stem>_detections.json``).
+        inputs: other files the caller read (a config file): never overwritten.
+
+    Raises:
+        OutputError: an output would replace an input (the checkpoint, the run's config, an annotation
+            file, ``inputs``); checked before the evaluation.
     """
     from ..utils.device import autocast as make_autocast
     from ..utils.device import resolve_device
@@ -410,6 +456,9 @@ def evaluate_run(checkpoint: str | Path, cfg: DetectRunConfig | None = None, *,
     run = ck if ck.is_dir() else ck.parent
     model, categories, saved_cfg, state = load_detector(ck)
     cfg = cfg or saved_cfg
+    _refuse_overwriting_inputs(_eval_paths(run, cfg.data.val, json_out),
+                               [ck / "checkpoint.pt" if ck.is_dir() else ck, run / "config.yaml",
+                                cfg.data.split_paths("val")[0], cfg.data.split_paths("train")[0], *inputs])
     device = resolve_device(cfg.device)
     model = model.to(device)
     _, val_split = load_splits(cfg.data, train=False)

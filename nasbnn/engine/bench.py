@@ -21,11 +21,59 @@ import torch
 
 from ..errors import EngineError
 
+#: Seeds are 0 to ``SEED_LIMIT - 1`` (what ``torch.Generator.manual_seed`` takes as a non-negative int64).
+SEED_LIMIT = 2**63
+
 #: Seconds of untimed calls of a side before its timed calls (see _interleaved): about three calls of the
 #: largest `imagenet` member's engine on two threads, one of its float network.
 SETTLE_SECONDS = 0.05
 
-__all__ = ["bench_network", "benchmark", "benchmark_threads", "format_bench", "machine_info", "random_static"]
+__all__ = ["SEED_LIMIT", "activation_bytes", "available_memory", "bench_network", "benchmark", "benchmark_threads",
+           "check_memory", "check_seed", "format_bench", "machine_info", "random_static"]
+
+
+def check_seed(seed: int) -> int:
+    """``seed``, refused (EngineError) outside 0 to ``SEED_LIMIT - 1``."""
+    if not 0 <= int(seed) < SEED_LIMIT:
+        raise EngineError(f"the seed must be between 0 and {SEED_LIMIT - 1} (2**63-1), got {seed}")
+    return int(seed)
+
+
+def activation_bytes(space: Any, arch: Any, resolution: int, batch: int) -> int:
+    """A lower bound of the memory timing ``batch`` images of ``arch`` at ``resolution`` needs: the float32
+    images (kept twice: as drawn and channels-last) and the largest layer's input and output together."""
+    from ..cost import layer_costs
+
+    largest = 0
+    for lc in layer_costs(arch, space, resolution, "standard"):
+        in_side = lc.out_resolution * lc.stride
+        largest = max(largest, lc.in_channels * in_side**2 + lc.out_channels * lc.out_resolution**2)
+    return 4 * int(batch) * (2 * space.in_channels * int(resolution) ** 2 + largest)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation: ``MemAvailable`` of /proc/meminfo, else the physical
+    memory; ``None`` when neither can be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def check_memory(space: Any, arch: Any, resolution: int, batch: int) -> None:
+    """Refuses (EngineError) a batch and resolution whose activations cannot fit in the available memory."""
+    need, have = activation_bytes(space, arch, resolution, batch), available_memory()
+    if have is not None and need > have:
+        raise EngineError(f"batch {batch} at resolution {resolution} needs at least {need / 2**30:.1f} GiB for the "
+                          f"images and activations, but {have / 2**30:.1f} GiB of memory is available; lower the "
+                          "batch size or the resolution")
 
 
 def _cpuinfo() -> dict[str, str]:
@@ -81,6 +129,7 @@ def random_static(space: Any, arch: Any, *, seed: int = 0) -> Any:
     from ..models.static import StaticBNN
     from ..ops.layers import lsq_init_step
 
+    check_seed(seed)
     net = StaticBNN.build(space, arch)
     g = torch.Generator().manual_seed(seed)
     for name, p in net.named_parameters():
@@ -139,7 +188,7 @@ def benchmark(static: Any, *, batch_sizes: Sequence[int] = (1, 8), threads: int 
         repeats: timed runs per measurement; both the best (min) and the median are reported.
         warmup: untimed runs first (the engine's first call also compiles or loads its kernels).
         resolution: input size (default: the space's).
-        seed: of the random images.
+        seed: of the random images, 0 to ``SEED_LIMIT - 1``.
         settle: seconds of untimed calls of the same side (at least one) before each side's timed calls:
             the steady state of a loop over images. 0 times each side right after the other (see
             :func:`_interleaved`).
@@ -152,7 +201,7 @@ def benchmark(static: Any, *, batch_sizes: Sequence[int] = (1, 8), threads: int 
         :func:`~nasbnn.engine.verify.compare`).
 
     Raises:
-        EngineError: bad arguments.
+        EngineError: bad arguments, or a batch and resolution that cannot fit in memory.
     """
     import numba
 
@@ -198,6 +247,7 @@ def benchmark_threads(static: Any, *, batch_sizes: Sequence[int] = (1, 8), threa
 
     if repeats < 1 or warmup < 0:
         raise EngineError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
+    check_seed(seed)
     if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
         raise EngineError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
     limit = numba.config.NUMBA_NUM_THREADS
@@ -210,6 +260,7 @@ def benchmark_threads(static: Any, *, batch_sizes: Sequence[int] = (1, 8), threa
     res = space.resolution if resolution is None else int(resolution)
     if res < 1:
         raise EngineError(f"resolution must be positive, got {res}")
+    check_memory(space, static.arch, res, max(int(b) for b in batch_sizes))
     static = static.cpu().eval()
     packed = pack_model(static)
     engine = BinaryEngine(packed)

@@ -172,7 +172,10 @@ class LatencyModel:
             raise CheckpointError(f"{str(p)!r} is not a latency model (expected format {LATENCY_FORMAT!r}, "
                                   "as written by LatencyModel.save)")
         version = data.get("format_version")
-        if version == LATENCY_MULTI_VERSION and isinstance(data.get("models"), list) and data["models"]:
+        if version == LATENCY_MULTI_VERSION:
+            if not isinstance(data.get("models"), list) or not data["models"]:
+                raise CheckpointError(f"{str(p)!r} is malformed: a version {version} latency model file needs a "
+                                      "non-empty 'models' list")
             models = [cls._from_dict(m, p) for m in data["models"]]
         elif version == LATENCY_VERSION:
             models = [cls._from_dict(data, p)]
@@ -269,18 +272,23 @@ def measure_latency_threads(space: SearchSpace, archs: Sequence[Arch], *, thread
     import torch
 
     from ..cost import arch_cost
-    from .bench import random_static
+    from .bench import SEED_LIMIT, check_memory, check_seed, random_static
     from .runtime import BinaryEngine
 
     tlist = [int(t) for t in threads]
     if repeats < 1 or warmup < 0 or not tlist or min(tlist) < 1:
         raise EngineError("repeats and threads must be >= 1 and warmup >= 0")
+    check_seed(seed)
     res = space.resolution if resolution is None else int(resolution)
+    if res < 1:
+        raise EngineError(f"resolution must be positive, got {res}")
+    for arch in archs:
+        check_memory(space, arch, res, 1)
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(1, space.in_channels, res, res, generator=g).numpy()
     out: dict[int, list[ArchLatency]] = {t: [] for t in tlist}
     for i, arch in enumerate(archs):
-        engine = BinaryEngine.from_static(random_static(space, arch, seed=seed + i))
+        engine = BinaryEngine.from_static(random_static(space, arch, seed=(seed + i) % SEED_LIMIT))
         for _ in range(warmup):
             for t in tlist:
                 engine(x, threads=t)
@@ -366,10 +374,10 @@ def fit_latency_models(space: SearchSpace, *, samples: int = 30, threads: Sequen
         architectures against the others' (Kendall tau): whether a search needs the deployment's
         thread count at all.
     """
-    from .bench import machine_info
+    from .bench import check_seed, machine_info
 
     tlist = [int(t) for t in threads]
-    archs = _sample_archs(space, samples, seed)
+    archs = _sample_archs(space, samples, check_seed(seed))
     measured = measure_latency_threads(space, archs, threads=tlist, repeats=repeats, warmup=warmup,
                                        resolution=resolution, seed=seed, progress=progress)
     res = space.resolution if resolution is None else int(resolution)

@@ -22,7 +22,7 @@ __all__ = ["finetune", "finish_network"]
 
 
 def finetune(cfg: RunConfig, *, bundle: str | Path, run_dir: str | Path, resume: bool = False,
-             progress: bool = True, max_steps: int | None = None) -> dict[str, Any]:
+             force: bool = False, progress: bool = True, max_steps: int | None = None) -> dict[str, Any]:
     """Fine-tunes the network of ``bundle``; writes ``<run_dir>/bundle`` and returns final metrics.
 
     The data split is the one the bundle's run used (:data:`nasbnn.runs.CARRIED_DATA_KEYS`).
@@ -32,7 +32,8 @@ def finetune(cfg: RunConfig, *, bundle: str | Path, run_dir: str | Path, resume:
 
     info = read_bundle_info(bundle)
     ctx = make_context(cfg, run_dir)
-    run = TrainingRun(ctx.run_dir, cfg, dist=ctx.dist, resume=resume, progress=progress, desc="finetune")
+    run = TrainingRun(ctx.run_dir, cfg, dist=ctx.dist, resume=resume, force=force,
+                      progress=progress, desc="finetune")
     net = load_bundle(bundle)
     space = net.space
     data, seed = run_data(cfg, {"config": info.get("config") or {}}, space, run_dir=ctx.run_dir)

@@ -31,7 +31,7 @@ import torch
 from pydantic import BaseModel
 
 from ..data.base import require_one_batch
-from ..errors import CheckpointError, DataError, NasbnnError
+from ..errors import CheckpointError, ConfigError, DataError, NasbnnError, OutputError
 from ..space import SearchSpace
 from ..utils.io import atomic_write_text, ensure_dir
 from ..utils.metrics import MetricsWriter, Throughput, step_record
@@ -155,15 +155,18 @@ class TrainingRun:
         config: the resolved configuration, dumped to ``config.yaml`` by a fresh run.
         dist: rank information; only rank 0 writes.
         resume: continue from ``<folder>/checkpoint.pt``.
+        force: a fresh run may replace the folder's checkpoint.
         progress: show a progress bar (rank 0).
 
     Raises:
-        OutputError: the folder cannot be used (a file in the way, read-only, ...).
+        OutputError: the folder cannot be used (a file in the way, read-only, ...), or a fresh run without
+            ``force`` into a folder that already holds a checkpoint.
         CheckpointError: ``resume`` without a checkpoint.
     """
 
     def __init__(self, folder: str | Path, config: BaseModel, *, dist: DistInfo | None = None,
-                 resume: bool = False, progress: bool = True, desc: str = "train") -> None:
+                 resume: bool = False, force: bool = False, progress: bool = True,
+                 desc: str = "train") -> None:
         self.folder = Path(folder)
         self.config = config
         self.dist = dist or DistInfo()
@@ -173,6 +176,9 @@ class TrainingRun:
         self.checkpoint_path = self.folder / CHECKPOINT_NAME
         if resume and not self.checkpoint_path.is_file():
             raise CheckpointError(f"cannot resume: no checkpoint in {str(self.folder)!r} (expected {CHECKPOINT_NAME})")
+        if not resume and not force and self.checkpoint_path.is_file():
+            raise OutputError(f"run folder {str(self.folder)!r} already holds {CHECKPOINT_NAME}; pass --resume to "
+                              "continue that run or --force to start over, replacing its checkpoint")
         if self.dist.is_main:
             ensure_dir(self.folder, what="run folder")
             remove_stale_temporaries(self.folder)
@@ -232,9 +238,12 @@ class TrainingRun:
             ``{"step", "total_steps", "steps_per_epoch", "checkpoint", **last_eval}``.
 
         Raises:
+            ConfigError: ``max_steps`` below 1.
             DataError: the split is smaller than one batch.
             TrainingDiverged: a loss became NaN/inf (the last good checkpoint is named).
         """
+        if max_steps is not None and max_steps < 1:
+            raise ConfigError(f"max_steps must be at least 1, got {max_steps}")
         steps_per_epoch, total_steps = self.schedule(examples, batch_size, epochs)
         self.steps_per_epoch, self.total_steps = steps_per_epoch, total_steps
         last_step = total_steps if max_steps is None else min(total_steps, max_steps)

@@ -55,7 +55,7 @@ def initial_network(space: SearchSpace, arch: Arch, cfg: RunConfig) -> torch.nn.
 
 
 def train_arch(cfg: RunConfig, arch: str | Arch, *, run_dir: str | Path | None = None, resume: bool = False,
-               progress: bool = True, max_steps: int | None = None) -> dict[str, Any]:
+               force: bool = False, progress: bool = True, max_steps: int | None = None) -> dict[str, Any]:
     """Trains ``arch`` from scratch; writes ``<run>/bundle``, ``standalone_summary.json``; returns the metrics.
 
     Raises:
@@ -67,7 +67,8 @@ def train_arch(cfg: RunConfig, arch: str | Arch, *, run_dir: str | Path | None =
     from ..strategies import check_strategies, strategies_from_config, strategies_from_record
 
     ctx = make_context(cfg, run_dir)
-    run = TrainingRun(ctx.run_dir, cfg, dist=ctx.dist, resume=resume, progress=progress, desc="train-arch")
+    run = TrainingRun(ctx.run_dir, cfg, dist=ctx.dist, resume=resume, force=force,
+                      progress=progress, desc="train-arch")
     data, space = build_data_and_space(cfg, ctx.run_dir)
     parsed = parse_space_arch(space, str(arch))
     tcfg = cfg.train

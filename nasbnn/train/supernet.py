@@ -195,7 +195,7 @@ class SupernetRecipe:
 
 
 def train_supernet(cfg: RunConfig, *, run_dir: str | Path | None = None, resume: bool = False,
-                   progress: bool = True, max_steps: int | None = None,
+                   force: bool = False, progress: bool = True, max_steps: int | None = None,
                    model_out: list[SuperBNN] | None = None) -> dict[str, Any]:
     """Trains a supernet as configured; writes a run folder; returns the final metrics.
 
@@ -206,6 +206,7 @@ def train_supernet(cfg: RunConfig, *, run_dir: str | Path | None = None, resume:
     Args:
         resume: continue from ``<run_dir>/checkpoint.pt`` (same data order, augmentation and
             architectures as an uninterrupted run).
+        force: a fresh run may replace a checkpoint already in the run folder.
         max_steps: stop after this global step (tests and time-boxed runs); the schedule still
             spans the configured epochs.
         model_out: if given, the trained in-memory supernet is appended to it.
@@ -217,7 +218,8 @@ def train_supernet(cfg: RunConfig, *, run_dir: str | Path | None = None, resume:
     from ..context import build_data_and_space, make_context
 
     ctx = make_context(cfg, run_dir)
-    run = TrainingRun(ctx.run_dir, cfg, dist=ctx.dist, resume=resume, progress=progress, desc="supernet")
+    run = TrainingRun(ctx.run_dir, cfg, dist=ctx.dist, resume=resume, force=force,
+                      progress=progress, desc="supernet")
     data, space = build_data_and_space(cfg, ctx.run_dir)
     if data.train is None:
         raise DataError(f"dataset {data.name!r} has no training split")
