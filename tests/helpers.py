@@ -74,3 +74,16 @@ def run_frozen(tmp_path, point: str, n: int, args: list[str], env: dict[str, str
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     return proc.wait()
+
+
+def one_line_error(capsys, argv, *needles):  # type: ignore[no-untyped-def]
+    """Runs ``nasbnn argv`` in-process; asserts exit status 2 and a one-line error holding every needle."""
+    from nasbnn.cli import main
+
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, err
+    return err

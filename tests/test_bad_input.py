@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from helpers import one_line_error as _one_line_error
 
 from nasbnn.bundle import save_bundle
-from nasbnn.cli import main
 from nasbnn.export import export_subnet
 from nasbnn.models import SuperBNN
 from nasbnn.presets import create_space
@@ -24,14 +24,6 @@ def tiny_files(tmp_path_factory):
     return root
 
 
-def _one_line_error(capsys, argv, *needles):
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1, err
-    for needle in needles:
-        assert needle in err, err
-    return err
 
 
 def test_finetune_batch_larger_than_the_split_is_refused_before_training(tiny_files, tmp_path, capsys):

@@ -6,8 +6,8 @@ import json
 import re
 
 import pytest
+from helpers import one_line_error as _one_line_error
 
-from nasbnn.cli import main
 from nasbnn.config import RunConfig, load_config
 from nasbnn.detect.config import DetectRunConfig
 from nasbnn.errors import ConfigError, InvalidArch, SearchError, SpaceError
@@ -17,17 +17,6 @@ from nasbnn.runs import resolve_archs
 from nasbnn.space import MAX_DEPTH, MAX_KERNEL, MAX_RESOLUTION, MAX_WIDTH, Arch, BlockArch, StageArch
 from nasbnn.train.checkpoint import save_checkpoint
 from nasbnn.upstream import arch_to_upstream
-
-
-def _one_line_error(capsys, argv, *needles):
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1, err
-    assert "Traceback" not in err, err
-    for needle in needles:
-        assert needle in err, err
-    return err
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import one_line_error as _one_line_error
 from test_data_imagefolder import cfg_for, make_folder
 from test_upstream_import import _to_upstream_state
 
@@ -19,17 +20,6 @@ from nasbnn.presets import create_space
 from nasbnn.train.checkpoint import save_checkpoint
 from nasbnn.upstream import arch_to_upstream
 from nasbnn.upstream_import import IMPORTED_FAMILY
-
-
-def _one_line_error(capsys, argv, *needles):
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1, err
-    for needle in needles:
-        assert needle in err, err
-    return err
-
 
 # ------------------------------------------------------------------ search --resume over damaged files
 SEARCH = ["search.population=8", "search.generations=1", "search.num_mutations=2", "search.num_crossovers=2",

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from helpers import one_line_error as _one_line_error
 
 from nasbnn.bundle import save_bundle
 from nasbnn.cli import main
@@ -55,14 +56,6 @@ def detector_overrides(data: Path, out: Path) -> list[str]:
             "data.synthetic=null"]
 
 
-def _one_line_error(capsys, argv, *needles):
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1, err
-    for needle in needles:
-        assert needle in err, err
-    return err
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
