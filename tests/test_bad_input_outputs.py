@@ -298,3 +298,16 @@ def test_latency_model_without_its_models(tmp_path, capsys):
         err = _one_line_error(capsys, ["latency", "predict", "--model", str(bad), "--space", "tiny", "--smallest"],
                               "malformed", "'models'")
         assert "this nasbnn reads versions" not in err
+
+
+@pytest.mark.parametrize("argv", [
+    ["bench", "--space", "tiny", "--smallest", "--resolution", "5000"],
+    ["latency", "predict", "--model", "m.json", "--space", "tiny", "--smallest", "--resolution", "2000"],
+    ["latency", "fit", "--space", "tiny", "--samples", "4", "--out", "m.json", "--resolution", "9999"],
+])
+def test_engine_resolution_beyond_the_space_limit(capsys, argv):
+    _one_line_error(capsys, argv, "resolution must be 1 to 1024")
+
+
+def test_config_command_resolves_the_space(capsys):
+    _one_line_error(capsys, ["config", "--config", "tiny", "space.name=nosuch"], "nosuch")

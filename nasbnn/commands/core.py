@@ -55,8 +55,10 @@ def _config(args: argparse.Namespace) -> int:
     import yaml
 
     from ..config import RunConfig, config_to_dict, load_config
+    from ..context import base_space
 
     cfg = load_config(RunConfig, args.config, args.overrides)
+    base_space(cfg)  # a space name or file that does not resolve is an error here too, not at training time
     print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
     return 0
 

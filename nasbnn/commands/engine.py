@@ -128,9 +128,10 @@ def _counter(show: bool) -> Callable[[int, int], None]:
 def _latency_predict(args: argparse.Namespace) -> int:
     from ..engine.latency import LatencyModel
     from ..presets import resolve_space
+    from ..space import MAX_RESOLUTION
 
-    if args.resolution is not None and args.resolution < 1:
-        raise ConfigError(f"resolution must be positive, got {args.resolution}")
+    if args.resolution is not None and not 1 <= args.resolution <= MAX_RESOLUTION:
+        raise ConfigError(f"resolution must be 1 to {MAX_RESOLUTION}, got {args.resolution}")
     model = LatencyModel.load(args.model, threads=args.threads)
     space = resolve_space(args.space)
     arch = resolve_arch(args, space)
