@@ -254,3 +254,12 @@ def test_block_arch_from_a_program_is_checked(tiny):
     arch = Arch((small.stages[0], StageArch((BlockArch(8, 3, 1.0, 1),)), small.stages[2]))
     with pytest.raises(InvalidArch, match=r"groups must be a positive integer, got 1\.0"):
         tiny.validate(arch)
+
+
+@pytest.mark.parametrize("command", ["train-supernet", "train-arch"])
+def test_a_bad_space_leaves_no_run_folder(capsys, tmp_path, command):
+    out = tmp_path / "run"
+    argv = [command, "--config", "tiny", f"out={out}", "space.name=nosuch", "--no-progress"]
+    argv += ["--arch", "c4k3|c8k3|c16k3"] if command == "train-arch" else []
+    _one_line_error(capsys, argv, "unknown search space 'nosuch'")
+    assert not out.exists()

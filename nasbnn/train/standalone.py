@@ -63,9 +63,10 @@ def train_arch(cfg: RunConfig, arch: str | Arch, *, run_dir: str | Path | None =
         CheckpointError: ``resume`` from a checkpoint of another architecture, other strategy switches or
             another space.
     """
-    from ..context import build_data_and_space, make_context, move_model
+    from ..context import base_space, build_data_and_space, make_context, move_model
     from ..strategies import check_strategies, strategies_from_config, strategies_from_record
 
+    base_space(cfg)  # a space that does not resolve fails before the run folder is made
     ctx = make_context(cfg, run_dir)
     run = TrainingRun(ctx.run_dir, cfg, dist=ctx.dist, resume=resume, force=force,
                       progress=progress, desc="train-arch")

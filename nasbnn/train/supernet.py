@@ -215,8 +215,9 @@ def train_supernet(cfg: RunConfig, *, run_dir: str | Path | None = None, resume:
         CheckpointError: ``resume`` without a checkpoint, or one of another search space or strategies.
         TrainingDiverged: a loss became NaN/inf (the last good checkpoint is kept).
     """
-    from ..context import build_data_and_space, make_context
+    from ..context import base_space, build_data_and_space, make_context
 
+    base_space(cfg)  # a space that does not resolve fails before the run folder is made
     ctx = make_context(cfg, run_dir)
     run = TrainingRun(ctx.run_dir, cfg, dist=ctx.dist, resume=resume, force=force,
                       progress=progress, desc="supernet")
