@@ -100,7 +100,8 @@ def _write_packed(net: StaticBNN, folder: Path, dataset: str) -> str:
 def check_export_folder(folder: str | Path) -> None:
     """Refuses an export destination that holds something an export would damage: a training run
     (``checkpoint.pt``), or files an export writes (``config.yaml``, ...) that are not those of a bundle.
-    A missing or empty folder, a folder of other files, and an existing bundle (replaced) are fine.
+    A missing or empty folder, a folder of other files, an existing bundle (replaced) and the weights of an
+    interrupted export (a bundle's ``model.safetensors`` without its ``bundle.json``) are fine.
 
     Raises:
         OutputError: the folder holds a training run or files of something other than a bundle.
@@ -113,9 +114,24 @@ def check_export_folder(folder: str | Path) -> None:
                           "folder (--to)")
     if not (p / "bundle.json").is_file():
         taken = [name for name in EXPORT_FILES if (p / name).exists()]
+        if taken == ["model.safetensors"] and _bundle_weights(p / "model.safetensors"):
+            return  # an export stopped between its weights and its bundle.json: finish it
         if taken:
             raise OutputError(f"export folder {str(p)!r} holds {taken[0]} but is not a bundle (no bundle.json); "
                               "export to another folder (--to)")
+
+
+def _bundle_weights(path: Path) -> bool:
+    """Whether ``path`` is a safetensors file written by :func:`nasbnn.bundle.save_bundle` (its header says so)."""
+    from safetensors import safe_open
+
+    from .bundle import BUNDLE_FORMAT
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("format") == BUNDLE_FORMAT
+    except Exception:  # not a safetensors file at all: somebody else's
+        return False
 
 
 def export_from_checkpoint(cfg: RunConfig, *, checkpoint: str | Path, spec: str, dest: str | Path | None = None,

@@ -311,3 +311,25 @@ def test_engine_resolution_beyond_the_space_limit(capsys, argv):
 
 def test_config_command_resolves_the_space(capsys):
     _one_line_error(capsys, ["config", "--config", "tiny", "space.name=nosuch"], "nosuch")
+
+
+def test_export_finishes_an_export_stopped_before_its_bundle_json(tiny_files, tmp_path):
+    """The weights of an interrupted export are the export's own (their header says so): a re-run completes it,
+    where another program's safetensors file in the same place is refused."""
+    import torch
+    from safetensors.torch import save
+
+    from nasbnn.deploy import check_export_folder
+
+    dest = _copy(tiny_files / "bundle", tmp_path / "dest")
+    for name in ("bundle.json", "config.yaml"):
+        (dest / name).unlink(missing_ok=True)
+    argv = ["export", "--config", "tiny", "--checkpoint", str(tiny_files / "run" / "checkpoint.pt"), "--largest",
+            "--no-recalibrate", "--to", str(dest)]
+    assert main(argv) == 0
+    assert json.loads((dest / "bundle.json").read_text())["arch"] == str(create_space("tiny").largest())
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "model.safetensors").write_bytes(save({"w": torch.zeros(2)}, metadata={"format": "pt"}))
+    with pytest.raises(OutputError, match="not a bundle"):
+        check_export_folder(other)
