@@ -121,6 +121,10 @@ def _check_settings(isa: str, tolerance: float) -> str:
     return name
 
 
+#: Seconds the parity check's child interpreter may take (the official fixtures need a few).
+PARITY_TIMEOUT_S = 600.0
+
+
 def run_parity(fixtures: str | Path | None = None, *, isa: str = "AVX2", tolerance: float = 1e-3) -> dict[str, Any]:
     """:func:`check_logits` and :func:`check_ops` on a fixture folder, in a child interpreter whose oneDNN is held
     to ``isa`` (it must be set before PyTorch loads); ``ok`` says whether every logit case is within
@@ -129,7 +133,7 @@ def run_parity(fixtures: str | Path | None = None, *, isa: str = "AVX2", toleran
     Raises:
         ConfigError: an unknown ``isa``, a negative or non-finite ``tolerance``, or not a fixture folder
             (no ``make_state.py``, or nothing to compare).
-        NasbnnError: the check could not run, or ended without a result.
+        NasbnnError: the check could not run, ended without a result, or took more than :data:`PARITY_TIMEOUT_S`.
     """
     import os
     import subprocess
@@ -145,7 +149,12 @@ def run_parity(fixtures: str | Path | None = None, *, isa: str = "AVX2", toleran
     env = dict(os.environ, ONEDNN_MAX_CPU_ISA=isa)
     code = ("import json,sys; from nasbnn.parity import check_logits, check_ops; "
             "print(json.dumps({'logits': check_logits(sys.argv[1]), 'ops': check_ops(sys.argv[1])}))")
-    proc = subprocess.run([sys.executable, "-c", code, str(folder)], env=env, capture_output=True, text=True)
+    try:
+        proc = subprocess.run([sys.executable, "-c", code, str(folder)], env=env, capture_output=True, text=True,
+                              timeout=PARITY_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise NasbnnError(f"parity check did not finish within {PARITY_TIMEOUT_S:g} s (it takes seconds on the "
+                          f"official fixtures); does {str(folder / 'make_state.py')!r} end?") from None
     if proc.returncode != 0:
         said = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
         why = said[-1] if said else f"it ended with exit status {proc.returncode} and no message"

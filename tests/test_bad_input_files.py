@@ -295,3 +295,9 @@ def test_resumed_training_log_with_damaged_lines(tmp_path):
     log.write_text('{"step": 1, "loss": 2.0}\n[1]\n{"step": "x"}\n{"step": 5, "loss": 1.0}\n{"step": 2, "lo')
     MetricsWriter(tmp_path, resume_step=3, tensorboard=False).close()
     assert [json.loads(x) for x in log.read_text().splitlines()] == [{"step": 1, "loss": 2.0}]
+
+
+def test_parity_fixture_that_never_ends(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("nasbnn.parity.PARITY_TIMEOUT_S", 3.0)
+    folder = _fixture(tmp_path / "fx", "while True:\n    pass\n")
+    _one_line_error(capsys, ["parity", "--fixtures", str(folder)], "did not finish within 3 s", "make_state.py")
