@@ -37,6 +37,7 @@ __all__ = [
     "SearchSpace",
     "StageArch",
     "StageSpec",
+    "check_resolution",
     "value_kind",
 ]
 
@@ -63,6 +64,18 @@ MAX_BLOCK_OPTIONS = 200_000
 def _is_int(value: Any) -> bool:
     """True for an integer that is not a boolean (Python and NumPy integers)."""
     return type(value) is int or (isinstance(value, numbers.Integral) and not isinstance(value, bool))
+
+
+def _bounded(key: str, value: Any, limit: int) -> int:
+    """``value`` as an int, refused (SpaceError naming ``key``) unless it is an integer from 1 to ``limit``."""
+    if not _is_int(value) or not 1 <= value <= limit:
+        raise SpaceError(f"{key} must be 1 to {limit}, got {value!r}")
+    return int(value)
+
+
+def check_resolution(value: Any) -> int:
+    """An input resolution, refused (SpaceError) unless it is an integer from 1 to :data:`MAX_RESOLUTION`."""
+    return _bounded("resolution", value, MAX_RESOLUTION)
 
 
 def value_kind(value: Any) -> str:
@@ -356,13 +369,9 @@ class SearchSpace:
     ) -> None:
         self.name = name
         self.stages: tuple[StageSpec, ...] = tuple(stages)
-        for key, value, limit in (("in_channels", in_channels, MAX_WIDTH), ("num_classes", num_classes, MAX_CLASSES),
-                                  ("resolution", resolution, MAX_RESOLUTION)):
-            if not _is_int(value) or not 1 <= value <= limit:
-                raise SpaceError(f"{key} must be 1 to {limit}, got {value!r}")
-        self.in_channels = int(in_channels)
-        self.num_classes = int(num_classes)
-        self.resolution = int(resolution)
+        self.in_channels = _bounded("in_channels", in_channels, MAX_WIDTH)
+        self.num_classes = _bounded("num_classes", num_classes, MAX_CLASSES)
+        self.resolution = check_resolution(resolution)
         if len(self.stages) < 2:
             raise SpaceError("a search space needs the stem stage and at least one block stage")
         if len(self.stages) > MAX_STAGES:

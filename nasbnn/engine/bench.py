@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import EngineError
-from ..space import MAX_RESOLUTION
+from ..space import check_resolution
 
 #: Seeds are 0 to ``SEED_LIMIT - 1`` (what ``torch.Generator.manual_seed`` takes as a non-negative int64).
 SEED_LIMIT = 2**63
@@ -258,9 +258,7 @@ def benchmark_threads(static: Any, *, batch_sizes: Sequence[int] = (1, 8), threa
     if max(tlist) > limit:
         raise EngineError(f"threads={max(tlist)} exceeds the {limit} threads numba can use on this machine")
     space = static.space
-    res = space.resolution if resolution is None else int(resolution)
-    if not 1 <= res <= MAX_RESOLUTION:
-        raise EngineError(f"resolution must be 1 to {MAX_RESOLUTION}, got {res}")
+    res = space.resolution if resolution is None else check_resolution(int(resolution))
     check_memory(space, static.arch, res, max(int(b) for b in batch_sizes))
     static = static.cpu().eval()
     packed = pack_model(static)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckpointError, EngineError
-from ..space import MAX_RESOLUTION, Arch, SearchSpace
+from ..space import Arch, SearchSpace, check_resolution
 from ..utils.io import missing_file
 from ..utils.stats import kendall_tau, spearman_rho
 
@@ -279,9 +279,7 @@ def measure_latency_threads(space: SearchSpace, archs: Sequence[Arch], *, thread
     if repeats < 1 or warmup < 0 or not tlist or min(tlist) < 1:
         raise EngineError("repeats and threads must be >= 1 and warmup >= 0")
     check_seed(seed)
-    res = space.resolution if resolution is None else int(resolution)
-    if not 1 <= res <= MAX_RESOLUTION:
-        raise EngineError(f"resolution must be 1 to {MAX_RESOLUTION}, got {res}")
+    res = space.resolution if resolution is None else check_resolution(int(resolution))
     for arch in archs:
         check_memory(space, arch, res, 1)
     g = torch.Generator().manual_seed(seed)
