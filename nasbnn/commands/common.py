@@ -48,7 +48,7 @@ def check_training_args(args: argparse.Namespace) -> None:
     """Refuses a ``--max-steps`` below 1 and ``--resume`` with ``--force`` (ConfigError)."""
     if args.max_steps is not None and args.max_steps < 1:
         raise ConfigError(f"--max-steps must be at least 1, got {args.max_steps}")
-    if args.resume and getattr(args, "force", False):
+    if args.resume and args.force:
         raise ConfigError("--resume continues the run and --force starts it over; give one of them")
 
 

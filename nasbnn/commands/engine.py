@@ -65,12 +65,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from ..engine.bench import bench_network, check_seed, format_bench
+    from ..engine.bench import bench_network, format_bench
     from ..presets import resolve_space
 
     if args.bundle and arch_spec(args) is not None:
         raise ConfigError("give either --bundle or an architecture (--arch, --largest, ...), not both")
-    check_seed(args.seed)
     space = None if args.bundle else resolve_space(args.space)
     arch = None if space is None else resolve_arch(args, space)
     result = bench_network(bundle=args.bundle, space=space, arch=arch, seed=args.seed, batch_sizes=args.batch,
@@ -80,14 +79,12 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _latency_fit(args: argparse.Namespace) -> int:
-    from ..engine.bench import check_seed
     from ..engine.latency import fit_summary, format_fit, save_fit
     from ..presets import resolve_space
 
     space = resolve_space(args.space)
     if len(set(args.threads)) != len(args.threads) or min(args.threads) < 1:
         raise ConfigError(f"--threads must be distinct positive integers, got {args.threads}")
-    check_seed(args.seed)
     distinct_outputs(("--out", args.out), ("--report", args.report))
     space_file = [args.space] if Path(args.space).is_file() else []
     check_output_file(args.out, option="--out", inputs=space_file)
@@ -128,10 +125,10 @@ def _counter(show: bool) -> Callable[[int, int], None]:
 def _latency_predict(args: argparse.Namespace) -> int:
     from ..engine.latency import LatencyModel
     from ..presets import resolve_space
-    from ..space import MAX_RESOLUTION
+    from ..space import check_resolution
 
-    if args.resolution is not None and not 1 <= args.resolution <= MAX_RESOLUTION:
-        raise ConfigError(f"resolution must be 1 to {MAX_RESOLUTION}, got {args.resolution}")
+    if args.resolution is not None:
+        check_resolution(args.resolution)
     model = LatencyModel.load(args.model, threads=args.threads)
     space = resolve_space(args.space)
     arch = resolve_arch(args, space)

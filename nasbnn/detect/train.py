@@ -376,7 +376,7 @@ def _resumed_backbone(state: dict[str, Any], categories: CategoryMap, path: Path
 
 
 def train_detector(cfg: DetectRunConfig, *, run_dir: str | Path | None = None, resume: bool = False,
-                   force: bool | None = None, progress: bool = True, max_steps: int | None = None,
+                   force: bool = False, progress: bool = True, max_steps: int | None = None,
                    model_out: list[BinaryDetector] | None = None) -> dict[str, Any]:
     """Trains the configured detector; writes the run folder; returns the final metrics.
 
