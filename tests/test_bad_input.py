@@ -85,6 +85,11 @@ def test_detector_cost_of_an_impossible_geometry(capsys, argv, needle):
     (["--images", "-1"], "train split needs at least 1 image"),
     (["--images", "4", "--val-images", "0"], "val split needs at least 1 image"),
     (["--max-objects", "-2"], "max_objects=-2"),
+    (["--max-objects", "0"], "max_objects=0"),
+    (["--max-objects", "100000"], "1 to 100 objects"),
+    (["--images", "100000000"], "at most 100000, got 100000000"),
+    (["--images", "4", "--val-images", "100000000"], "val split needs at least 1 image and at most"),
+    (["--size", "100000"], "at most 1024 pixels wide"),
 ])
 def test_synthetic_detection_data_that_cannot_exist_writes_nothing(tmp_path, capsys, extra, needle):
     out = tmp_path / "syn"

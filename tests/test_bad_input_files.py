@@ -257,19 +257,6 @@ def test_parity_options_out_of_range(tmp_path, capsys, option, needle):
 
 
 # ------------------------------------------------------------------ synthetic detection data
-@pytest.mark.parametrize(("extra", "needle"), [
-    (["--max-objects", "0"], "max_objects=0"),
-    (["--max-objects", "100000"], "1 to 100 objects"),
-    (["--images", "100000000"], "at most 100000, got 100000000"),
-    (["--images", "4", "--val-images", "100000000"], "val split needs at least 1 image and at most"),
-    (["--size", "100000"], "at most 1024 pixels wide"),
-])
-def test_synthetic_detection_options_out_of_range(tmp_path, capsys, extra, needle):
-    out = tmp_path / "syn"
-    _one_line_error(capsys, ["detect", "synth", "--out", str(out), *extra], needle)
-    assert not out.exists()
-
-
 @pytest.mark.parametrize("below", ["", "d"])
 def test_synthetic_detection_data_under_a_file(tmp_path, capsys, below):
     blocker = tmp_path / "taken"
