@@ -307,6 +307,7 @@ def load_config(schema: type[M], path: str | Path | None = None, overrides: Sequ
     Raises:
         ConfigError: missing or malformed file, malformed override, unknown key, wrong type.
     """
+    import yaml
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
@@ -325,10 +326,14 @@ def load_config(schema: type[M], path: str | Path | None = None, overrides: Sequ
     bad = [o for o in overrides if "=" not in o or not o.split("=", 1)[0].strip()]
     if bad:
         raise ConfigError(f"override {bad[0]!r} is not of the form key=value (e.g. train.epochs=2)")
-    for override in overrides:
-        _check_override_value(override)
     try:
-        merged = OmegaConf.merge(OmegaConf.create(data), OmegaConf.from_dotlist(list(overrides)))
+        dotlist = OmegaConf.from_dotlist(list(overrides))
+    except (yaml.YAMLError, OmegaConfBaseException, ValueError) as exc:
+        for override in overrides:  # name the override whose value is not YAML, when one is
+            _check_override_value(override)
+        raise ConfigError(f"cannot apply overrides: {str(exc).splitlines()[0]}") from None
+    try:
+        merged = OmegaConf.merge(OmegaConf.create(data), dotlist)
         data = OmegaConf.to_container(merged, resolve=True)  # type: ignore[assignment]
     except OmegaConfBaseException as exc:
         raise ConfigError(f"cannot apply overrides: {str(exc).splitlines()[0]}") from None
