@@ -104,22 +104,28 @@ def _choose_threading_layer() -> None:
 _choose_threading_layer()
 
 
-def _target_has_wide_popcount() -> bool:
-    """Whether numba's target CPU (the host, or NUMBA_CPU_NAME/NUMBA_CPU_FEATURES) has AVX-512 VPOPCNTDQ."""
+def _target_features() -> set[str]:
+    """The features of numba's target CPU as LLVM names them: the host's, or those NUMBA_CPU_FEATURES turns on."""
     import numba
 
     try:
         if numba.config.CPU_FEATURES:
-            feats = {f[1:] for f in numba.config.CPU_FEATURES.split(",") if f.startswith("+")}
-            return "avx512f" in feats and "avx512vpopcntdq" in feats
-        host = _llvm.get_host_cpu_features()
-        return bool(host.get("avx512f") and host.get("avx512vpopcntdq"))
+            return {f[1:] for f in numba.config.CPU_FEATURES.split(",") if f.startswith("+")}
+        return {name for name, on in _llvm.get_host_cpu_features().items() if on}
     except Exception:  # pragma: no cover - unknown platform: the portable path
-        return False
+        return set()
 
+
+_FEATURES = _target_features()
+_X86 = _llvm.get_process_triple().startswith("x86_64")
 
 #: True when the target CPU has AVX-512 with VPOPCNTDQ: the kernels then ask LLVM for 512-bit vectors.
-WIDE_VECTORS: bool = _target_has_wide_popcount()
+WIDE_VECTORS: bool = {"avx512f", "avx512vpopcntdq"} <= _FEATURES
+
+#: True when popcounts are summed per byte (see :func:`_make_tile`): x86 with AVX2 but without VPOPCNTDQ.
+BYTE_SUMS: bool = _X86 and not WIDE_VECTORS and "avx2" in _FEATURES
+#: Words a byte-sum tile adds before it widens its sums: each word adds at most 8 to a byte, 31 × 8 < 256.
+BYTE_SUM_WORDS = 31
 
 #: uint64 lanes per vector register the micro-kernel uses (zmm with VPOPCNTDQ, else ymm).
 LANES = 8 if WIDE_VECTORS else 4
@@ -252,7 +258,8 @@ def _prefer_wide_vectors(typingctx):  # type: ignore[no-untyped-def]
     return sig, codegen
 
 
-def _make_tile(rows: int, vectors: int, lanes: int, kind: str = "popcount"):  # type: ignore[no-untyped-def]
+def _make_tile(rows: int, vectors: int, lanes: int, kind: str = "popcount",  # type: ignore[no-untyped-def]
+               byte_sums: bool = False):
     """A micro-kernel intrinsic for ``rows`` pixels × ``vectors·lanes`` output channels.
 
     ``tile(src, r0, c0, kw, wg, n0, acc, a0)`` sets, for i < rows and n < vectors·lanes,
@@ -261,8 +268,14 @@ def _make_tile(rows: int, vectors: int, lanes: int, kind: str = "popcount"):  # 
     ``kind="float"``, multiply-add fused where the CPU has FMA). The accumulators live in vector registers (stack slots
     that LLVM promotes); each step loads ``vectors`` weight vectors and broadcasts one source element
     per pixel. The caller guarantees that the indices are in bounds.
+
+    With ``byte_sums`` (AVX2 without VPOPCNTDQ) the popcounts are summed per byte and widened once
+    every BYTE_SUM_WORDS words: the uint64 popcount of a 256-bit vector costs a PSADBW and an add more
+    per step than the byte popcount it is built from.
     """
     is_float = kind == "float"
+    if byte_sums and (is_float or lanes != 4):
+        raise ValueError("byte sums are for popcount tiles of four uint64 lanes (AVX2)")
 
     @intrinsic
     def tile(typingctx, src, r0, c0, kw, wg, n0, acc, a0):  # type: ignore[no-untyped-def]
@@ -300,8 +313,9 @@ def _make_tile(rows: int, vectors: int, lanes: int, kind: str = "popcount"):  # 
             wbase = builder.gep(wary.data, [n0_v])
             undef = ir.Constant(vty, ir.Undefined)
             splat = ir.Constant(ir.VectorType(i32, lanes), [0] * lanes)
-            with cgutils.for_range(builder, kw_v) as loop:
-                k = loop.index
+
+            def step(k, sums, count):  # type: ignore[no-untyped-def]
+                """Word (or float) k of every pixel against the weight vectors: ``sums += count(a, w)``."""
                 wrow = builder.gep(wbase, [builder.mul(k, w_ld)])
                 wv = []
                 for v in range(vectors):
@@ -311,12 +325,45 @@ def _make_tile(rows: int, vectors: int, lanes: int, kind: str = "popcount"):  # 
                     a = builder.load(builder.gep(rowp[m], [k]))
                     ab = builder.shuffle_vector(builder.insert_element(undef, a, ir.Constant(i32, 0)), undef, splat)
                     for v in range(vectors):
-                        cur = builder.load(slots[m][v])
-                        if is_float:
-                            new = builder.call(op, [ab, wv[v], cur])
-                        else:
-                            new = builder.add(cur, builder.call(op, [builder.xor(ab, wv[v])]))
-                        builder.store(new, slots[m][v])
+                        cur = builder.load(sums[m][v])
+                        builder.store(count(cur, ab, wv[v]), sums[m][v])
+
+            if is_float:
+                with cgutils.for_range(builder, kw_v) as loop:
+                    step(loop.index, slots, lambda cur, a, w: builder.call(op, [a, w, cur]))
+            elif not byte_sums:
+                with cgutils.for_range(builder, kw_v) as loop:
+                    step(loop.index, slots, lambda cur, a, w: builder.add(cur, builder.call(op, [builder.xor(a, w)])))
+            else:
+                # Per byte: popcount of each byte of a XOR w (AVX2's nibble lookup, no widening), summed in
+                # bytes for up to BYTE_SUM_WORDS words, then widened once per run by PSADBW (byte sums of
+                # each uint64 lane) into the uint64 sums.
+                bty = ir.VectorType(ir.IntType(8), 8 * lanes)
+                bpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(bty, [bty]),
+                                                      f"llvm.ctpop.v{8 * lanes}i8")
+                psad = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [bty, bty]),
+                                                      "llvm.x86.avx2.psad.bw")
+                bzero = ir.Constant(bty, None)
+                bslots = [[cgutils.alloca_once(builder, bty) for _ in range(vectors)] for _ in range(rows)]
+                run = ir.Constant(i64, BYTE_SUM_WORDS)
+                nruns = builder.udiv(builder.add(kw_v, ir.Constant(i64, BYTE_SUM_WORDS - 1)), run)
+
+                def byte_count(cur, a, w):  # type: ignore[no-untyped-def]
+                    return builder.add(cur, builder.call(bpop, [builder.bitcast(builder.xor(a, w), bty)]))
+
+                with cgutils.for_range(builder, nruns) as runs:
+                    k0 = builder.mul(runs.index, run)
+                    k1 = builder.add(k0, run)
+                    k1 = builder.select(builder.icmp_signed("<", k1, kw_v), k1, kw_v)
+                    for row in bslots:
+                        for slot in row:
+                            builder.store(bzero, slot)
+                    with cgutils.for_range_slice(builder, k0, k1, ir.Constant(i64, 1)) as (k, _):
+                        step(k, bslots, byte_count)
+                    for m in range(rows):
+                        for v in range(vectors):
+                            wide = builder.call(psad, [builder.load(bslots[m][v]), bzero])
+                            builder.store(builder.add(builder.load(slots[m][v]), wide), slots[m][v])
             abase = builder.gep(aary.data, [n0_v])
             # popcount sums are stored as int32 (at most K·K·C_in per output: far below 2^31)
             sty_out = vty if is_float else ir.VectorType(i32, lanes)
@@ -340,6 +387,13 @@ _tile_main2 = _make_tile(TILE_M, 2, LANES)
 _tile_main1 = _make_tile(TILE_M, 1, LANES)
 _tile_one3 = _make_tile(1, 3, LANES)
 _tile_one1 = _make_tile(1, 1, LANES)
+#: Gathered rows of at least this many words use the byte-sum tiles where BYTE_SUMS holds; on shorter rows
+#: widening costs more than it saves.
+BYTE_SUM_MIN_WORDS = 4
+# Byte-sum tiles are two vectors wide: with three, AVX2's 16 vector registers spill inside the loop.
+_btile_main2 = _make_tile(TILE_M, 2, LANES, byte_sums=BYTE_SUMS)
+_btile_main1 = _make_tile(TILE_M, 1, LANES, byte_sums=BYTE_SUMS)
+_btile_one1 = _make_tile(1, 1, LANES, byte_sums=BYTE_SUMS)
 #: float32 lanes per vector (twice the uint64 lanes); the stem's channels are padded to a multiple of it.
 FLOAT_LANES = 2 * LANES
 STEM_TILE_N = FLOAT_LANES
@@ -686,8 +740,20 @@ def _conv_group(src, r0, c0w, g, nlo, nhi, job, geo, conv, inp, short, out_f, ta
     for kb in range(nblk):
         m0 = (kb + job.start) % nblk * BLOCK
         mr = min(BLOCK, npx - m0)
-        n3 = nlo + span - span % (3 * LANES)
-        if mr == BLOCK:
+        if BYTE_SUMS and kw >= BYTE_SUM_MIN_WORDS:
+            n2 = nlo + span - span % (2 * LANES)
+            if mr == BLOCK:
+                for t0 in range(0, BLOCK, TILE_M):
+                    for n0 in range(nlo, n2, 2 * LANES):
+                        _btile_main2(src, r0 + m0 + t0, c0w, kw, wgt, n0, acc, t0)
+                    if nend > n2:
+                        _btile_main1(src, r0 + m0 + t0, c0w, kw, wgt, n2, acc, t0)
+            else:
+                for i in range(mr):
+                    for n0 in range(nlo, nend, LANES):
+                        _btile_one1(src, r0 + m0 + i, c0w, kw, wgt, n0, acc, i)
+        elif mr == BLOCK:
+            n3 = nlo + span - span % (3 * LANES)
             for t0 in range(0, BLOCK, TILE_M):
                 for n0 in range(nlo, n3, 3 * LANES):
                     _tile_main3(src, r0 + m0 + t0, c0w, kw, wgt, n0, acc, t0)
@@ -696,6 +762,7 @@ def _conv_group(src, r0, c0w, g, nlo, nhi, job, geo, conv, inp, short, out_f, ta
                 elif nend - n3 == LANES:
                     _tile_main1(src, r0 + m0 + t0, c0w, kw, wgt, n3, acc, t0)
         else:
+            n3 = nlo + span - span % (3 * LANES)
             for i in range(mr):
                 for n0 in range(nlo, n3, 3 * LANES):
                     _tile_one3(src, r0 + m0 + i, c0w, kw, wgt, n0, acc, i)
