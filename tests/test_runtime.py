@@ -218,6 +218,19 @@ def test_infer_bad_inputs(packed_file, tmp_path, capsys):
                                                  capsys)
 
 
+def test_normalisation_arguments_name_the_counts_a_network_takes():
+    from nasbnn.engine.infer import InferInputError, normalization
+    from nasbnn.engine.packed import InputSpec
+
+    gray, rgb = InputSpec(channels=1, resolution=28), InputSpec(channels=3, resolution=16)
+    with pytest.raises(InferInputError, match=r"one value each \(the network has one input channel\); got 2 and 1"):
+        normalization(gray, [0.1, 0.2], [1.0])
+    with pytest.raises(InferInputError, match=r"need 1 or 3 values \(one per channel\); got 2 and 2"):
+        normalization(rgb, [0.1, 0.2], [1.0, 1.0])
+    m, s = normalization(rgb, [0.5], [0.25])
+    assert m.tolist() == [0.5] * 3 and s.tolist() == [0.25] * 3
+
+
 def _rewrite_header(src: Path, dst: Path, edit) -> Path:
     """Copies a packed file with its safetensors metadata changed by ``edit(meta)``."""
     blob = src.read_bytes()

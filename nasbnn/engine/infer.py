@@ -60,7 +60,8 @@ def normalization(spec: InputSpec, mean: list[float] | None = None,
     m = np.asarray(mean * c if len(mean) == 1 else mean, np.float32)
     s = np.asarray(std * c if len(std) == 1 else std, np.float32)
     if m.shape != (c,) or s.shape != (c,):
-        raise InferInputError(f"mean/std need 1 or {c} values (one per channel); got {len(mean)} and {len(std)}")
+        want = "one value each (the network has one input channel)" if c == 1 else f"1 or {c} values (one per channel)"
+        raise InferInputError(f"mean/std need {want}; got {len(mean)} and {len(std)}")
     if not np.isfinite(m).all() or not (np.isfinite(s).all() and (s > 0).all()):
         raise InferInputError("mean must be finite and std positive")
     return m, s

@@ -332,7 +332,8 @@ class BinaryEngine:
 
         Args:
             x: numpy array or torch tensor of a real dtype; any resolution >= 1.
-            threads: worker threads for this call (default: the engine's).
+            threads: worker threads for this call (default: the engine's); more than numba can use on this
+                machine (``NUMBA_NUM_THREADS``) run on that many.
             timings: if given, one :class:`LayerTiming` per layer is appended.
             trace: if given, called as ``trace(layer_name, output)`` after the stem and every binary conv
                 layer with its float output [B, H, W, C] (a view of a work buffer: copy it to keep it).
