@@ -309,6 +309,22 @@ def test_engine_resolution_beyond_the_space_limit(capsys, argv):
     _one_line_error(capsys, argv, "resolution must be 1 to 1024")
 
 
+@pytest.mark.parametrize("argv,message", [
+    (["bench", "--space", "tiny", "--smallest", "--repeats", "1000000000"], "repeats must be 1 to 10000"),
+    (["bench", "--space", "tiny", "--smallest", "--warmup", "20000"], "warmup 0 to 10000"),
+    (["bench", "--space", "tiny", "--smallest", "--repeats", "0"], "repeats must be 1 to 10000"),
+    (["latency", "fit", "--space", "tiny", "--samples", "1000000000", "--out", "m.json"], "samples 4 to 10000"),
+    (["latency", "fit", "--space", "tiny", "--samples", "3", "--out", "m.json"], "samples 4 to 10000"),
+    (["latency", "fit", "--space", "tiny", "--samples", "4", "--repeats", "99999", "--out", "m.json"],
+     "repeats must be 1 to 10000"),
+])
+def test_engine_timing_counts_beyond_limits(capsys, tmp_path, monkeypatch, argv, message):
+    """Counts that would time for days (or sample a small space for ever) are refused before any work."""
+    monkeypatch.chdir(tmp_path)
+    _one_line_error(capsys, argv, message)
+    assert not (tmp_path / "m.json").exists()
+
+
 def test_config_command_resolves_the_space(capsys):
     _one_line_error(capsys, ["config", "--config", "tiny", "space.name=nosuch"], "nosuch")
 

@@ -33,11 +33,22 @@ __all__ = ["SEED_LIMIT", "activation_bytes", "available_memory", "bench_network"
            "check_memory", "check_seed", "format_bench", "machine_info", "random_static"]
 
 
+#: The most timed (or warm-up) calls per measurement: at the largest networks' seconds per call, a day.
+MAX_REPEATS = 10_000
+
+
 def check_seed(seed: int) -> int:
     """``seed``, refused (EngineError) outside 0 to ``SEED_LIMIT - 1``."""
     if not 0 <= int(seed) < SEED_LIMIT:
         raise EngineError(f"the seed must be between 0 and {SEED_LIMIT - 1} (2**63-1), got {seed}")
     return int(seed)
+
+
+def check_repeats(repeats: int, warmup: int) -> None:
+    """Refuses (EngineError) timed repeats outside 1 to MAX_REPEATS and warm-up calls outside 0 to MAX_REPEATS."""
+    if not (1 <= repeats <= MAX_REPEATS and 0 <= warmup <= MAX_REPEATS):
+        raise EngineError(f"repeats must be 1 to {MAX_REPEATS} and warmup 0 to {MAX_REPEATS}, "
+                          f"got {repeats} and {warmup}")
 
 
 def activation_bytes(space: Any, arch: Any, resolution: int, batch: int) -> int:
@@ -246,8 +257,7 @@ def benchmark_threads(static: Any, *, batch_sizes: Sequence[int] = (1, 8), threa
     from .packed import float_model_bytes, pack_model
     from .runtime import BinaryEngine
 
-    if repeats < 1 or warmup < 0:
-        raise EngineError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
+    check_repeats(repeats, warmup)
     check_seed(seed)
     if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
         raise EngineError(f"batch sizes must be positive integers, got {list(batch_sizes)}")

@@ -39,6 +39,8 @@ __all__ = [
     "spearman_rho",
 ]
 
+#: The most architectures a latency fit samples (each is packed and timed).
+MAX_SAMPLES = 10_000
 LATENCY_FORMAT = "nasbnn-latency-model"
 LATENCY_VERSION = 1
 #: A file with one model per engine thread count (``nasbnn latency fit --threads 1 2``).
@@ -272,12 +274,13 @@ def measure_latency_threads(space: SearchSpace, archs: Sequence[Arch], *, thread
     import torch
 
     from ..cost import arch_cost
-    from .bench import SEED_LIMIT, check_memory, check_seed, random_static
+    from .bench import SEED_LIMIT, check_memory, check_repeats, check_seed, random_static
     from .runtime import BinaryEngine
 
     tlist = [int(t) for t in threads]
-    if repeats < 1 or warmup < 0 or not tlist or min(tlist) < 1:
-        raise EngineError("repeats and threads must be >= 1 and warmup >= 0")
+    check_repeats(repeats, warmup)
+    if not tlist or min(tlist) < 1:
+        raise EngineError("threads must be >= 1")
     check_seed(seed)
     res = space.resolution if resolution is None else check_resolution(int(resolution))
     for arch in archs:
@@ -345,8 +348,8 @@ def fit_latency(space: SearchSpace, *, samples: int = 30, threads: int = 1, repe
 
 def _sample_archs(space: SearchSpace, samples: int, seed: int) -> list[Arch]:
     """The largest, the smallest and distinct random members."""
-    if samples < 4:
-        raise EngineError(f"a latency fit needs at least 4 sampled architectures, got {samples}")
+    if not 4 <= samples <= MAX_SAMPLES:
+        raise EngineError(f"a latency fit samples 4 to {MAX_SAMPLES} architectures, got {samples}")
     rng = Random(seed)
     archs: list[Arch] = [space.largest(), space.smallest()]
     seen = set(archs)
