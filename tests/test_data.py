@@ -455,6 +455,17 @@ def test_synthetic_shapes_and_determinism():
     assert next(iter(up.train.loader(batch_size=4, train=True, seed=0)))[0].shape == (4, 2, 12, 12)
 
 
+def test_synthetic_data_warns_that_it_does_not_read_a_given_root(caplog, tmp_path):
+    small = SyntheticDataConfig(num_train=8, num_test=8, num_classes=2, channels=1, resolution=4)
+    with caplog.at_level("WARNING", logger="nasbnn.data.build"):
+        build_data(DataConfig(name="synthetic", holdout_per_class=1, synthetic=small), resolution=4, seed=0)
+        assert not caplog.records
+        build_data(DataConfig(name="synthetic", holdout_per_class=1, synthetic=small, root=str(tmp_path)),
+                   resolution=4, seed=0)
+    assert len(caplog.records) == 1
+    assert f"data.root={tmp_path} is not read" in caplog.records[0].getMessage()
+
+
 def test_synthetic_is_learnable():
     cfg = DataConfig(name="synthetic", holdout_per_class=20)
     b = build_data(cfg, resolution=16, seed=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ from ..errors import ConfigError, DataError
 from ..registry import Registry
 from .augment import Augment, Normalize, resize_images
 from .base import DataBundle, TensorSplit, holdout_split
+
+log = logging.getLogger(__name__)
 
 __all__ = ["CLASS_NAMES", "DATASETS", "IN_MEMORY_SPECS", "build_data", "preprocess_info"]
 
@@ -138,6 +141,9 @@ def _build_in_memory(cfg: DataConfig, ds: Any, *, resolution: int, seed: int) ->
 def _build_synthetic(cfg: DataConfig, *, resolution: int, seed: int, run_dir: str | Path | None = None) -> DataBundle:
     from .synthetic import make_synthetic
 
+    if cfg.root is not None:
+        log.warning("data.root=%s is not read: data.name=synthetic generates its images (set data.name to read "
+                    "a dataset there)", cfg.root)
     s = cfg.synthetic
     (tx, ty), (vx, vy), (ex, ey) = make_synthetic(s, cfg.holdout_per_class, seed)
     aug = _SYNTHETIC_AUGMENT if cfg.augment else None
