@@ -737,36 +737,36 @@ def _conv_group(src, r0, c0w, g, nlo, nhi, job, geo, conv, inp, short, out_f, ta
     rvoff = np.arange(0, max(cols, 1), FLOAT_LANES) % cr  # offsets of the vectors in a shortcut pixel
     zeros = 0
     nblk = (npx + BLOCK - 1) // BLOCK
+    byte_tiles = BYTE_SUMS and kw >= BYTE_SUM_MIN_WORDS
+    # channels covered by whole main tiles (two vectors wide with byte sums, else three)
+    nmain = nlo + span - span % ((2 if byte_tiles else 3) * LANES)
     for kb in range(nblk):
         m0 = (kb + job.start) % nblk * BLOCK
         mr = min(BLOCK, npx - m0)
-        if BYTE_SUMS and kw >= BYTE_SUM_MIN_WORDS:
-            n2 = nlo + span - span % (2 * LANES)
+        if byte_tiles:
             if mr == BLOCK:
                 for t0 in range(0, BLOCK, TILE_M):
-                    for n0 in range(nlo, n2, 2 * LANES):
+                    for n0 in range(nlo, nmain, 2 * LANES):
                         _btile_main2(src, r0 + m0 + t0, c0w, kw, wgt, n0, acc, t0)
-                    if nend > n2:
-                        _btile_main1(src, r0 + m0 + t0, c0w, kw, wgt, n2, acc, t0)
+                    if nend > nmain:
+                        _btile_main1(src, r0 + m0 + t0, c0w, kw, wgt, nmain, acc, t0)
             else:
                 for i in range(mr):
                     for n0 in range(nlo, nend, LANES):
                         _btile_one1(src, r0 + m0 + i, c0w, kw, wgt, n0, acc, i)
         elif mr == BLOCK:
-            n3 = nlo + span - span % (3 * LANES)
             for t0 in range(0, BLOCK, TILE_M):
-                for n0 in range(nlo, n3, 3 * LANES):
+                for n0 in range(nlo, nmain, 3 * LANES):
                     _tile_main3(src, r0 + m0 + t0, c0w, kw, wgt, n0, acc, t0)
-                if nend - n3 == 2 * LANES:
-                    _tile_main2(src, r0 + m0 + t0, c0w, kw, wgt, n3, acc, t0)
-                elif nend - n3 == LANES:
-                    _tile_main1(src, r0 + m0 + t0, c0w, kw, wgt, n3, acc, t0)
+                if nend - nmain == 2 * LANES:
+                    _tile_main2(src, r0 + m0 + t0, c0w, kw, wgt, nmain, acc, t0)
+                elif nend - nmain == LANES:
+                    _tile_main1(src, r0 + m0 + t0, c0w, kw, wgt, nmain, acc, t0)
         else:
-            n3 = nlo + span - span % (3 * LANES)
             for i in range(mr):
-                for n0 in range(nlo, n3, 3 * LANES):
+                for n0 in range(nlo, nmain, 3 * LANES):
                     _tile_one3(src, r0 + m0 + i, c0w, kw, wgt, n0, acc, i)
-                for n0 in range(n3, nend, LANES):
+                for n0 in range(nmain, nend, LANES):
                     _tile_one1(src, r0 + m0 + i, c0w, kw, wgt, n0, acc, i)
         for i in range(mr):
             m = m0 + i
