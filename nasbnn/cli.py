@@ -13,6 +13,7 @@ from typing import NoReturn
 
 from . import __version__
 from .errors import NasbnnError
+from .utils.io import remove_empty_created
 
 __all__ = ["main"]
 
@@ -85,6 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(handler(args) or 0)
     except NasbnnError as exc:
         print(f"nasbnn {args.command}: error: {exc}", file=sys.stderr)
+        remove_empty_created()  # no empty run folder left behind by a command that wrote nothing
         return 2
     except KeyboardInterrupt:
         print(f"nasbnn {args.command}: interrupted", file=sys.stderr)

@@ -248,7 +248,7 @@ class PipelineConfig(Strict):
 class RunBase(Strict):
     """The top-level settings of every kind of run (classification and detection): seed, device, folder."""
 
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63, description="seed of every random choice of the run")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     out: str = Field("nasbnn-run", description="run folder")
 

@@ -349,3 +349,29 @@ def test_export_finishes_an_export_stopped_before_its_bundle_json(tiny_files, tm
     (other / "model.safetensors").write_bytes(save({"w": torch.zeros(2)}, metadata={"format": "pt"}))
     with pytest.raises(OutputError, match="not a bundle"):
         check_export_folder(other)
+
+
+def test_failed_command_leaves_no_run_folder_it_created(capsys, tmp_path):
+    """A command stopped by a user mistake after creating its run folder takes the empty folders back; a folder
+    that existed, or that holds anything, stays."""
+    missing = tmp_path / "nodata"
+    argv = ["train-supernet", "--config", "tiny", "data.name=fashion-mnist", f"data.root={missing}"]
+    _one_line_error(capsys, [*argv, f"out={tmp_path / 'new' / 'run'}"], "not found")
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "kept").mkdir()
+    _one_line_error(capsys, [*argv, f"out={tmp_path / 'kept'}"], "not found")
+    assert (tmp_path / "kept").is_dir()
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**63)])
+def test_run_seed_out_of_range(capsys, seed):
+    _one_line_error(capsys, ["config", "--config", "tiny", f"seed={seed}"], "'seed'")
+
+
+def test_space_path_without_yaml_suffix_is_read_as_a_file(capsys, tmp_path):
+    """A path given as the space is read as a space file whatever its suffix, so the error says what is wrong
+    with it rather than calling it an unknown preset."""
+    (tmp_path / "space.txt").write_text("- 1\n- 2\n")
+    _one_line_error(capsys, ["cost", "--space", str(tmp_path / "space.txt"), "--largest"], "must hold a mapping")
+    _one_line_error(capsys, ["cost", "--space", str(tmp_path), "--largest"], "is a folder")
+    _one_line_error(capsys, ["cost", "--space", "nosuch", "--largest"], "unknown search space 'nosuch'")

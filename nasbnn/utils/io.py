@@ -9,6 +9,7 @@ would have given it (0666 less the umask), so a bundle copied into a shared mode
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -18,7 +19,8 @@ from typing import Any
 
 from ..errors import NasbnnError, OutputError
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "ensure_dir", "missing_file", "read_json", "umask"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "ensure_dir", "missing_file", "read_json", "remove_empty_created",
+           "umask"]
 
 
 def umask() -> int:
@@ -35,15 +37,25 @@ def umask() -> int:
     return old
 
 
+# Folders that ensure_dir created in this process, in creation order (outermost first).
+_created: list[Path] = []
+
+
 def ensure_dir(path: str | Path, *, what: str = "output folder") -> Path:
     """Creates ``path`` (and its parents) as a folder, or raises a one-line :class:`OutputError` saying why
-    it cannot be used: a file is in the way, the file system is read-only, permission is denied."""
+    it cannot be used: a file is in the way, the file system is read-only, permission is denied.
+
+    The folders it creates are remembered, so that a command that then fails can take back the ones it
+    left empty (:func:`remove_empty_created`).
+    """
     p = Path(path)
     for part in (p, *p.parents):
         if part.exists() and not part.is_dir():
             raise OutputError(f"{what} {str(p)!r} cannot be created: {str(part)!r} is a file, not a folder")
+    missing = [part for part in (p, *p.parents) if not part.exists()]
     try:
         p.mkdir(parents=True, exist_ok=True)
+        _created.extend(reversed(missing))
     except OSError as exc:
         reason = {errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
                   errno.EPERM: "operation not permitted", errno.ENOSPC: "no space left"}.get(exc.errno or 0)
@@ -51,6 +63,18 @@ def ensure_dir(path: str | Path, *, what: str = "output folder") -> Path:
     if not os.access(p, os.W_OK | os.X_OK):
         raise OutputError(f"{what} {str(p)!r} is not writable")
     return p
+
+
+def remove_empty_created() -> None:
+    """Removes the folders :func:`ensure_dir` created in this process that are still empty, innermost first.
+
+    For a command that stops with an error before writing anything: it leaves no empty run folder behind.
+    A folder that holds anything, or that another process has written into, stays.
+    """
+    while _created:
+        folder = _created.pop()
+        with contextlib.suppress(OSError):  # not empty, or already gone
+            folder.rmdir()
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
