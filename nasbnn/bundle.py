@@ -80,7 +80,7 @@ def read_bundle_info(folder: str | Path) -> dict[str, Any]:
     f = p / "bundle.json"
     info = read_json(f, error=CheckpointError,
                      missing=f"{str(p)!r} is not a nasbnn bundle (no bundle.json); export one with `nasbnn export`")
-    if info.get("format") != BUNDLE_FORMAT:
+    if not isinstance(info, dict) or info.get("format") != BUNDLE_FORMAT:
         raise CheckpointError(f"{str(f)!r} is not a nasbnn bundle description")
     if info.get("format_version") != BUNDLE_VERSION:
         raise CheckpointError(f"{str(p)!r} has bundle format version {info.get('format_version')}; this nasbnn "
@@ -98,9 +98,16 @@ def load_bundle(folder: str | Path, *, device: torch.device | str = "cpu") -> St
     from safetensors.torch import load
 
     info = read_bundle_info(folder)
-    space = SearchSpace.from_dict(info["space"])
-    arch = space.validate(Arch.parse(info["arch"]), nondecreasing=False)
+    try:
+        space = SearchSpace.from_dict(info["space"])
+        arch = space.validate(Arch.parse(info["arch"]), nondecreasing=False)
+    except KeyError as exc:
+        raise CheckpointError(f"bundle {str(folder)!r}: bundle.json has no {exc}; the file is damaged") from None
+    except (TypeError, AttributeError):
+        raise CheckpointError(f"bundle {str(folder)!r}: the space or architecture in bundle.json is damaged") from None
     strategies = info.get("strategies") or {}
+    if not isinstance(strategies, dict):
+        raise CheckpointError(f"bundle {str(folder)!r}: strategies in bundle.json is not a mapping")
     weight_norm = strategies.get("weight_norm", True)
     if not isinstance(weight_norm, bool):
         raise CheckpointError(f"bundle {str(folder)!r}: strategies.weight_norm must be true or false, got "

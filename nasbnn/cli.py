@@ -83,7 +83,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(handler(args) or 0)
+        code = int(handler(args) or 0)
+        sys.stdout.flush()  # here, where a closed or full output can still be reported
+        return code
+    except BrokenPipeError:
+        # The reader of the output went away (``| head``): stop quietly, as other command-line tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except NasbnnError as exc:
         print(f"nasbnn {args.command}: error: {exc}", file=sys.stderr)
         remove_empty_created()  # no empty run folder left behind by a command that wrote nothing
@@ -91,6 +97,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"nasbnn {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # the file system's word on a path (name too long, disk full, ...): one line
+        where = f": {exc.filename!r}" if exc.filename else ""
+        print(f"nasbnn {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        remove_empty_created()
+        return 2
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] not in _TRAINING_MODULES:
             raise

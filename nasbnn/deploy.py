@@ -7,6 +7,9 @@ statistics on training images, evaluate on the test set. (The "fine-tuned" path 
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,14 +18,14 @@ import torch
 
 from .bundle import save_bundle
 from .config import RunConfig, config_to_dict
-from .errors import ConfigError, OutputError, SearchError
+from .errors import CheckpointError, ConfigError, OutputError, SearchError
 from .export import export_subnet
 from .models import StaticBNN, SuperBNN
 from .registry import Registry
 from .search.result import family_entries
 from .space import Arch
 from .train.bn import evaluate_top1, recalibrate_bn
-from .utils.io import read_json
+from .utils.io import ensure_dir, read_json, umask
 
 __all__ = ["EXPORT_FORMATS", "check_export_folder", "evaluate_network", "evaluate_spec", "export_arch",
            "export_from_checkpoint", "read_family"]
@@ -98,27 +101,78 @@ def _write_packed(net: StaticBNN, folder: Path, dataset: str) -> str:
 
 
 def check_export_folder(folder: str | Path) -> None:
-    """Refuses an export destination that holds something an export would damage: a training run
-    (``checkpoint.pt``), or files an export writes (``config.yaml``, ...) that are not those of a bundle.
-    A missing or empty folder, a folder of other files, an existing bundle (replaced) and the weights of an
-    interrupted export (a bundle's ``model.safetensors`` without its ``bundle.json``) are fine.
+    """Refuses an export destination that is not a missing or empty folder, a bundle (replaced), or the files
+    of an unfinished export (a bundle's ``model.safetensors`` and other export files, without ``bundle.json``).
 
     Raises:
-        OutputError: the folder holds a training run or files of something other than a bundle.
+        OutputError: the folder holds a training run (``checkpoint.pt``), export files that are not a bundle's,
+            or anything else.
     """
     p = Path(folder)
     if not p.is_dir():
+        if p.exists() or p.is_symlink():
+            raise OutputError(f"export folder {str(p)!r} is a file, not a folder; export to another folder (--to)")
         return
     if (p / "checkpoint.pt").exists():
         raise OutputError(f"export folder {str(p)!r} holds a training run (checkpoint.pt); export to another "
                           "folder (--to)")
-    if not (p / "bundle.json").is_file():
-        taken = [name for name in EXPORT_FILES if (p / name).exists()]
-        if taken == ["model.safetensors"] and _bundle_weights(p / "model.safetensors"):
-            return  # an export stopped between its weights and its bundle.json: finish it
-        if taken:
-            raise OutputError(f"export folder {str(p)!r} holds {taken[0]} but is not a bundle (no bundle.json); "
-                              "export to another folder (--to)")
+    for name in EXPORT_FILES:
+        f = p / name
+        if (f.exists() or f.is_symlink()) and (f.is_symlink() or not f.is_file()):
+            raise OutputError(f"export folder {str(p)!r}: {name} there is not a regular file; remove it or export to "
+                              "another folder (--to)")
+    if (p / "bundle.json").is_file():
+        return
+    names = sorted(e.name for e in p.iterdir())
+    if not names:
+        return
+    if "model.safetensors" in names and set(names) <= set(EXPORT_FILES) and _bundle_weights(p / "model.safetensors"):
+        return  # an export stopped before its bundle.json: finish it
+    taken = [name for name in EXPORT_FILES if name in names]
+    if taken:
+        raise OutputError(f"export folder {str(p)!r} holds {taken[0]} but is not a bundle (no bundle.json); "
+                          "export to another folder (--to)")
+    raise OutputError(f"export folder {str(p)!r} is not empty and not a bundle (it holds {names[0]!r}); export to a "
+                      "missing or empty folder, or over a bundle (--to)")
+
+
+def _check_finite(net: StaticBNN, arch: Arch) -> None:
+    """Refuses a network with NaN or infinite weights or statistics (a damaged or diverged supernet)."""
+    for name, value in net.state_dict().items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"architecture {arch}: {name} holds NaN or infinite values; the supernet checkpoint "
+                              "is damaged or its training diverged")
+
+
+def _staging_folder(dest: Path) -> Path:
+    """An empty folder beside ``dest`` with the permissions a new folder gets, for an export to be written in."""
+    ensure_dir(dest.parent, what="export folder's parent")
+    try:
+        stage = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.export-"))
+    except OSError as exc:
+        raise OutputError(f"cannot write into {str(dest.parent)!r}: {exc.strerror or exc}") from None
+    os.chmod(stage, 0o777 & ~umask())
+    return stage
+
+
+def _commit_export(stage: Path, dest: Path) -> None:
+    """Moves the complete export in ``stage`` to ``dest``, replacing a bundle there file by file.
+
+    ``bundle.json`` goes first and comes back last: until then the folder reads as an unfinished export (which
+    a re-run finishes), never as a bundle whose files disagree. Export files that this export did not write
+    (the ``model.nbp`` of an earlier ``--format packed``) are removed.
+    """
+    if not dest.exists():
+        os.rename(stage, dest)
+        return
+    (dest / "bundle.json").unlink(missing_ok=True)
+    for name in EXPORT_FILES[1:]:
+        if (stage / name).exists():
+            os.replace(stage / name, dest / name)
+        else:
+            (dest / name).unlink(missing_ok=True)
+    os.replace(stage / "bundle.json", dest / "bundle.json")
+    stage.rmdir()
 
 
 def _bundle_weights(path: Path) -> bool:
@@ -161,10 +215,18 @@ def export_from_checkpoint(cfg: RunConfig, *, checkpoint: str | Path, spec: str,
         test = eval_batches(data.test, cfg, device) if evaluate else None
     out = []
     for (name, arch), folder in zip(targets, folders):
-        net, metrics = export_arch(model, arch, folder, calib=calib, test=test, config=config_to_dict(cfg),
-                                   source={"checkpoint": str(checkpoint), "step": int(state.get("step", 0))})
-        out.append({"name": name, "arch": str(arch), "folder": str(folder), "files": write(net, folder, cfg.data.name),
-                    "metrics": metrics})
+        # Written whole beside the destination, then moved in: a failure leaves what was there untouched.
+        stage = _staging_folder(folder)
+        try:
+            net, metrics = export_arch(model, arch, stage, calib=calib, test=test, config=config_to_dict(cfg),
+                                       source={"checkpoint": str(checkpoint), "step": int(state.get("step", 0))})
+            _check_finite(net, arch)
+            files = write(net, stage, cfg.data.name)
+            _commit_export(stage, folder)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+        out.append({"name": name, "arch": str(arch), "folder": str(folder),
+                    "files": files.replace(str(stage), str(folder)), "metrics": metrics})
     return out
 
 

@@ -1,8 +1,9 @@
 """Check this implementation against outputs of the official NAS-BNN code (parity fixtures).
 
 A fixture folder holds ``logits_seed<S>.json`` (architectures, weight modes, inputs and the upstream
-logits), ``ops_seed<S>.json`` (upstream FLOPs/BOPs/OPs) and ``make_state.py``, which rebuilds the
-deterministic upstream-format state dict for seed S.
+logits), ``ops_seed<S>.json`` (upstream FLOPs/BOPs/OPs) and ``state_keys.json`` (the upstream state dict's
+names and shapes), from which :func:`fixture_state` rebuilds the deterministic upstream-format state for
+seed S. Nothing in the folder is executed: its ``make_state.py`` is not needed.
 
 Random binary networks turn any rounding difference into sign flips, so bit-level agreement of the
 float kernels matters: oneDNN picks different convolution kernels (and summation orders) on AVX-512
@@ -12,39 +13,79 @@ ISA the fixtures were made with (``AVX2`` for the shipped ones); ``nasbnn parity
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import re
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, NasbnnError
+from .utils.io import read_json
 
-__all__ = ["ISAS", "check_logits", "check_ops", "fixture_files", "format_parity", "logits_cases", "run_parity"]
+__all__ = ["ISAS", "check_logits", "check_ops", "fixture_files", "fixture_state", "format_parity", "logits_cases",
+           "run_parity"]
 
 
 def fixture_files(folder: str | Path, kind: str) -> list[Path]:
     return sorted(Path(folder).glob(f"{kind}_seed*.json"))
 
 
-def _make_state(folder: Path, seed: int) -> dict[str, Any]:
-    spec = importlib.util.spec_from_file_location("nasbnn_fixture_make_state", folder / "make_state.py")
-    if spec is None or spec.loader is None:
-        raise FileNotFoundError(folder / "make_state.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    keys = json.loads((folder / "state_keys.json").read_text())
-    make = getattr(module, "make_state", None)
-    if not callable(make):
-        raise NasbnnError(f"{str(folder / 'make_state.py')!r} defines no make_state(keys, seed) function")
-    state = make(keys, seed)
-    if not isinstance(state, dict) or not state:
-        got = "an empty dict" if isinstance(state, dict) else type(state).__name__
-        raise NasbnnError(f"{str(folder / 'make_state.py')!r}: make_state(keys, {seed}) returned {got}, not a state "
-                          "dict")
+def _leaf_tensor(key: str, shape: list[int], g: Any) -> Any:
+    """One tensor of the fixture state: how the fixtures draw each kind of parameter (README of the fixtures)."""
+    import torch
+
+    leaf = key.rsplit(".", 1)[-1]
+    if leaf == "num_batches_tracked":
+        return torch.zeros(shape, dtype=torch.long)
+    if leaf in ("w_init_state", "scaling_factor"):
+        return torch.ones(shape)
+    if leaf.startswith(("matrix_", "fp2bin_")):  # Bi-Transformation matrices: near the identity
+        return torch.eye(shape[0]) + 0.05 * torch.randn(shape, generator=g)
+    if leaf == "running_var":
+        return 0.5 + torch.rand(shape, generator=g)
+    if leaf == "running_mean":
+        return 0.1 * torch.randn(shape, generator=g)
+    if leaf == "w_scale":
+        return 0.004 * (0.5 + torch.rand(shape, generator=g))
+    if ".prelu" in key:
+        return 0.25 + 0.05 * torch.randn(shape, generator=g)
+    if ".bn." in key and leaf == "weight":
+        return 1.0 + 0.1 * torch.randn(shape, generator=g)
+    if leaf == "weight" and len(shape) >= 2:
+        return torch.randn(shape, generator=g) / math.sqrt(math.prod(shape[1:]))
+    return 0.1 * torch.randn(shape, generator=g)  # biases of BN, RSign, RPReLU and the classifier
+
+
+def fixture_state(keys: dict[str, list[int]], seed: int) -> dict[str, Any]:
+    """The upstream-format supernet state the fixtures were made with, rebuilt from ``state_keys.json``.
+
+    Each tensor comes from its own generator, seeded with the CRC32 of its key xor ``seed``; the integer
+    candidate buffers are left out (the model derives them). This is the rule the fixture folder's
+    ``make_state.py`` follows, computed here so that no code from the folder is run.
+    """
+    import torch
+
+    state = {}
+    for key, shape in keys.items():
+        if key.rsplit(".", 1)[-1] in ("biggest_cand", "smallest_cand"):
+            continue
+        state[key] = _leaf_tensor(key, shape, torch.Generator().manual_seed(zlib.crc32(key.encode()) ^ seed))
     return state
+
+
+def _state_keys(folder: Path) -> dict[str, list[int]]:
+    """``state_keys.json`` of a fixture folder: parameter name -> shape."""
+    f = folder / "state_keys.json"
+    keys = read_json(f, error=ConfigError, missing=f"{str(folder)!r} is not a parity fixture folder (no "
+                     "state_keys.json)")
+    if not (isinstance(keys, dict) and keys and all(
+            isinstance(k, str) and isinstance(v, list) and all(isinstance(d, int) and not isinstance(d, bool)
+                                                               and 0 <= d <= 1 << 20 for d in v)
+            for k, v in keys.items())):
+        raise ConfigError(f"{str(f)!r} must map parameter names to shapes (lists of sizes)")
+    return keys
 
 
 def check_ops(folder: str | Path) -> list[dict[str, Any]]:
@@ -59,7 +100,8 @@ def check_ops(folder: str | Path) -> list[dict[str, Any]]:
         for i, entry in enumerate(json.loads(f.read_text())):
             arch = arch_from_upstream(entry["arch"], space, nondecreasing=False)
             c = arch_cost(arch, space)
-            rel = max(abs(getattr(c, k) - entry[k]) / abs(entry[k]) for k in ("mflops", "mbops", "mops"))
+            errs = [abs(getattr(c, k) - entry[k]) / abs(entry[k]) for k in ("mflops", "mbops", "mops")]
+            rel = max(errs) if all(math.isfinite(e) for e in errs) else math.inf
             out.append({"file": f.name, "index": i, "mops": c.mops, "upstream_mops": entry["mops"], "rel_err": rel})
     return out
 
@@ -78,7 +120,7 @@ def logits_cases(folder: str | Path) -> Iterator[tuple[str, int, Any, Any, dict[
     space = create_space("imagenet")
     for f in fixture_files(folder, "logits"):
         data = json.loads(f.read_text())
-        state = _make_state(folder, int(data["seed"]))
+        state = fixture_state(_state_keys(folder), int(data["seed"]))
         net = SuperBNN(space).eval()
         load_upstream_checkpoint(net, state)
         x = torch.from_numpy(np.load(folder / data["input"]))
@@ -132,7 +174,7 @@ def run_parity(fixtures: str | Path | None = None, *, isa: str = "AVX2", toleran
 
     Raises:
         ConfigError: an unknown ``isa``, a negative or non-finite ``tolerance``, or not a fixture folder
-            (no ``make_state.py``, or nothing to compare).
+            (no valid ``state_keys.json``, or nothing to compare).
         NasbnnError: the check could not run, ended without a result, or took more than :data:`PARITY_TIMEOUT_S`.
     """
     import os
@@ -141,8 +183,7 @@ def run_parity(fixtures: str | Path | None = None, *, isa: str = "AVX2", toleran
 
     isa = _check_settings(isa, tolerance)
     folder = Path(fixtures or os.environ.get("NASBNN_UPSTREAM_FIXTURES", "../shared/fixtures/upstream"))
-    if not (folder / "make_state.py").is_file():
-        raise ConfigError(f"{str(folder)!r} is not a parity fixture folder (no make_state.py)")
+    _state_keys(folder)
     if not fixture_files(folder, "logits") and not fixture_files(folder, "ops"):
         raise ConfigError(f"parity fixture folder {str(folder)!r} has nothing to compare (no logits_seed*.json "
                           "or ops_seed*.json)")
@@ -154,7 +195,7 @@ def run_parity(fixtures: str | Path | None = None, *, isa: str = "AVX2", toleran
                               timeout=PARITY_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         raise NasbnnError(f"parity check did not finish within {PARITY_TIMEOUT_S:g} s (it takes seconds on the "
-                          f"official fixtures); does {str(folder / 'make_state.py')!r} end?") from None
+                          "official fixtures)") from None
     if proc.returncode != 0:
         said = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
         why = said[-1] if said else f"it ended with exit status {proc.returncode} and no message"
@@ -166,9 +207,12 @@ def run_parity(fixtures: str | Path | None = None, *, isa: str = "AVX2", toleran
     except json.JSONDecodeError:
         res = None
     if not (isinstance(res, dict) and isinstance(res.get("logits"), list) and isinstance(res.get("ops"), list)):
-        raise NasbnnError(f"parity check ended without a result (did {str(folder / 'make_state.py')!r} end the "
-                          "process?)")
-    ok = all(r["rel_l2"] <= tolerance for r in res["logits"]) and all(r["rel_err"] <= 1e-6 for r in res["ops"])
+        raise NasbnnError("parity check ended without a result")
+    if not res["logits"] and not res["ops"]:
+        raise ConfigError(f"parity fixture folder {str(folder)!r} holds no cases: nothing was compared")
+    # NaN fails every comparison: an error that is not a finite number is never within the tolerance
+    ok = (all(math.isfinite(r["rel_l2"]) and r["rel_l2"] <= tolerance for r in res["logits"])
+          and all(math.isfinite(r["rel_err"]) and r["rel_err"] <= 1e-6 for r in res["ops"]))
     return {**res, "ok": ok}
 
 

@@ -80,7 +80,7 @@ def load_supernet(checkpoint: str | Path, device: torch.device | str = "cpu", *,
             ``expect_space``.
     """
     from .strategies import check_strategies, model_kwargs, strategies_from_config, strategies_from_record
-    from .train.checkpoint import load_checkpoint, space_from_checkpoint
+    from .train.checkpoint import load_checkpoint, restoring, space_from_checkpoint
 
     state = load_checkpoint(checkpoint, kind="supernet")
     space = space_from_checkpoint(state)
@@ -91,7 +91,8 @@ def load_supernet(checkpoint: str | Path, device: torch.device | str = "cpu", *,
     if expect is not None:
         check_strategies(found, strategies_from_config(expect), f"checkpoint {str(checkpoint)!r}")
     model = SuperBNN(space, **model_kwargs(found))
-    model.load_state_dict(state["model"])
+    with restoring(checkpoint, "the supernet of its space"):
+        model.load_state_dict(state["model"])
     return model.to(device).eval(), state
 
 

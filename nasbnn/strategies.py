@@ -29,11 +29,12 @@ def strategies_from_config(cfg: Any) -> dict[str, bool]:
 def strategies_from_record(config: Mapping[str, Any] | None) -> dict[str, bool]:
     """The switches recorded in a checkpoint's or bundle's config dict; absent keys (files written
     before the switches existed, imported upstream weights) mean the paper's method."""
-    config = config or {}
+    config = config if isinstance(config, Mapping) else {}
     out = {}
     for name, key in STRATEGIES.items():
         section, field = key.split(".")
-        value = (config.get(section) or {}).get(field, True)
+        part = config.get(section)
+        value = part.get(field, True) if isinstance(part, Mapping) else True
         out[name] = bool(value)
     return out
 

@@ -375,3 +375,113 @@ def test_space_path_without_yaml_suffix_is_read_as_a_file(capsys, tmp_path):
     _one_line_error(capsys, ["cost", "--space", str(tmp_path / "space.txt"), "--largest"], "must hold a mapping")
     _one_line_error(capsys, ["cost", "--space", str(tmp_path), "--largest"], "is a folder")
     _one_line_error(capsys, ["cost", "--space", "nosuch", "--largest"], "unknown search space 'nosuch'")
+
+
+# ----------------------------------------------------------------------------- export: staged, whole or nothing
+def _export_argv(checkpoint: Path, dest: Path, *extra: str) -> list[str]:
+    return ["export", "--config", "tiny", "--checkpoint", str(checkpoint), "--no-recalibrate", "--to", str(dest),
+            *extra]
+
+
+def test_failed_export_leaves_the_bundle_there_untouched(tiny_files, tmp_path, capsys):
+    """An export that fails after the network was built (NaN weights in the checkpoint) changes nothing in the
+    destination and leaves no staging folder."""
+    state = load_checkpoint(tiny_files / "run" / "checkpoint.pt")
+    model = state["model"]
+    model[next(k for k, v in model.items() if v.is_floating_point() and k.endswith("bias"))].fill_(float("nan"))
+    bad = tmp_path / "nan.pt"
+    save_checkpoint(bad, kind="supernet", model_state=model, space=create_space("tiny"), config={}, step=0)
+    dest = _copy(tiny_files / "bundle", tmp_path / "dest")
+    before = _snapshot(dest)
+    _one_line_error(capsys, _export_argv(bad, dest, "--largest", "--format", "packed"), "NaN or infinite")
+    assert _snapshot(dest) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dest", "nan.pt"]
+
+
+def test_export_over_a_packed_bundle_removes_its_stale_packed_model(tiny_files, tmp_path):
+    ckpt = tiny_files / "run" / "checkpoint.pt"
+    dest = tmp_path / "dest"
+    assert main(_export_argv(ckpt, dest, "--largest", "--format", "packed")) == 0
+    assert (dest / "model.nbp").is_file()
+    assert main(_export_argv(ckpt, dest, "--smallest")) == 0
+    assert sorted(p.name for p in dest.iterdir()) == ["bundle.json", "config.yaml", "model.safetensors"]
+    assert json.loads((dest / "bundle.json").read_text())["arch"] == str(create_space("tiny").smallest())
+
+
+def test_export_into_a_folder_of_other_files_is_refused(tiny_files, tmp_path, capsys):
+    dest = tmp_path / "photos"
+    dest.mkdir()
+    (dest / "a.png").write_bytes(PRECIOUS)
+    _one_line_error(capsys, _export_argv(tiny_files / "run" / "checkpoint.pt", dest, "--smallest"),
+                    "not empty and not a bundle", "a.png")
+    assert [p.name for p in dest.iterdir()] == ["a.png"]
+
+
+# ----------------------------------------------------------------------------- special files and paths
+def test_outputs_onto_a_fifo_are_refused_before_any_work(tmp_path, capsys):
+    import os
+    import stat
+
+    fifo = tmp_path / "out.json"
+    os.mkfifo(fifo)
+    _one_line_error(capsys, ["latency", "fit", "--space", "tiny", "--samples", "4", "--repeats", "1",
+                             "--out", str(fifo)], "--out", "not a regular file")
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+
+
+def test_report_where_nothing_can_be_written_fails_before_measuring(tmp_path, capsys):
+    out = tmp_path / "m.json"
+    _one_line_error(capsys, ["latency", "fit", "--space", "tiny", "--samples", "4", "--repeats", "1",
+                             "--out", str(out), "--report", "/proc/nasbnn-report.json"], "--report", "/proc")
+    assert not out.exists()
+
+
+def test_path_component_too_long(tmp_path, capsys):
+    long = tmp_path / ("x" * 300)
+    _one_line_error(capsys, ["config", "--config", f"{long}.yaml"], "too long")
+    _one_line_error(capsys, ["cost", "--space", "tiny", "--arch-json", f"{long}.json"], "too long")
+
+
+def test_closed_output_pipe_is_not_a_traceback():
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "nasbnn", "cost", "--space", "imagenet", "--largest"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.read(1)
+    proc.stdout.close()  # the reader goes away, as `| head -c1` does
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=120)
+    assert "Traceback" not in err, err
+
+
+@pytest.mark.parametrize(("text", "needle"), [("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+                                              ("1" * 5000, "digits")])
+def test_latency_model_json_that_python_cannot_read(tmp_path, capsys, text, needle):
+    f = tmp_path / "m.json"
+    f.write_text(text)
+    _one_line_error(capsys, ["latency", "predict", "--space", "tiny", "--largest", "--model", str(f)], needle)
+
+
+@pytest.mark.parametrize(("entry", "value", "needle"), [("model", "weights", "'model' entry is not a mapping"),
+                                                        ("config", "x", "'config' entry is not a mapping"),
+                                                        ("step", -1, "its step is -1")])
+def test_checkpoint_entries_of_the_wrong_type(tiny_files, tmp_path, capsys, entry, value, needle):
+    import torch
+
+    data = torch.load(tiny_files / "run" / "checkpoint.pt", weights_only=True)
+    data[entry] = value
+    bad = tmp_path / "bad.pt"
+    torch.save(data, bad)
+    _one_line_error(capsys, _export_argv(bad, tmp_path / "dest", "--smallest"), needle)
+
+
+def test_checkpoint_tensor_of_the_wrong_shape(tiny_files, tmp_path, capsys):
+    import torch
+
+    data = torch.load(tiny_files / "run" / "checkpoint.pt", weights_only=True)
+    key = next(iter(data["model"]))
+    data["model"][key] = torch.zeros(1)
+    bad = tmp_path / "bad.pt"
+    torch.save(data, bad)
+    _one_line_error(capsys, _export_argv(bad, tmp_path / "dest", "--smallest"), "does not fit", key)

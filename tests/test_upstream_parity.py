@@ -1,9 +1,10 @@
 """Parity with the official NAS-BNN code on the fixtures in $NASBNN_UPSTREAM_FIXTURES.
 
-Every ``logits_seed*.json`` and ``ops_seed*.json`` in the folder is checked; state dicts are rebuilt
-with the folder's own ``make_state.py``. Logits run in a subprocess with oneDNN pinned to the ISA the
-fixtures were made with (AVX2), because random binary networks amplify kernel rounding differences
-(AVX-512 vs AVX2 summation order) into sign flips.
+Every ``logits_seed*.json`` and ``ops_seed*.json`` in the folder is checked; state dicts are rebuilt by
+``nasbnn.parity.fixture_state`` (bit for bit what the folder's ``make_state.py`` gives, checked here).
+Logits run in a subprocess with oneDNN pinned to the ISA the fixtures were made with (AVX2), because
+random binary networks amplify kernel rounding differences (AVX-512 vs AVX2 summation order) into sign
+flips.
 """
 
 from __future__ import annotations
@@ -22,6 +23,21 @@ FIXTURES = Path(os.environ.get("NASBNN_UPSTREAM_FIXTURES", REPO.parent / "shared
 pytestmark = pytest.mark.skipif(
     not (FIXTURES / "make_state.py").is_file(), reason=f"no upstream parity fixtures at {FIXTURES}"
 )
+
+
+def test_fixture_state_is_the_folders_make_state_bit_for_bit():
+    """parity never runs the folder's script; its own rebuild of the state must be the script's exactly."""
+    import torch
+    from upstream_files import fixture_state as script_state
+
+    from nasbnn.parity import fixture_state
+
+    keys = json.loads((FIXTURES / "state_keys.json").read_text())
+    for seed in (0, 5):
+        want, got = script_state(seed), fixture_state(keys, seed)
+        assert list(got) == list(want)
+        for k, v in want.items():
+            assert got[k].dtype == v.dtype and torch.equal(got[k], v), k
 
 
 def test_ops_match_upstream_to_1e6():

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, OutputError
+from ..utils.io import check_replaceable
 
 
 def add_config_args(p: argparse.ArgumentParser, *, default_config: str | None = None) -> None:
@@ -71,12 +73,21 @@ def check_output_file(path: str | Path, *, option: str, inputs: Iterable[str | P
                               f"{str(folder)!r}; choose another file")
     if out.is_dir():
         raise OutputError(f"{option} {str(out)!r} is a folder, not a file")
+    try:
+        check_replaceable(out)
+    except OutputError as exc:
+        raise OutputError(f"{option}: {exc}") from None
     for parent in out.absolute().parents:
         if parent.exists():
             if not parent.is_dir():
                 raise OutputError(f"{option} {str(out)!r} cannot be written: {str(parent)!r} is a file, not a folder")
             if not os.access(parent, os.W_OK | os.X_OK):
                 raise OutputError(f"{option} {str(out)!r} cannot be written: {str(parent)!r} is not writable")
+            try:  # what the file system says (read-only, /proc, ...), which os.access does not know as root
+                tempfile.TemporaryFile(dir=parent).close()
+            except OSError as exc:
+                raise OutputError(f"{option} {str(out)!r} cannot be written in {str(parent)!r}: "
+                                  f"{exc.strerror or exc}") from None
             break
     return out
 

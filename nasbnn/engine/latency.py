@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import CheckpointError, EngineError
 from ..space import Arch, SearchSpace, check_resolution
-from ..utils.io import missing_file
+from ..utils.io import JSONTextError, missing_file, parse_json
 from ..utils.stats import kendall_tau, spearman_rho
 
 __all__ = [
@@ -167,9 +167,9 @@ class LatencyModel:
         if not p.is_file():
             raise CheckpointError(missing_file(p, "latency model"))
         try:
-            data = json.loads(p.read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise CheckpointError(f"{str(p)!r} is not a latency model (not JSON)") from None
+            data = parse_json(p.read_bytes())
+        except JSONTextError as exc:
+            raise CheckpointError(f"{str(p)!r} is not a latency model (not JSON: {exc})") from None
         if not isinstance(data, dict) or data.get("format") != LATENCY_FORMAT:
             raise CheckpointError(f"{str(p)!r} is not a latency model (expected format {LATENCY_FORMAT!r}, "
                                   "as written by LatencyModel.save)")

@@ -22,7 +22,7 @@ import numpy as np
 from ..cost import LayerKind
 from ..errors import CheckpointError, EngineError, NasbnnError
 from ..space import Arch, SearchSpace
-from ..utils.io import missing_file
+from ..utils.io import JSONTextError, missing_file, parse_json
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -274,7 +274,11 @@ class PackedModel:
         if preprocess is not None and not isinstance(preprocess, dict):
             raise CheckpointError(f"{str(p)!r}: the input description in the header is not a mapping")
         _input_spec(space, preprocess, repr(str(p)))  # a bad field names the file
-        return cls(space, arch, tensors, float_bytes=int(meta.get("float_bytes", 0) or 0), preprocess=preprocess)
+        float_bytes = meta.get("float_bytes", 0) or 0
+        if not isinstance(float_bytes, int) or isinstance(float_bytes, bool) or float_bytes < 0:
+            raise CheckpointError(f"{str(p)!r}: float_bytes in the header is {float_bytes!r}, not a byte count; the "
+                                  "file is damaged")
+        return cls(space, arch, tensors, float_bytes=float_bytes, preprocess=preprocess)
 
     def __repr__(self) -> str:
         return f"PackedModel(space={self.space.name!r}, arch={str(self.arch)!r}, bytes={self.nbytes})"
@@ -291,12 +295,14 @@ def _read_header(blob: bytes, p: Path) -> dict[str, Any]:
     if 8 + n > len(blob):
         raise CheckpointError(f"{str(p)!r} is truncated: the header needs {8 + n} bytes, the file has {len(blob)}")
     try:
-        header = json.loads(blob[8:8 + n])
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise CheckpointError(f"{what} (its header is not JSON)") from None
+        header = parse_json(blob[8:8 + n])
+    except JSONTextError as exc:
+        raise CheckpointError(f"{what} (its header is not JSON: {exc})") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{what} (its header is not a mapping)")
     meta = header.get("__metadata__") or {}
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{what} (its header's metadata is not a mapping)")
     if meta.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{what} (format {meta.get('format')!r}; expected {FORMAT_NAME!r}, "
                               "as written by PackedModel.save)")
@@ -305,13 +311,16 @@ def _read_header(blob: bytes, p: Path) -> dict[str, Any]:
         raise CheckpointError(f"{str(p)!r} is packed model format version {version}; this nasbnn reads version "
                               f"{FORMAT_VERSION} only (re-pack it from the bundle)")
     try:
-        model = json.loads(meta["model"])
-    except (KeyError, TypeError, json.JSONDecodeError):
+        model = parse_json(meta["model"])
+    except (KeyError, TypeError, JSONTextError):
         raise CheckpointError(f"{str(p)!r}: the model description in the header is missing or damaged") from None
     if not isinstance(model, dict):
         raise CheckpointError(f"{str(p)!r}: the model description in the header is not a mapping")
-    end = max((int(v["data_offsets"][1]) for k, v in header.items()
-               if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v), default=0)
+    try:
+        end = max((int(v["data_offsets"][1]) for k, v in header.items()
+                   if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v), default=0)
+    except (TypeError, ValueError, IndexError, KeyError):
+        raise CheckpointError(f"{str(p)!r}: the array offsets in the header are damaged") from None
     if 8 + n + end > len(blob):
         raise CheckpointError(f"{str(p)!r} is truncated: the arrays need {8 + n + end} bytes, the file has "
                               f"{len(blob)}")

@@ -9,13 +9,14 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .. import __version__
-from ..errors import CheckpointError
+from ..errors import CheckpointError, NasbnnError
 from ..space import SearchSpace
 from ..utils.io import atomic_write_bytes
 
@@ -72,6 +73,7 @@ def load_checkpoint(path: str | Path, *, kind: str | None = None, space: SearchS
                               f"nasbnn ({__version__}) reads version {FORMAT_VERSION}")
     if kind is not None and data.get("kind") != kind:
         raise CheckpointError(f"{str(p)!r} is a {data.get('kind')!r} checkpoint, expected {kind!r}")
+    _check_structure(data, p)
     if space is not None and data.get("space_fingerprint") != space.fingerprint:
         raise CheckpointError(
             f"{str(p)!r} was trained on search space {data['space'].get('name')!r} "
@@ -80,8 +82,40 @@ def load_checkpoint(path: str | Path, *, kind: str | None = None, space: SearchS
     return data
 
 
+def _check_structure(data: dict[str, Any], p: Path) -> None:
+    """Refuses a checkpoint whose entries are not of the types :func:`save_checkpoint` writes (a damaged or
+    hand-made file): the model's tensors, the space, the config and the extras as mappings, the step an integer."""
+    model = data.get("model")
+    if not isinstance(model, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in model.items()):
+        raise CheckpointError(f"{str(p)!r} is damaged: its 'model' entry is not a mapping of names to tensors")
+    for key in ("space", "config", "extra"):
+        if data.get(key) is not None and not isinstance(data[key], dict):
+            raise CheckpointError(f"{str(p)!r} is damaged: its {key!r} entry is not a mapping")
+    if not isinstance(data.get("space"), dict):
+        raise CheckpointError(f"{str(p)!r} is damaged: it has no 'space' entry")
+    step = data.get("step", 0)
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise CheckpointError(f"{str(p)!r} is damaged: its step is {step!r}")
+
+
 def space_from_checkpoint(data: dict[str, Any]) -> SearchSpace:
     return SearchSpace.from_dict(data["space"])
+
+
+@contextlib.contextmanager
+def restoring(path: str | Path, what: str = "the network") -> Iterator[None]:
+    """Turns the errors of loading a checkpoint's states into modules (shapes or keys that do not fit, an
+    optimizer state of another layout) into one :class:`CheckpointError` naming ``path``."""
+    try:
+        yield
+    except NasbnnError:
+        raise
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+        # torch says "Error(s) in loading state_dict for X:" and then what: keep the first "what"
+        detail = lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else lines[0]
+        raise CheckpointError(f"{str(path)!r} does not fit {what}: {detail}") from None
 
 
 def remove_stale_temporaries(folder: str | Path) -> None:

@@ -35,7 +35,7 @@ from ..errors import CheckpointError, ConfigError, DataError, NasbnnError, Outpu
 from ..space import SearchSpace
 from ..utils.io import atomic_write_text, ensure_dir
 from ..utils.metrics import MetricsWriter, Throughput, step_record
-from .checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
+from .checkpoint import load_checkpoint, remove_stale_temporaries, restoring, save_checkpoint
 from .distributed import DistInfo, barrier
 
 __all__ = ["CHECKPOINT_NAME", "Cadence", "Recipe", "StepTrainer", "TrainingDiverged", "TrainingRun"]
@@ -199,7 +199,8 @@ class TrainingRun:
         from ..config import dump_config
 
         if state is not None:
-            recipe.load_state_dict(state)
+            with restoring(self.checkpoint_path, "this run's model and optimizer"):
+                recipe.load_state_dict(state)
             self.step = int(state["step"])
             self.last_eval = dict(state.get("extra", {}).get("eval", {}))
             _logger.info("resumed from step %d", self.step)

@@ -19,8 +19,8 @@ from typing import Any
 
 from ..errors import NasbnnError, OutputError
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "ensure_dir", "missing_file", "read_json", "remove_empty_created",
-           "umask"]
+__all__ = ["JSONTextError", "atomic_write_bytes", "atomic_write_text", "check_replaceable", "ensure_dir",
+           "missing_file", "parse_json", "read_json", "remove_empty_created", "umask"]
 
 
 def umask() -> int:
@@ -77,9 +77,26 @@ def remove_empty_created() -> None:
             folder.rmdir()
 
 
+def check_replaceable(path: str | Path) -> None:
+    """Raises a one-line :class:`OutputError` unless ``path`` is missing or a regular file (or a link to one).
+
+    Writes rename a new file over the target: over a device (``/dev/null``), a FIFO or a socket that would
+    put a plain file in its place, so those are refused, as is a folder.
+    """
+    p = Path(path)
+    try:
+        if not p.exists() or p.is_file():
+            return
+        kind = "a folder" if p.is_dir() else "not a regular file (a device, pipe or socket)"
+    except OSError as exc:
+        raise OutputError(f"cannot write {str(p)!r}: {exc.strerror or exc}") from None
+    raise OutputError(f"cannot write {str(p)!r}: it is {kind}")
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Writes ``data`` to ``path`` atomically (temporary file beside it, fsync, rename)."""
     path = Path(path)
+    check_replaceable(path)
     ensure_dir(path.parent, what="folder")
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -118,6 +135,26 @@ def missing_file(path: str | Path, what: str = "file") -> str:
     return f"{noun}{str(p)!r} does not exist"
 
 
+class JSONTextError(ValueError):
+    """A text that :func:`parse_json` cannot read; the message is one line saying why."""
+
+
+def parse_json(text: str | bytes) -> Any:
+    """``json.loads``, with every way a text can fail to be read raised as :class:`JSONTextError`: invalid
+    JSON, bytes that are not UTF-8, nesting deeper than Python's recursion limit, integers too long to convert.
+    """
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise JSONTextError(f"{exc.msg}: line {exc.lineno}, column {exc.colno}") from None
+    except UnicodeDecodeError:
+        raise JSONTextError("not UTF-8 text") from None
+    except RecursionError:
+        raise JSONTextError("nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise JSONTextError((str(exc).splitlines() or ["unreadable"])[0]) from None
+
+
 def read_json(path: str | Path, *, error: type[NasbnnError] = NasbnnError, missing: str | None = None) -> Any:
     """The parsed JSON file ``path``.
 
@@ -128,7 +165,6 @@ def read_json(path: str | Path, *, error: type[NasbnnError] = NasbnnError, missi
     if not p.is_file():
         raise error(missing or missing_file(p, ""))
     try:
-        return json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        where = f" ({exc.msg}: line {exc.lineno}, column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
-        raise error(f"{str(p)!r} is not valid JSON{where}") from None
+        return parse_json(p.read_bytes())
+    except JSONTextError as exc:
+        raise error(f"{str(p)!r} is not valid JSON ({exc})") from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +42,14 @@ def safe_torch_load(path: str | Path, *, numpy_scalars: bool = False) -> Any:
     if not p.is_file():
         raise CheckpointError(missing_file(p))
     try:
-        if numpy_scalars:
-            with torch.serialization.safe_globals(_numpy_scalar_globals()):
-                return torch.load(p, map_location="cpu", weights_only=True)
-        return torch.load(p, map_location="cpu", weights_only=True)
+        # torch warns about pickle protocols it did not write before it refuses or reads them: the outcome
+        # (below) is what the user needs, not the warning's lines.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
+            if numpy_scalars:
+                with torch.serialization.safe_globals(_numpy_scalar_globals()):
+                    return torch.load(p, map_location="cpu", weights_only=True)
+            return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         msg = str(exc)
         m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", msg)
