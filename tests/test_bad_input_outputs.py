@@ -485,3 +485,11 @@ def test_checkpoint_tensor_of_the_wrong_shape(tiny_files, tmp_path, capsys):
     bad = tmp_path / "bad.pt"
     torch.save(data, bad)
     _one_line_error(capsys, _export_argv(bad, tmp_path / "dest", "--smallest"), "does not fit", key)
+
+
+def test_latency_fit_for_more_threads_than_numba_has(tmp_path, capsys):
+    """A model recorded for 100000 threads would claim a measurement that never ran."""
+    out = tmp_path / "m.json"
+    _one_line_error(capsys, ["latency", "fit", "--space", "tiny", "--samples", "4", "--repeats", "1", "--threads",
+                             "100000", "--out", str(out)], "threads=100000 exceeds")
+    assert not out.exists()

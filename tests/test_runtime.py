@@ -278,3 +278,27 @@ def test_bad_input_fields_in_the_header(packed_file, tmp_path):
 
     with pytest.raises(CheckpointError, match="std positive"):
         PackedModel.load(_rewrite_header(path, tmp_path / "bad.nbp", bad_std))
+
+
+def test_infer_inputs_too_large_for_the_arithmetic(packed_file, tmp_path, capsys, monkeypatch):
+    """Images Pillow refuses as decompression bombs, .npy headers that declare more than the file holds, values
+    beyond float32 and outputs that overflow: one line each, nothing allocated for the declared size."""
+    from PIL import Image
+
+    path, _ = packed_file
+    base = ["infer", "--packed", str(path)]
+    png = _png(tmp_path / "ok.png", _pixels(5))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50)  # 16x16 = 256 pixels, over twice the limit: a "bomb"
+    assert "far larger than any network input" in _err([*base, str(png)], capsys)
+    monkeypatch.undo()
+    f = tmp_path / "huge.npy"
+    np.save(f, np.zeros((1, 3, 16, 16), np.float32))
+    blob = f.read_bytes()  # the same header length: the longer shape takes four bytes of the padding
+    f.write_bytes(blob.replace(b"(1, 3, 16, 16), }    ", b"(99999, 3, 16, 16), }"))
+    assert "declares an array of shape (99999, 3, 16, 16)" in _err([*base, str(f)], capsys)
+    np.save(f, np.full((1, 3, 16, 16), 1e300))
+    assert "beyond the float32 range" in _err([*base, str(f)], capsys)
+    assert "overflow float32; is --std that small" in _err([*base, str(png), "--mean", "0.5", "--std", "1e-45"],
+                                                           capsys)
+    np.save(f, np.full((1, 3, 16, 16), 3e38, np.float32))
+    assert "output is not finite" in _err([*base, str(f)], capsys)

@@ -44,6 +44,20 @@ def check_seed(seed: int) -> int:
     return int(seed)
 
 
+def check_threads(threads: Sequence[int]) -> list[int]:
+    """The thread counts to measure, each from 1 to what numba can use here (EngineError otherwise): a figure
+    recorded for more threads than ran would be false."""
+    import numba
+
+    limit = numba.config.NUMBA_NUM_THREADS
+    tlist = [int(t) for t in threads]
+    if not tlist or min(tlist) < 1:
+        raise EngineError(f"threads must be >= 1, got {list(threads)}")
+    if max(tlist) > limit:
+        raise EngineError(f"threads={max(tlist)} exceeds the {limit} threads numba can use on this machine")
+    return tlist
+
+
 def check_repeats(repeats: int, warmup: int) -> None:
     """Refuses (EngineError) timed repeats outside 1 to MAX_REPEATS and warm-up calls outside 0 to MAX_REPEATS."""
     if not (1 <= repeats <= MAX_REPEATS and 0 <= warmup <= MAX_REPEATS):
@@ -251,7 +265,6 @@ def benchmark_threads(static: Any, *, batch_sizes: Sequence[int] = (1, 8), threa
     this one, for the engine and the float network, from the best runs, the medians, and the median of
     the per-repeat ratios).
     """
-    import numba
 
     from .frozen import freeze
     from .packed import float_model_bytes, pack_model
@@ -261,12 +274,7 @@ def benchmark_threads(static: Any, *, batch_sizes: Sequence[int] = (1, 8), threa
     check_seed(seed)
     if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
         raise EngineError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
-    limit = numba.config.NUMBA_NUM_THREADS
-    tlist = [int(t) for t in threads]
-    if not tlist or min(tlist) < 1:
-        raise EngineError(f"threads must be >= 1, got {list(threads)}")
-    if max(tlist) > limit:
-        raise EngineError(f"threads={max(tlist)} exceeds the {limit} threads numba can use on this machine")
+    tlist = check_threads(threads)
     space = static.space
     res = space.resolution if resolution is None else check_resolution(int(resolution))
     check_memory(space, static.arch, res, max(int(b) for b in batch_sizes))

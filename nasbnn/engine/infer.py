@@ -10,6 +10,8 @@ uint8 arrays are pixels (normalised like images), floating-point arrays are take
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,6 +80,9 @@ def _read_image(path: Path, spec: InputSpec) -> np.ndarray:
         with Image.open(path) as im:
             im.load()
             img = im.convert("RGB") if im.mode == "P" else im.copy()
+    except Image.DecompressionBombError:
+        raise InferInputError(f"image {str(path)!r} is far larger than any network input (Pillow refuses to "
+                              f"decode it); the network takes {spec.resolution}x{spec.resolution}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InferInputError(f"cannot read image {str(path)!r}: {str(exc).splitlines()[0] if str(exc) else exc!r}"
                               ) from None
@@ -96,13 +101,38 @@ def _read_image(path: Path, spec: InputSpec) -> np.ndarray:
     return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
 
 
+def _check_npy_header(fh: Any, path: Path) -> None:
+    """Refuses, before anything is allocated, an .npy file whose header declares more data than the file holds
+    (a damaged or hostile header would otherwise ask for petabytes). ``fh`` is just past the magic prefix."""
+    fh.seek(0)
+    version = np.lib.format.read_magic(fh)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+    else:  # other versions: numpy's own checks
+        return
+    if dtype.hasobject:
+        raise InferInputError(f"cannot read {str(path)!r} as a numpy array: it holds Python objects, which would have "
+                              "to be unpickled; save plain numbers")
+    need = math.prod(shape) * dtype.itemsize
+    have = os.fstat(fh.fileno()).st_size - fh.tell()
+    if need != have:
+        raise InferInputError(f"{str(path)!r} declares an array of shape {tuple(shape)} ({need} bytes) but holds "
+                              f"{have} bytes of data; the file is damaged or truncated")
+
+
 def _read_npy(path: Path, spec: InputSpec) -> np.ndarray:
     """[B, C, H, W] of an .npy file (never unpickled), checked against the network."""
     try:
         with open(path, "rb") as fh:
             magic = fh.read(len(np.lib.format.MAGIC_PREFIX))
+            if magic == np.lib.format.MAGIC_PREFIX:
+                _check_npy_header(fh, path)
         a = np.load(path, allow_pickle=False) if magic == np.lib.format.MAGIC_PREFIX else None
     except (OSError, ValueError, EOFError) as exc:
+        if isinstance(exc, InferInputError):
+            raise
         raise InferInputError(f"cannot read {str(path)!r} as a numpy array: {str(exc).splitlines()[0]}") from None
     if a is None:  # np.load would open a zip as an .npz archive and try to unpickle anything else
         what = "an .npz archive, not an .npy array" if magic.startswith(b"PK") else "not an .npy file (no NumPy header)"
@@ -146,10 +176,17 @@ def load_inputs(paths: list[str], spec: InputSpec, norm: tuple[np.ndarray, np.nd
                 raise InferInputError(f"{name!r}: the packed file does not record its input normalisation; give "
                                       "--mean and --std (of pixels scaled to [0, 1])")
             m, s = norm
-            a = (a.astype(np.float32) / np.float32(255) - m[:, None, None]) / s[:, None, None]
+            with np.errstate(over="ignore", invalid="ignore"):
+                a = (a.astype(np.float32) / np.float32(255) - m[:, None, None]) / s[:, None, None]
+            if not np.isfinite(a).all():
+                raise InferInputError(f"{name!r}: the normalised pixels overflow float32; is --std that small?")
         elif a.dtype.kind in "iu":
             raise InferInputError(f"{name!r} holds {a.dtype} values; pixels must be uint8, inputs floating point")
-        batches.append(np.asarray(a, np.float32))
+        with np.errstate(over="ignore", invalid="ignore"):
+            a = np.asarray(a, np.float32)
+        if not np.isfinite(a).all():
+            raise InferInputError(f"{name!r} holds values beyond the float32 range")
+        batches.append(a)
     if not batches:
         raise InferInputError("no inputs given")
     return np.ascontiguousarray(np.concatenate(batches)), names
@@ -227,8 +264,14 @@ def classify_files(packed: str, inputs: list[str], *, top_k: int = 3, threads: i
     model = PackedModel.load(packed)
     spec = model.input
     x, sources = load_inputs(inputs, spec, normalization(spec, mean, std))
-    engine = BinaryEngine(model, threads=threads)
-    preds = predict_topk(engine(x), sources, top_k, spec.class_names)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow shows as a non-finite output, reported below
+        engine = BinaryEngine(model, threads=threads)
+        logits = engine(x)
+    bad = [src for src, row in zip(sources, logits) if not np.isfinite(row).all()]
+    if bad:
+        raise InferInputError(f"{bad[0]!r}: the network's output is not finite (its inputs or weights are too large "
+                              "for float32 arithmetic); are the inputs normalised as the network expects?")
+    preds = predict_topk(logits, sources, top_k, spec.class_names)
     flagged = near_ties(model, engine, x) if ties else [None] * len(preds)
     rows = [{**p.to_dict(), **({"near_ties": t} if t is not None else {})} for p, t in zip(preds, flagged)]
     return {"packed": packed, "arch": str(model.arch), "dataset": spec.dataset, "predictions": rows}

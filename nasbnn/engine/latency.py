@@ -274,13 +274,11 @@ def measure_latency_threads(space: SearchSpace, archs: Sequence[Arch], *, thread
     import torch
 
     from ..cost import arch_cost
-    from .bench import SEED_LIMIT, check_memory, check_repeats, check_seed, random_static
+    from .bench import SEED_LIMIT, check_memory, check_repeats, check_seed, check_threads, random_static
     from .runtime import BinaryEngine
 
-    tlist = [int(t) for t in threads]
+    tlist = check_threads(threads)
     check_repeats(repeats, warmup)
-    if not tlist or min(tlist) < 1:
-        raise EngineError("threads must be >= 1")
     check_seed(seed)
     res = space.resolution if resolution is None else check_resolution(int(resolution))
     for arch in archs:
@@ -375,9 +373,9 @@ def fit_latency_models(space: SearchSpace, *, samples: int = 30, threads: Sequen
         architectures against the others' (Kendall tau): whether a search needs the deployment's
         thread count at all.
     """
-    from .bench import check_seed, machine_info
+    from .bench import check_seed, check_threads, machine_info
 
-    tlist = [int(t) for t in threads]
+    tlist = check_threads(threads)
     archs = _sample_archs(space, samples, check_seed(seed))
     measured = measure_latency_threads(space, archs, threads=tlist, repeats=repeats, warmup=warmup,
                                        resolution=resolution, seed=seed, progress=progress)
