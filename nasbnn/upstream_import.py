@@ -23,6 +23,7 @@ from .config import RunConfig, atomic_write_text, config_to_dict, dump_config
 from .cost import arch_cost
 from .errors import CheckpointError, ConfigError, InvalidArch, OutputError, SearchError
 from .space import SearchSpace
+from .utils.io import ensure_dir, umask
 
 __all__ = ["IMPORTED_FAMILY", "UPSTREAM_ORIGIN", "import_upstream", "imported_family"]
 
@@ -133,11 +134,12 @@ def import_upstream(cfg: RunConfig, *, checkpoint: str | Path, dest: str | Path,
     if split is not None and cfg.data.root is None:
         raise ConfigError("--split needs data.root=<the ImageNet folder the split was made from>")
     model, ck_meta = _load_supernet(Path(checkpoint).expanduser(), space)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide the run folder from other users
+    ensure_dir(dest.parent, what="folder")
+    try:
+        tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
+    except OSError as exc:
+        raise OutputError(f"cannot create the run folder {str(dest)!r}: {exc.strerror or exc}") from None
+    tmp.chmod(0o777 & ~umask())  # mkdtemp's 0700 would hide the run folder from other users
     try:
         written = _write(tmp, cfg, space, model, ck_meta, checkpoint, family, epoch, search_p, split)
         if dest.exists():

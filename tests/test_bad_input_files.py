@@ -310,3 +310,20 @@ def test_resumed_training_log_with_damaged_lines(tmp_path):
     MetricsWriter(tmp_path, resume_step=3, tensorboard=False).close()
     assert [json.loads(x) for x in log.read_text().splitlines()] == [{"step": 1, "loss": 2.0}]
 
+
+
+def test_pipes_where_files_are_read_are_refused_not_waited_on(tmp_path):
+    """A FIFO in place of a search's history or a split manifest would block the reader for ever."""
+    import os
+
+    from nasbnn.data.imagefolder import _read_manifest
+    from nasbnn.errors import DataError, SearchError
+    from nasbnn.utils.metrics import read_jsonl, read_jsonl_strict
+
+    fifo = tmp_path / "history.jsonl"
+    os.mkfifo(fifo)
+    with pytest.raises(SearchError, match="not a regular file"):
+        read_jsonl_strict(fifo, error=SearchError)
+    assert read_jsonl(fifo) == []
+    with pytest.raises(DataError, match="not a regular file"):
+        _read_manifest(fifo, tmp_path, 0, 1)

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from ..config import DataConfig
 from ..errors import DataError
-from ..utils.io import atomic_write_text
+from ..utils.io import JSONTextError, atomic_write_text, parse_json
 from .augment import Normalize, center_crop_geometry, center_crop_resize, derive_seed, random_resized_crop_box
 from .base import Batches, DataBundle, EpochPlan, Split, as_index, finish_images, move_to_device
 from .jpeg import jpeg_array, jpeg_size
@@ -161,9 +161,11 @@ def _read_manifest(path: Path, root: Path, seed: int, per_class: int) -> SplitMa
         raise DataError(f"split manifest {str(path)!r} is a folder, not a file; set data.manifest to a file path "
                         f"(e.g. {str(path / 'split.json')!r})")
     fix = _manifest_fix(path)
+    if not path.is_file():
+        raise DataError(f"cannot read split manifest {path}: it is not a regular file; {fix}")
     try:
-        data: Any = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data: Any = parse_json(path.read_bytes())
+    except (OSError, JSONTextError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         raise DataError(f"cannot read split manifest {path}: {reason}; {fix}") from None
     keys = ("seed", "holdout_per_class", "classes", "train", "holdout", "hash")

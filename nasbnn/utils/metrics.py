@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import NasbnnError
-from ..utils.io import atomic_write_text
+from ..utils.io import JSONTextError, atomic_write_text, parse_json
 
 _logger = logging.getLogger(__name__)
 
@@ -104,15 +104,15 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     of a writer killed mid-line, or damage)."""
     out = []
     p = Path(path)
-    if not p.exists():
+    if not p.is_file():  # missing, or not a regular file (a pipe would block the reader)
         return out
     for line in p.read_text(errors="replace").splitlines():
         line = line.strip()
         if not line:
             continue
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
+            record = parse_json(line)
+        except JSONTextError:
             continue
         if isinstance(record, dict):
             out.append(record)
@@ -143,6 +143,8 @@ def read_jsonl_strict(path: str | Path, *, error: type[NasbnnError], hint: str =
     p = Path(path)
     if not p.exists():
         return []
+    if not p.is_file():
+        raise error(f"cannot read {str(p)!r}: it is not a regular file{hint}")
     try:
         raw = p.read_bytes()
     except OSError as exc:
@@ -153,14 +155,13 @@ def read_jsonl_strict(path: str | Path, *, error: type[NasbnnError], hint: str =
         if not line.strip():
             continue
         try:
-            record = json.loads(line.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            record = parse_json(line)
+        except JSONTextError as exc:
             if n == len(lines):
                 _logger.warning("warning: dropping the unfinished last line %d of %s (a writer stopped mid-line)",
                                 n, p)
                 continue
-            why = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8 text"
-            raise error(f"{str(p)!r} line {n} is damaged ({why}){hint}") from None
+            raise error(f"{str(p)!r} line {n} is damaged ({str(exc).split(':')[0]}){hint}") from None
         if not isinstance(record, dict):
             raise error(f"{str(p)!r} line {n} is a JSON {json_kind(record)}, not an object{hint}")
         out.append((n, record))
