@@ -366,6 +366,8 @@ def resolve_config_path(path: str | Path) -> Path:
     if p.is_dir():
         raise ConfigError(f"config {str(p)!r} is a folder, not a config file; give a YAML file or a built-in config: "
                           f"{', '.join(builtin_configs())}")
+    if p.exists():
+        raise ConfigError(f"config {str(p)!r} is not a regular file (a pipe, device or socket)")
     raise ConfigError(f"config file {str(p)!r} does not exist; built-in configs: {', '.join(builtin_configs())}")
 
 

@@ -197,7 +197,7 @@ def export_from_checkpoint(cfg: RunConfig, *, checkpoint: str | Path, spec: str,
     written. One architecture with ``dest`` goes to ``dest``; otherwise each goes to
     ``<dest or <out>/export>/<name>``; a bundle already there is replaced. Returns one record per export.
     """
-    from .runs import calibration_batches, eval_batches, load_supernet, resolve_archs, run_data
+    from .runs import calibration_batches, eval_batches, load_supernet, resolve_archs, run_data, trained_data_config
     from .utils.device import resolve_device
 
     write = EXPORT_FORMATS.get(fmt)
@@ -213,12 +213,16 @@ def export_from_checkpoint(cfg: RunConfig, *, checkpoint: str | Path, spec: str,
         data, seed = run_data(cfg, state, model.space, run_dir=Path(cfg.out))
         calib = calibration_batches(data, cfg, device, seed=seed) if recalibrate else None
         test = eval_batches(data.test, cfg, device) if evaluate else None
+    # The bundle's config.yaml records the data the supernet was trained on (what its classifier fits), not a
+    # --config of another dataset: eval and finetune of the bundle read their data from it.
+    trained_cfg, trained_seed = trained_data_config(cfg, state)
+    recorded = config_to_dict(trained_cfg.model_copy(update={"seed": trained_seed}))
     out = []
     for (name, arch), folder in zip(targets, folders):
         # Written whole beside the destination, then moved in: a failure leaves what was there untouched.
         stage = _staging_folder(folder)
         try:
-            net, metrics = export_arch(model, arch, stage, calib=calib, test=test, config=config_to_dict(cfg),
+            net, metrics = export_arch(model, arch, stage, calib=calib, test=test, config=recorded,
                                        source={"checkpoint": str(checkpoint), "step": int(state.get("step", 0))})
             _check_finite(net, arch)
             files = write(net, stage, cfg.data.name)

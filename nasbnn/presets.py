@@ -74,7 +74,7 @@ def resolve_space(spec: str | dict[str, Any] | SearchSpace, **overrides: Any) ->
         space = SearchSpace.from_dict(spec)
     elif spec in _SPACES:
         space = _SPACES.create(spec)
-    elif spec.endswith((".yaml", ".yml", ".json")) or "/" in spec or Path(spec).exists():
+    elif spec and (spec.endswith((".yaml", ".yml", ".json")) or "/" in spec or Path(spec).exists()):
         space = load_space_file(spec)  # a path: its own messages for a folder, or a file that is not a space
     else:
         _SPACES.get(spec)  # raises the "unknown ... valid: ..." error

@@ -171,6 +171,9 @@ def resolve_archs(space: SearchSpace, spec: str) -> list[tuple[str, Arch]]:
     path, _, bucket = spec.rpartition("@") if "@" in spec else (spec, "", "")
     if not path.strip():
         raise SearchError(f"{spec!r} names no file before '@'; expected e.g. pareto.json@57")
+    if "@" in spec and not bucket.strip():
+        raise SearchError(f"{spec!r} names no bucket after '@'; expected e.g. {path}@57 (or {path} for the whole "
+                          "family)")
     if path.endswith(".json") or _exists(path, "dir"):
         if path.endswith(".json") and _exists(path, "file"):
             data = read_json(path)
@@ -204,6 +207,8 @@ def _family_members(space: SearchSpace, family: list[dict[str, Any]], path: str,
                     ) -> list[tuple[str, Arch]]:
     """The members of a family read by :func:`nasbnn.deploy.read_family`, or the one of ``bucket``."""
     members = [(i, float(f["bucket"]), str(f["arch"])) for i, f in enumerate(family)]
+    if not members:
+        raise SearchError(f"{path!r} holds an empty family: no architecture to take")
     if bucket:
         try:
             want = float(bucket)

@@ -327,3 +327,21 @@ def test_pipes_where_files_are_read_are_refused_not_waited_on(tmp_path):
     assert read_jsonl(fifo) == []
     with pytest.raises(DataError, match="not a regular file"):
         _read_manifest(fifo, tmp_path, 0, 1)
+
+
+def test_architecture_files_that_are_not_files_or_hold_no_member(tmp_path, capsys):
+    import os
+
+    fifo = tmp_path / "arch.json"
+    os.mkfifo(fifo)
+    _one_line_error(capsys, ["cost", "--space", "tiny", "--arch-json", str(fifo)], "--arch-json", "not a regular file")
+    _one_line_error(capsys, ["cost", "--space", "tiny", "--arch-json", str(tmp_path / "arch")], "does not exist")
+    _one_line_error(capsys, ["cost", "--space", "", "--largest"], "unknown search space ''")
+    family = tmp_path / "pareto.json"
+    family.write_text(json.dumps({"family": []}))
+    _one_line_error(capsys, ["cost", "--space", "tiny", "--arch", f"{family}@"], "names no bucket after '@'")
+    from nasbnn.presets import create_space
+    from nasbnn.runs import resolve_archs
+
+    with pytest.raises(SearchError, match="empty family"):
+        resolve_archs(create_space("tiny"), str(family))

@@ -493,3 +493,20 @@ def test_latency_fit_for_more_threads_than_numba_has(tmp_path, capsys):
     _one_line_error(capsys, ["latency", "fit", "--space", "tiny", "--samples", "4", "--repeats", "1", "--threads",
                              "100000", "--out", str(out)], "threads=100000 exceeds")
     assert not out.exists()
+
+
+def test_export_records_the_data_the_supernet_was_trained_on(tiny_files, tmp_path):
+    """A --config of another dataset must not end up in the bundle: eval and finetune read their data from it."""
+    import yaml
+
+    state = load_checkpoint(tiny_files / "run" / "checkpoint.pt")
+    trained = RunConfig().model_dump(mode="json")
+    trained["data"]["name"], trained["seed"] = "synthetic", 7
+    ckpt = tmp_path / "run.pt"
+    save_checkpoint(ckpt, kind="supernet", model_state=state["model"], space=create_space("tiny"), config=trained,
+                    step=0)
+    argv = _export_argv(ckpt, tmp_path / "b", "--smallest")
+    argv[argv.index("tiny")] = "fashion-mnist"
+    assert main(argv) == 0
+    recorded = yaml.safe_load((tmp_path / "b" / "config.yaml").read_text())
+    assert recorded["data"]["name"] == "synthetic" and recorded["seed"] == 7

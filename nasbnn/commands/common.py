@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, OutputError
-from ..utils.io import check_replaceable
+from ..utils.io import check_replaceable, missing_file
 
 
 def add_config_args(p: argparse.ArgumentParser, *, default_config: str | None = None) -> None:
@@ -128,9 +128,15 @@ def arch_spec(args: argparse.Namespace) -> str | None:
         return "smallest"
     if getattr(args, "upstream_arch", None):
         return f"upstream:{args.upstream_arch}"
-    for name in ("arch_json", "family", "arch"):
-        if getattr(args, name, None):
-            return str(getattr(args, name))
+    for name in ("arch_json", "family"):  # files: never read as an architecture string
+        value = getattr(args, name, None)
+        if value:
+            path = str(value).rpartition("@")[0] if name == "family" and "@" in str(value) else str(value)
+            if not Path(path).is_file() and not (name == "family" and Path(path).is_dir()):
+                raise ConfigError(f"--{name.replace('_', '-')}: {missing_file(path, '')}")
+            return str(value)
+    if getattr(args, "arch", None):
+        return str(args.arch)
     return None
 
 

@@ -132,6 +132,8 @@ def missing_file(path: str | Path, what: str = "file") -> str:
         noun = "" if what in ("", "file") else f"{what} "
         return f"{noun}{str(p)!r} is a folder, not a file"
     noun = f"{what} " if what else ""
+    if p.exists():
+        return f"{noun}{str(p)!r} is not a regular file (a pipe, device or socket)"
     return f"{noun}{str(p)!r} does not exist"
 
 
