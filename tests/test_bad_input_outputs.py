@@ -510,3 +510,21 @@ def test_export_records_the_data_the_supernet_was_trained_on(tiny_files, tmp_pat
     assert main(argv) == 0
     recorded = yaml.safe_load((tmp_path / "b" / "config.yaml").read_text())
     assert recorded["data"]["name"] == "synthetic" and recorded["seed"] == 7
+
+
+@pytest.mark.parametrize(("field", "value", "needle"), [("c_ms_per_layer", True, "non-numeric"),
+                                                        ("a_ms_per_gbop", "1.5", "non-numeric"),
+                                                        ("b_ms_per_gflop", 1e308, "between 0 and")])
+def test_latency_model_coefficients_of_the_wrong_kind(tmp_path, capsys, field, value, needle):
+    from nasbnn.engine.latency import LatencyModel
+
+    f = LatencyModel(1.0, 2.0, 0.01, meta={"threads": 1}).save(tmp_path / "m.json")
+    data = json.loads(f.read_text())
+    data[field] = value
+    f.write_text(json.dumps(data))
+    _one_line_error(capsys, ["latency", "predict", "--space", "tiny", "--largest", "--model", str(f)], needle)
+
+
+def test_bench_batch_beyond_the_limit(capsys):
+    _one_line_error(capsys, ["bench", "--space", "tiny", "--largest", "--batch", "100000", "--repeats", "1"],
+                    "from 1 to 1024")

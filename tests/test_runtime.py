@@ -302,3 +302,25 @@ def test_infer_inputs_too_large_for_the_arithmetic(packed_file, tmp_path, capsys
                                                            capsys)
     np.save(f, np.full((1, 3, 16, 16), 3e38, np.float32))
     assert "output is not finite" in _err([*base, str(f)], capsys)
+
+
+def test_class_names_print_as_one_harmless_line_each():
+    from nasbnn.engine.infer import format_predictions
+
+    row = {"input": "a.png", "top": [{"name": "cat\n\x1b[31mdog", "probability": 0.5}]}
+    text = format_predictions({"predictions": [row]})
+    assert text == "a.png: cat\\n\\x1b[31mdog 50.0%"
+
+
+def test_header_input_fields_must_agree_with_the_network(packed_file, tmp_path):
+    from nasbnn.errors import CheckpointError
+
+    path, _ = packed_file
+
+    def channels(meta):
+        model = json.loads(meta["model"])
+        model["input"]["channels"] = -3
+        meta["model"] = json.dumps(model)
+
+    with pytest.raises(CheckpointError, match="input channels -3 disagrees with the network's 3"):
+        PackedModel.load(_rewrite_header(path, tmp_path / "bad.nbp", channels))

@@ -24,6 +24,9 @@ from ..space import check_resolution
 
 #: Seeds are 0 to ``SEED_LIMIT - 1`` (what ``torch.Generator.manual_seed`` takes as a non-negative int64).
 SEED_LIMIT = 2**63
+#: The largest batch bench times: beyond it a run takes minutes per call on small networks and says nothing
+#: that a smaller batch does not.
+MAX_BATCH = 1024
 
 #: Seconds of untimed calls of a side before its timed calls (see _interleaved): about three calls of the
 #: largest `imagenet` member's engine on two threads, one of its float network.
@@ -272,8 +275,8 @@ def benchmark_threads(static: Any, *, batch_sizes: Sequence[int] = (1, 8), threa
 
     check_repeats(repeats, warmup)
     check_seed(seed)
-    if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
-        raise EngineError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
+    if not batch_sizes or any(not 1 <= int(b) <= MAX_BATCH for b in batch_sizes):
+        raise EngineError(f"batch sizes must be integers from 1 to {MAX_BATCH}, got {list(batch_sizes)}")
     tlist = check_threads(threads)
     space = static.space
     res = space.resolution if resolution is None else check_resolution(int(resolution))

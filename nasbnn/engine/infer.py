@@ -277,12 +277,19 @@ def classify_files(packed: str, inputs: list[str], *, top_k: int = 3, threads: i
     return {"packed": packed, "arch": str(model.arch), "dataset": spec.dataset, "predictions": rows}
 
 
+def _printable(name: str, limit: int = 80) -> str:
+    """A class name as one harmless line of a terminal: control characters (newlines, escape sequences that
+    a hostile file could carry) escaped, and at most ``limit`` characters."""
+    text = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in name)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def format_predictions(result: dict[str, Any]) -> str:
     """One line per input of a :func:`classify_files` result: its classes with their probabilities, and how
     many of its binarisations were near ties when there were any."""
     lines = []
     for row in result["predictions"]:
-        ranked = "  ".join(f"{c['name']} {100 * c['probability']:.1f}%" for c in row["top"])
+        ranked = "  ".join(f"{_printable(c['name'])} {100 * c['probability']:.1f}%" for c in row["top"])
         t = row.get("near_ties")
         note = f"  ({t['count']} near-tie binarisation(s), first in {t['first_layer']})" if t and t["count"] else ""
         lines.append(f"{row['input']}: {ranked}{note}")

@@ -43,6 +43,9 @@ __all__ = [
 MAX_SAMPLES = 10_000
 LATENCY_FORMAT = "nasbnn-latency-model"
 LATENCY_VERSION = 1
+#: The largest coefficient a latency model file may hold (ms per G-op or per layer).
+MAX_COEFFICIENT = 1e9
+
 #: A file with one model per engine thread count (``nasbnn latency fit --threads 1 2``).
 LATENCY_MULTI_VERSION = 2
 
@@ -200,12 +203,13 @@ class LatencyModel:
     def _from_dict(cls, data: Any, p: Path) -> LatencyModel:
         if not isinstance(data, dict):
             raise CheckpointError(f"{str(p)!r}: a model entry is not an object")
-        try:
-            coef = [float(data[k]) for k in ("a_ms_per_gbop", "b_ms_per_gflop", "c_ms_per_layer")]
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{str(p)!r}: missing or non-numeric coefficients") from None
-        if not all(np.isfinite(c) and c >= 0 for c in coef):
-            raise CheckpointError(f"{str(p)!r}: coefficients must be finite and non-negative, got {coef}")
+        raw = [data.get(k) for k in ("a_ms_per_gbop", "b_ms_per_gflop", "c_ms_per_layer")]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw):
+            raise CheckpointError(f"{str(p)!r}: missing or non-numeric coefficients")
+        coef = [float(v) for v in raw]
+        # the bound keeps every prediction finite (a network has at most a few thousand G-ops and layers)
+        if not all(np.isfinite(c) and 0 <= c <= MAX_COEFFICIENT for c in coef):
+            raise CheckpointError(f"{str(p)!r}: coefficients must be between 0 and {MAX_COEFFICIENT:g}, got {coef}")
         meta = data.get("meta") if isinstance(data.get("meta"), dict) else {}
         return cls(*coef, meta=meta)
 

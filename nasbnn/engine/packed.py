@@ -118,6 +118,9 @@ def _input_spec(space: SearchSpace, preprocess: dict[str, Any] | None, source: s
     if unknown:
         raise CheckpointError(f"{source}: unknown input fields {unknown}")
     c = space.in_channels
+    for key, want in (("channels", c), ("resolution", space.resolution)):
+        if key in d and d[key] != want:
+            raise CheckpointError(f"{source}: input {key} {d[key]!r} disagrees with the network's {want}")
     mean, std = d.get("mean"), d.get("std")
     if (mean is None) != (std is None):
         raise CheckpointError(f"{source}: input normalisation needs both mean and std")
