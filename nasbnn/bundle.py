@@ -130,5 +130,8 @@ def load_bundle(folder: str | Path, *, device: torch.device | str = "cpu") -> St
         if tuple(v.shape) != tuple(own[k].shape):
             raise CheckpointError(f"weights in {str(wpath)!r}: {k} has shape {list(v.shape)}, the architecture "
                                   f"needs {list(own[k].shape)}")
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:
+        raise CheckpointError(f"weights in {str(wpath)!r}: {bad} holds NaN or infinite values; the bundle is damaged")
     net.load_state_dict(state)
     return net.to(device).eval()

@@ -247,6 +247,10 @@ def load_upstream_checkpoint(model: torch.nn.Module, source: str | Path | Mappin
             f"checkpoint is of another search space: {len(missing)} tensors of space {space_name!r} are "
             f"missing (first: {missing[0]!r})"
         )
+    bad = next((k for k, v in converted.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:
+        raise CheckpointError(f"checkpoint holds NaN or infinite values (in {bad!r}); it is damaged, or its training "
+                              "diverged")
     model.load_state_dict(converted, strict=True)
 
 

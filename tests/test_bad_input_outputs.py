@@ -528,3 +528,29 @@ def test_latency_model_coefficients_of_the_wrong_kind(tmp_path, capsys, field, v
 def test_bench_batch_beyond_the_limit(capsys):
     _one_line_error(capsys, ["bench", "--space", "tiny", "--largest", "--batch", "100000", "--repeats", "1"],
                     "from 1 to 1024")
+
+
+def test_eval_outputs_inside_the_dataset_are_refused(detector_run, tmp_path, capsys):
+    """A --json-out among the images a command reads would replace one of them (or sit among them)."""
+    run = _copy(detector_run[0], tmp_path / "run")
+    data = _copy(Path(next(o for o in detector_run[1] if o.startswith("data.root=")).split("=", 1)[1]),
+                 tmp_path / "data")
+    image = next((data / "val").iterdir())
+    before = _snapshot(data)
+    _one_line_error(capsys, ["detect", "eval", "--checkpoint", str(run), "--json-out", str(image),
+                             f"data.root={data}"], "lies inside the dataset folder")
+    assert _snapshot(data) == before
+    _one_line_error(capsys, ["eval", "--config", "tiny", "--checkpoint", str(run), "--smallest", f"data.root={data}",
+                             "--json-out", str(data / "train" / "x.json")], "lies inside the dataset folder")
+
+
+def test_bundle_with_nan_weights_is_refused(tiny_files, tmp_path, capsys):
+    from safetensors.torch import load, save
+
+    bundle = _copy(tiny_files / "bundle", tmp_path / "bundle")
+    f = bundle / "model.safetensors"
+    state = load(f.read_bytes())
+    key = next(k for k in state if k.endswith("running_var"))
+    state[key][0] = float("nan")
+    f.write_bytes(save(state, metadata={"format": "nasbnn.bundle", "arch": str(create_space("tiny").smallest())}))
+    _one_line_error(capsys, ["eval", "--bundle", str(bundle)], key, "NaN or infinite")

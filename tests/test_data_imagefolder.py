@@ -160,3 +160,15 @@ def test_limit_train_covers_every_class(tmp_path):
     assert x.shape == (5, 3, 20, 20)
     sub = b.test.subset(range(1, 4))
     assert sub.files == b.test.files[1:4] and torch.equal(sub.labels, b.test.labels[1:4])
+
+
+def test_one_class_is_not_a_classification_dataset(tmp_path):
+    """A folder of one class trains a network that is right by construction (100 % top-1): refused."""
+    import shutil
+
+    root = make_folder(tmp_path / "data")
+    for split in ("train", "val"):
+        for name in CLASSES[1:]:
+            shutil.rmtree(root / split / name)
+    with pytest.raises(DataError, match="one class subfolder"):
+        build_data(cfg_for(root), resolution=16, seed=0)

@@ -266,3 +266,21 @@ def test_imported_family_matches_the_official_code(tmp_path):
     assert max(mops_err) <= 1e-9  # identical MOPs, but for float rounding
     rel = res["logits"]["rel_l2"]
     assert len(rel) == 6 and max(rel.values()) <= 1e-3, rel
+
+
+def test_split_manifest_never_written_over_the_images_it_names(tmp_path, capsys):
+    import os
+
+    root = make_imagenet_folder(tmp_path / "ImageNet", classes=3, train_per_class=6, val_per_class=2)
+    split = make_official_split(tmp_path / "ImageNet_split", root, per_class=2)
+    image = next((root / "train").rglob("*.JPEG"))
+    before = image.read_bytes()
+    for target, needle in ((image, "inside the dataset or split folder"),
+                           (split / "val" / "x.json", "inside the dataset or split folder")):
+        rc, _, err = _run(["upstream-split", "--split", str(split), "--to", str(target), f"data.root={root}"], capsys)
+        assert rc == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
+    assert image.read_bytes() == before
+    fifo = tmp_path / "m.json"
+    os.mkfifo(fifo)
+    rc, _, err = _run(["upstream-split", "--split", str(split), "--to", str(fifo), f"data.root={root}"], capsys)
+    assert rc == 2 and "not a regular file" in err, err

@@ -152,3 +152,23 @@ def test_read_upstream_search_result(tmp_path):
     assert res.family[0].arch == archs[0] and res.family[0].top1 == 60.0
     assert res.family[2].nondecreasing is False
     assert len(res.evaluated) == 6 and res.epoch == 20
+
+
+class _System:
+    """Unpickling this would call os.system."""
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        import os
+
+        return (os.system, ("true",))
+
+
+def test_blocked_module_global_is_named(tmp_path):
+    """torch names a blocked module's global in other words ("unsupported GLOBAL posix.system whose module ... is
+    blocked"); the refusal still says which object it was, not "not a torch file"."""
+    from nasbnn.utils.torch_files import safe_torch_load
+
+    path = tmp_path / "evil.pt"
+    torch.save({"x": _System()}, path)
+    with pytest.raises(CheckpointError, match=r"refusing to load .* holds a (posix|nt)\.system object"):
+        safe_torch_load(path)

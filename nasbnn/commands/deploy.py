@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..utils.io import check_outside
 from .common import (
     add_checkpoint_arg,
     add_training_args,
@@ -92,7 +93,9 @@ def _eval(args: argparse.Namespace) -> int:
         _check_bundle_options(args)
     cfg = _config(args)
     if args.json_out:
-        check_output_file(args.json_out, option="--json-out", inputs=_eval_inputs(args), bundles=[args.bundle],
+        check_outside(args.json_out, [cfg.data.root], option="--json-out")
+        check_output_file(args.json_out, option="--json-out", inputs=[*_eval_inputs(args), *_manifests(args, cfg)],
+                          bundles=[args.bundle],
                           bundle_files=EXPORT_FILES)
     out = evaluate_spec(cfg, bundle=args.bundle, checkpoint=args.checkpoint, spec=arch_spec(args),
                         recalibrate=args.recalibrate, expect_space=space_override(args))
@@ -141,6 +144,16 @@ def _check_bundle_options(args: argparse.Namespace) -> None:
         else:
             why = "a bundle is evaluated with its own network; data.* and eval.* (with --recalibrate) apply"
         print(f"nasbnn eval: warning: {item!r} does not apply to --bundle ({why}); ignored", file=sys.stderr)
+
+
+def _manifests(args: argparse.Namespace, cfg: Any) -> list[Path]:
+    """The split manifests an evaluation may read: the configured one and those of the run folders involved."""
+    folders = [Path(cfg.out)]
+    if args.checkpoint is not None:
+        ck = Path(args.checkpoint)
+        folders.append(ck if ck.is_dir() else ck.parent)
+    out = [folder / "split.json" for folder in folders]
+    return [*out, Path(cfg.data.manifest)] if cfg.data.manifest else out
 
 
 def _eval_inputs(args: argparse.Namespace) -> list[Path]:

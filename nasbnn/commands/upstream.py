@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from .common import config_parser
+from ..utils.io import check_outside
+from .common import check_output_file, config_parser
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -54,6 +55,8 @@ def _split(args: argparse.Namespace) -> int:
     cfg = load_config(RunConfig, args.config, args.overrides)
     if cfg.data.root is None:
         raise DataError("give data.root=<the ImageNet folder the split was made from>")
+    check_outside(args.dest, [cfg.data.root, args.split], option="--to", what="dataset or split")
+    check_output_file(args.dest, option="--to")
     doc = write_upstream_manifest(args.split, cfg.data.root, args.dest, seed=cfg.seed)
     print(f"{len(doc['train'])} training and {len(doc['holdout'])} held-out images of {len(doc['classes'])} classes "
           f"-> {args.dest} (use data.manifest={args.dest})")

@@ -53,6 +53,8 @@ def _class_folders(folder: Path) -> list[str]:
     names = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
     if not names:
         raise DataError(f"{folder} has no class subfolders; expected {folder}/<class>/<image files>")
+    if len(names) == 1:
+        raise DataError(f"{folder} has one class subfolder ({names[0]!r}); a classifier needs two classes or more")
     return names
 
 

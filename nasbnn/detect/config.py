@@ -73,7 +73,7 @@ class DetectDataConfig(Strict):
     train_images: str | None = None
     val_annotations: str | None = None
     val_images: str | None = None
-    canvas: int = Field(128, ge=16, description="images are resized (aspect kept) and padded to canvas×canvas")
+    canvas: int = Field(128, ge=16, le=8192, description="images are resized (aspect kept) and padded to canvas×canvas")
     batch_size: int = Field(16, ge=1, description="global batch size (divided across ranks)")
     eval_batch_size: int = Field(32, ge=1)
     workers: int = Field(0, ge=0, description="data-loading worker processes")

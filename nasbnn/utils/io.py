@@ -14,13 +14,14 @@ import errno
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from ..errors import NasbnnError, OutputError
 
-__all__ = ["JSONTextError", "atomic_write_bytes", "atomic_write_text", "check_replaceable", "ensure_dir",
-           "missing_file", "parse_json", "read_json", "remove_empty_created", "umask"]
+__all__ = ["JSONTextError", "atomic_write_bytes", "atomic_write_text", "check_outside", "check_replaceable",
+           "ensure_dir", "missing_file", "parse_json", "read_json", "remove_empty_created", "umask"]
 
 
 def umask() -> int:
@@ -75,6 +76,20 @@ def remove_empty_created() -> None:
         folder = _created.pop()
         with contextlib.suppress(OSError):  # not empty, or already gone
             folder.rmdir()
+
+
+def check_outside(path: str | Path, folders: Iterable[str | Path | None], *, option: str, what: str = "dataset"
+                  ) -> None:
+    """Raises a one-line :class:`OutputError` when output ``path`` lies inside one of ``folders`` (the datasets a
+    command reads: writing there would replace an image or an annotation file it has just used)."""
+    target = Path(path).resolve()
+    for folder in folders:
+        if folder is None or str(folder) == "":
+            continue
+        root = Path(folder).resolve()
+        if target == root or root in target.parents:
+            raise OutputError(f"{option} {str(path)!r} lies inside the {what} folder {str(folder)!r}, which this "
+                              "command reads; write it elsewhere")
 
 
 def check_replaceable(path: str | Path) -> None:

@@ -52,7 +52,8 @@ def safe_torch_load(path: str | Path, *, numpy_scalars: bool = False) -> Any:
             return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         msg = str(exc)
-        m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", msg)
+        # torch words it "Unsupported global: GLOBAL x.y", or "unsupported GLOBAL x.y whose module x is blocked"
+        m = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", msg)
         if m is not None:
             raise CheckpointError(
                 f"refusing to load {str(p)!r}: it holds a {m.group(1)} object, and loading it would run code "
