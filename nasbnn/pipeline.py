@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from .config import RunConfig, config_to_dict, load_config
+from .errors import ConfigError
 from .space import Arch, SearchSpace
 from .utils.io import atomic_write_text
 from .utils.seeding import derive_rng
@@ -80,6 +81,7 @@ class _Laps:
 def run_pipeline(cfg: RunConfig, *, progress: bool = True, log=print) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """Runs every stage; returns (and writes to ``<out>/summary.json``) the summary."""
     run = Path(cfg.out)
+    _check_same_supernet(cfg, run)
     lap = _Laps()
     _train_stage(cfg, run, progress=progress, log=log)
     lap("supernet")
@@ -105,6 +107,28 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True, log=print) -> dict[st
     }
     atomic_write_text(run / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+#: The sections of a config that decide the supernet a run trains.
+_SUPERNET_SECTIONS = ("seed", "space", "data", "model", "train")
+
+
+def _check_same_supernet(cfg: RunConfig, run: Path) -> None:
+    """Refuses, before any stage runs, a re-run whose settings would train another supernet than the one the
+    run folder holds (a re-run reuses or continues it, and would silently ignore them or fail stages later)."""
+    from .runs import RESUME_FREE_KEYS, _changed
+
+    saved = run / "config.yaml"
+    if not (saved.is_file() and (run / "checkpoint.pt").is_file()):
+        return
+    old = load_config(RunConfig, saved, [f"out={cfg.out}"]).model_dump(mode="json")
+    new = cfg.model_dump(mode="json")
+    changes = [c for section in _SUPERNET_SECTIONS for c in _changed(old.get(section), new.get(section), f"{section}.")
+               if not c[0].startswith(RESUME_FREE_KEYS)]
+    if changes:
+        key, was, now = changes[0]
+        raise ConfigError(f"{str(run)!r} holds a supernet trained with {key}={was!r}, and this run asks for {now!r}; "
+                          "re-running continues that run: use another --out to train with the new settings")
 
 
 def _train_stage(cfg: RunConfig, run: Path, *, progress: bool, log) -> None:  # type: ignore[no-untyped-def]

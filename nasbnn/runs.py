@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .config import M, RunConfig, SyntheticDataConfig, load_config
-from .errors import CheckpointError, InvalidArch, SearchError
+from .errors import CheckpointError, ConfigError, InvalidArch, SearchError
 from .models import SuperBNN
 from .space import Arch, SearchSpace, value_kind
 from .utils.io import read_json
@@ -60,8 +60,33 @@ def run_config(schema: type[M], path: str | Path | None, overrides: Sequence[str
         saved = Path(out) / "config.yaml"
         if not saved.is_file():
             raise CheckpointError(f"cannot resume: {str(saved)!r} does not exist (is out={out} a run folder?)")
-        cfg = load_config(schema, saved, [*(o for o in overrides if not o.startswith("out=")), f"out={out}"])
+        kept = load_config(schema, saved, [f"out={out}"])
+        resumed = load_config(schema, saved, [*(o for o in overrides if not o.startswith("out=")), f"out={out}"])
+        # A resumed run continues exactly: only where it runs may change, not what it computes.
+        changes = _changed(kept.model_dump(mode="json"), resumed.model_dump(mode="json"))
+        if path is not None:
+            changes += _changed(resumed.model_dump(mode="json"), cfg.model_dump(mode="json"))
+        changes = [c for c in changes if not c[0].startswith(RESUME_FREE_KEYS)]
+        if changes:
+            key, was, now = changes[0]
+            raise ConfigError(f"--resume continues the run with the settings in {str(saved)!r}; {key} would change "
+                              f"from {was!r} to {now!r}: drop that override (or --config), or start over with --force")
+        cfg = resumed
     return cfg
+
+
+#: Settings a resumed run may take from the command line: where it runs and reads, not what it computes.
+RESUME_FREE_KEYS = ("out", "device", "data.root", "data.workers")
+
+
+def _changed(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``(dotted key, value in a, value in b)`` wherever two config dicts differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[tuple[str, Any, Any]] = []
+        for k in sorted(set(a) | set(b)):
+            out += _changed(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [(prefix[:-1], a, b)]
 
 
 def load_supernet(checkpoint: str | Path, device: torch.device | str = "cpu", *, expect: RunConfig | None = None,

@@ -17,7 +17,7 @@ from nasbnn.data import build_data
 from nasbnn.errors import DataError, SearchError
 from nasbnn.models import SuperBNN
 from nasbnn.presets import create_space
-from nasbnn.train.checkpoint import save_checkpoint
+from nasbnn.train.checkpoint import load_checkpoint, save_checkpoint
 from nasbnn.upstream import arch_to_upstream
 from nasbnn.upstream_import import IMPORTED_FAMILY
 
@@ -345,3 +345,39 @@ def test_architecture_files_that_are_not_files_or_hold_no_member(tmp_path, capsy
 
     with pytest.raises(SearchError, match="empty family"):
         resolve_archs(create_space("tiny"), str(family))
+
+
+@pytest.mark.parametrize(("change", "needle"), [("supernet", "(supernet)"), ("search.budget.max=0.01", "(budget)")])
+def test_resume_on_another_supernet_or_budget_is_refused(searched, tmp_path, capsys, change, needle):
+    """A supernet retrained in the same folder to the same step, or a new budget, would mix two searches."""
+    folder = _copy_search(searched, tmp_path / "run")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    root = searched
+    extra: list[str] = []
+    if change == "supernet":
+        root = tmp_path / "other"
+        root.mkdir()
+        space = create_space("tiny")
+        save_checkpoint(root / "super.pt", kind="supernet", model_state=SuperBNN(space, seed=4).state_dict(),
+                        space=space, config={}, step=0)
+    else:
+        extra = [change]
+    _one_line_error(capsys, _search_argv(root, tmp_path / "run", "--resume", *extra), "used other settings", needle)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_resumed_training_keeps_its_settings(tmp_path, capsys):
+    """--resume continues exactly: an override or a --config that changes what is computed is refused; where it
+    runs may change."""
+    out = tmp_path / "run"
+    base = ["train-supernet", "--config", "tiny", f"out={out}", "--no-progress"]
+    assert main([*base, "--max-steps", "2"]) == 0
+    _one_line_error(capsys, [*base, "--resume", "train.lr=0.2", "--max-steps", "3"],
+                    "train.lr would change from 0.005 to 0.2", "--force")
+    _one_line_error(capsys, ["train-supernet", "--config", "fashion-mnist", f"out={out}", "--resume"],
+                    "would change", "--force")
+    assert main([*base, "--resume", "device=cpu", "--max-steps", "3"]) == 0
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 3
+    capsys.readouterr()
+    _one_line_error(capsys, ["run", "--config", "tiny", "--out", str(out), "train.lr=0.2", "--no-progress"],
+                    "holds a supernet trained with train.lr=0.005", "another --out")

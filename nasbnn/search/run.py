@@ -118,6 +118,7 @@ def _search_meta(cfg: RunConfig, space: SearchSpace, state: dict[str, Any], *, s
         "space": space.name,
         "space_fingerprint": space.fingerprint,
         "supernet_step": int(state.get("step", 0)),
+        "supernet": weights_digest(state["model"]),
         "seed": cfg.seed,
         "cost": scfg.cost,
         "convention": scfg.convention,
@@ -129,6 +130,7 @@ def _search_meta(cfg: RunConfig, space: SearchSpace, state: dict[str, Any], *, s
         "calib_batches": scfg.calib_batches,
         "calib_batch_size": scfg.calib_batch_size,
         "val_images": scfg.val_images,
+        "budget": scfg.budget.model_dump(mode="json"),
     }
     if seeds:
         meta["initial"] = f"imported official family ({seeds} members)"
@@ -138,6 +140,23 @@ def _search_meta(cfg: RunConfig, space: SearchSpace, state: dict[str, Any], *, s
 
 
 _RESUME = "cannot resume: "
+#: meta.json keys that earlier releases did not write.
+_LATER_KEYS = ("supernet", "budget")
+
+
+def weights_digest(model_state: dict[str, Any]) -> str:
+    """A digest of a supernet's weights (names, dtypes, shapes and bytes): a search resumes only on the same
+    supernet, not on one retrained in the same folder to the same step."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.blake2b(digest_size=16)
+    for name in sorted(model_state):
+        t = model_state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
 _START_OVER = "; pass --force to start the search over"
 
 
@@ -161,7 +180,9 @@ def _resumed_history(out: Path, meta: dict[str, Any]) -> tuple[list[Candidate], 
                           f"{_START_OVER}")
     # More generations continue the same search: generation g depends only on the generations before it.
     grows = isinstance(old.get("generations"), int) and meta["generations"] >= old["generations"]
-    diff = [k for k in meta if k != "title" and old.get(k) != meta[k] and not (k == "generations" and grows)]
+    # Searches written before the supernet's digest and the budget were recorded resume on the other settings.
+    diff = [k for k in meta if k != "title" and old.get(k) != meta[k] and not (k == "generations" and grows)
+            and not (k in _LATER_KEYS and k not in old)]
     if diff:
         raise SearchSettingsChanged(f"cannot resume: the search in {str(out)!r} used other settings "
                                     f"({', '.join(diff)})")
