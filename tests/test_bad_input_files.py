@@ -381,3 +381,21 @@ def test_resumed_training_keeps_its_settings(tmp_path, capsys):
     capsys.readouterr()
     _one_line_error(capsys, ["run", "--config", "tiny", "--out", str(out), "train.lr=0.2", "--no-progress"],
                     "holds a supernet trained with train.lr=0.005", "another --out")
+
+
+def test_force_does_not_replace_a_run_of_another_kind(tmp_path, capsys):
+    """--force starts the same kind of run over; over a supernet run, a fine-tuning or a detector must not
+    replace hours of training it did not make. Nor may a fine-tuning run write into its input bundle."""
+    out = tmp_path / "run"
+    assert main(["train-supernet", "--config", "tiny", f"out={out}", "--no-progress", "--max-steps", "1"]) == 0
+    assert main(["export", "--config", "tiny", "--checkpoint", str(out), "--smallest", "--no-recalibrate",
+                 "--to", str(tmp_path / "b")]) == 0
+    before = (out / "checkpoint.pt").read_bytes()
+    capsys.readouterr()
+    _one_line_error(capsys, ["finetune", "--config", "tiny", "--bundle", str(tmp_path / "b"), "--to", str(out),
+                             "--force", "--no-progress"], "holds a supernet run", "choose another folder")
+    assert (out / "checkpoint.pt").read_bytes() == before
+    _one_line_error(capsys, ["finetune", "--config", "tiny", "--bundle", str(tmp_path / "b"), "--to",
+                             str(tmp_path / "b"), "--no-progress"], "is the input bundle")
+    assert main(["train-supernet", "--config", "tiny", f"out={out}", "--no-progress", "--max-steps", "1",
+                 "--force"]) == 0

@@ -400,7 +400,7 @@ def train_detector(cfg: DetectRunConfig, *, run_dir: str | Path | None = None, r
     dist_info, device = setup(cfg.device)
     configure_backends(device)
     run = TrainingRun(Path(run_dir or cfg.out), cfg, dist=dist_info, resume=resume, force=force, progress=progress,
-                      desc="detector")
+                      desc="detector", kind=CHECKPOINT_KIND)
     if dist_info.is_main:
         ensure_synthetic(cfg.data)
     barrier(dist_info)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from ..bundle import load_bundle, read_bundle_info, save_bundle
 from ..config import RunConfig, config_to_dict
+from ..errors import OutputError
 from ..utils.seeding import derive_seed
 from .network import NetworkRecipe, Optimization
 from .run import Cadence, TrainingRun
@@ -31,9 +32,11 @@ def finetune(cfg: RunConfig, *, bundle: str | Path, run_dir: str | Path, resume:
     from ..runs import run_data
 
     info = read_bundle_info(bundle)
+    if Path(run_dir).resolve() == Path(bundle).resolve():
+        raise OutputError(f"the fine-tuning run folder {str(run_dir)!r} is the input bundle; choose another --to")
     ctx = make_context(cfg, run_dir)
     run = TrainingRun(ctx.run_dir, cfg, dist=ctx.dist, resume=resume, force=force,
-                      progress=progress, desc="finetune")
+                      progress=progress, desc="finetune", kind="finetune")
     net = load_bundle(bundle)
     space = net.space
     data, seed = run_data(cfg, {"config": info.get("config") or {}}, space, run_dir=ctx.run_dir)

@@ -147,6 +147,21 @@ class _Progress:
             self.metrics.close()
 
 
+def _check_same_kind(path: Path, kind: str) -> None:
+    """Refuses ``--force`` over a run of another kind (a fine-tuning over a supernet run would replace hours of
+    training that this command did not make). A checkpoint that cannot be read is what --force is for."""
+    from ..utils.torch_files import safe_torch_load
+
+    try:
+        other = safe_torch_load(path)
+    except NasbnnError:
+        return
+    found = other.get("kind") if isinstance(other, dict) else None
+    if isinstance(found, str) and found != kind:
+        raise OutputError(f"run folder {str(path.parent)!r} holds a {found} run; --force starts over a {kind} run "
+                          "only: choose another folder")
+
+
 class TrainingRun:
     """Owns one run folder: creation, resume, config dump, checkpoints, metrics and the summary.
 
@@ -166,7 +181,7 @@ class TrainingRun:
 
     def __init__(self, folder: str | Path, config: BaseModel, *, dist: DistInfo | None = None,
                  resume: bool = False, force: bool = False, progress: bool = True,
-                 desc: str = "train") -> None:
+                 desc: str = "train", kind: str | None = None) -> None:
         self.folder = Path(folder)
         self.config = config
         self.dist = dist or DistInfo()
@@ -179,6 +194,8 @@ class TrainingRun:
         if not resume and not force and self.checkpoint_path.is_file():
             raise OutputError(f"run folder {str(self.folder)!r} already holds {CHECKPOINT_NAME}; pass --resume to "
                               "continue that run or --force to start over, replacing its checkpoint")
+        if force and not resume and kind is not None and self.checkpoint_path.is_file():
+            _check_same_kind(self.checkpoint_path, kind)
         if self.dist.is_main:
             ensure_dir(self.folder, what="run folder")
             remove_stale_temporaries(self.folder)

@@ -69,7 +69,7 @@ def train_arch(cfg: RunConfig, arch: str | Arch, *, run_dir: str | Path | None =
     base_space(cfg)  # a space that does not resolve fails before the run folder is made
     ctx = make_context(cfg, run_dir)
     run = TrainingRun(ctx.run_dir, cfg, dist=ctx.dist, resume=resume, force=force,
-                      progress=progress, desc="train-arch")
+                      progress=progress, desc="train-arch", kind=CHECKPOINT_KIND)
     data, space = build_data_and_space(cfg, ctx.run_dir)
     parsed = parse_space_arch(space, str(arch))
     tcfg = cfg.train

@@ -220,7 +220,7 @@ def train_supernet(cfg: RunConfig, *, run_dir: str | Path | None = None, resume:
     base_space(cfg)  # a space that does not resolve fails before the run folder is made
     ctx = make_context(cfg, run_dir)
     run = TrainingRun(ctx.run_dir, cfg, dist=ctx.dist, resume=resume, force=force,
-                      progress=progress, desc="supernet")
+                      progress=progress, desc="supernet", kind="supernet")
     data, space = build_data_and_space(cfg, ctx.run_dir)
     if data.train is None:
         raise DataError(f"dataset {data.name!r} has no training split")
