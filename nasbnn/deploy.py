@@ -259,6 +259,9 @@ def evaluate_spec(cfg: RunConfig, *, bundle: str | Path | None = None, checkpoin
         data, seed = run_data(cfg, state, model.space, run_dir=Path(cfg.out))
         recalibrate, source = True, {"checkpoint": str(checkpoint), "arch": str(targets[0][1])}
     device = next(net.parameters()).device
+    if recalibrate and cfg.eval.calib_batches < 1:
+        raise ConfigError("BN recalibration needs eval.calib_batches >= 1 (a supernet architecture is always "
+                          "recalibrated; a bundle with --recalibrate)")
     calib = calibration_batches(data, cfg, device, seed=seed) if recalibrate else None
     res = evaluate_network(net, eval_batches(data.test, cfg, device), calib=calib)
     c = arch_cost(net.arch, net.space)

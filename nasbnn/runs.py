@@ -60,7 +60,11 @@ def run_config(schema: type[M], path: str | Path | None, overrides: Sequence[str
         saved = Path(out) / "config.yaml"
         if not saved.is_file():
             raise CheckpointError(f"cannot resume: {str(saved)!r} does not exist (is out={out} a run folder?)")
-        kept = load_config(schema, saved, [f"out={out}"])
+        try:
+            kept = load_config(schema, saved, [f"out={out}"])
+        except ConfigError as exc:
+            raise CheckpointError(f"cannot resume: {str(saved)!r} is not the config of a run of this command ({exc}); "
+                                  f"is out={out} such a run?") from None
         resumed = load_config(schema, saved, [*(o for o in overrides if not o.startswith("out=")), f"out={out}"])
         # A resumed run continues exactly: only where it runs may change, not what it computes.
         changes = _changed(kept.model_dump(mode="json"), resumed.model_dump(mode="json"))

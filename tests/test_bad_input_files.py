@@ -399,3 +399,20 @@ def test_force_does_not_replace_a_run_of_another_kind(tmp_path, capsys):
                              str(tmp_path / "b"), "--no-progress"], "is the input bundle")
     assert main(["train-supernet", "--config", "tiny", f"out={out}", "--no-progress", "--max-steps", "1",
                  "--force"]) == 0
+
+
+def test_eval_options_that_cannot_all_hold(tmp_path, capsys, searched):
+    ckpt = str(searched / "super.pt")
+    with pytest.raises(SystemExit):  # argparse: mutually exclusive
+        main(["eval", "--config", "tiny", "--checkpoint", ckpt, "--largest", "--smallest"])
+    assert "not allowed with" in capsys.readouterr().err
+    _one_line_error(capsys, ["eval", "--config", "tiny", "--checkpoint", ckpt, "--largest", "eval.calib_batches=0"],
+                    "eval.calib_batches >= 1")
+
+
+def test_resume_of_another_commands_run_names_it(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train-supernet", "--config", "tiny", f"out={out}", "--no-progress", "--max-steps", "1"]) == 0
+    capsys.readouterr()
+    _one_line_error(capsys, ["detect", "train", f"out={out}", "--resume", "--no-progress"],
+                    "cannot resume", "is not the config of a run of this command")

@@ -50,9 +50,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--bundle", metavar="DIR")
     src.add_argument("--checkpoint", metavar="PATH", help="supernet checkpoint (with --arch/--largest/--smallest)")
-    p.add_argument("--arch", metavar="STR", help="with --checkpoint: architecture string, or pareto.json@BUCKET")
-    p.add_argument("--largest", action="store_true", help="with --checkpoint: the space's largest member")
-    p.add_argument("--smallest", action="store_true", help="with --checkpoint: the space's smallest member")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--arch", metavar="STR", help="with --checkpoint: architecture string, or pareto.json@BUCKET")
+    which.add_argument("--largest", action="store_true", help="with --checkpoint: the space's largest member")
+    which.add_argument("--smallest", action="store_true", help="with --checkpoint: the space's smallest member")
     p.add_argument("--recalibrate", action="store_true", help="recalibrate a bundle's BN before evaluating")
     p.add_argument("--json-out", default=None, metavar="FILE",
                    help="where to write the JSON (default: print); never one of the inputs")

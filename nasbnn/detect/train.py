@@ -21,7 +21,7 @@ from ..train.checkpoint import load_checkpoint, space_from_checkpoint
 from ..train.distributed import DistInfo, all_reduce_gradients, average_buffers, barrier
 from ..train.optim import build_scheduler, param_groups
 from ..train.run import Cadence, StepTrainer, TrainingRun, check_finite, load_training_state, training_state
-from ..utils.io import atomic_write_text, check_outside
+from ..utils.io import atomic_write_text, check_outside, check_replaceable
 from ..utils.seeding import derive_seed
 from .coco import CategoryMap, CocoSplit, load_coco_split
 from .config import DetectDataConfig, DetectRunConfig, DetectTrainConfig
@@ -459,8 +459,9 @@ def evaluate_run(checkpoint: str | Path, cfg: DetectRunConfig | None = None, *,
     outputs = _eval_paths(run, cfg.data.val, json_out)
     _refuse_overwriting_inputs(outputs, [ck / "checkpoint.pt" if ck.is_dir() else ck, run / "config.yaml",
                                          cfg.data.split_paths("val")[0], cfg.data.split_paths("train")[0], *inputs])
-    for out in outputs:  # the images and annotations of both splits
+    for out in outputs:  # the images and annotations of both splits; devices and pipes
         check_outside(out, [*cfg.data.split_paths("val"), *cfg.data.split_paths("train")], option="--json-out")
+        check_replaceable(out)
     device = resolve_device(cfg.device)
     model = model.to(device)
     _, val_split = load_splits(cfg.data, train=False)
