@@ -267,8 +267,8 @@ def test_seed_out_of_range(tmp_path, capsys, seed, command):
 
 def test_bench_batch_that_cannot_fit_in_memory(capsys, monkeypatch):
     monkeypatch.setattr("nasbnn.engine.bench.available_memory", lambda: 2**30)
-    _one_line_error(capsys, ["bench", "--space", "tiny", "--smallest", "--batch", "1", "1000000"],
-                    "batch 1000000 at resolution 16 needs at least", "1.0 GiB of memory is available")
+    _one_line_error(capsys, ["bench", "--space", "imagenet", "--largest", "--batch", "1", "1024"],
+                    "batch 1024 at resolution 224 needs at least", "1.0 GiB of memory is available")
 
 
 def test_bench_memory_estimate_grows_with_batch_and_resolution():
