@@ -172,3 +172,13 @@ def test_blocked_module_global_is_named(tmp_path):
     torch.save({"x": _System()}, path)
     with pytest.raises(CheckpointError, match=r"refusing to load .* holds a (posix|nt)\.system object"):
         safe_torch_load(path)
+
+
+def test_truncated_torch_file_is_called_damaged(tmp_path):
+    from nasbnn.utils.torch_files import safe_torch_load
+
+    path = tmp_path / "cut.pt"
+    torch.save({"w": torch.zeros(1000)}, path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="damaged or truncated"):
+        safe_torch_load(path)

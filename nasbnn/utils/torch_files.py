@@ -67,4 +67,8 @@ def safe_torch_load(path: str | Path, *, numpy_scalars: bool = False) -> Any:
         kind = type(exc).__name__
         known = isinstance(exc, (RuntimeError, EOFError, OSError, ValueError)) and first
         detail = first[:200] if known else f"the file is damaged or not a torch file ({kind})"
+        if isinstance(exc, OSError) and exc.errno is not None:  # the zip reader's view of a cut file
+            detail = f"the file is damaged or truncated ({exc.strerror or kind})"
+        elif "PytorchStreamReader" in first:
+            detail = "the file is damaged or truncated (its zip archive is incomplete)"
         raise CheckpointError(f"cannot read {str(p)!r} as a torch file: {detail}") from None
