@@ -554,3 +554,12 @@ def test_bundle_with_nan_weights_is_refused(tiny_files, tmp_path, capsys):
     state[key][0] = float("nan")
     f.write_bytes(save(state, metadata={"format": "nasbnn.bundle", "arch": str(create_space("tiny").smallest())}))
     _one_line_error(capsys, ["eval", "--bundle", str(bundle)], key, "NaN or infinite")
+
+
+def test_latency_predict_for_zero_threads(tmp_path, capsys):
+    from nasbnn.engine.latency import LatencyModel
+
+    f = LatencyModel(1.0, 2.0, 0.01, meta={"threads": 1}).save(tmp_path / "m.json")
+    err = _one_line_error(capsys, ["latency", "predict", "--space", "tiny", "--largest", "--model", str(f),
+                                   "--threads", "0"], "threads must be >= 1")
+    assert "latency fit" not in err

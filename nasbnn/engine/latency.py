@@ -188,6 +188,8 @@ class LatencyModel:
             raise CheckpointError(f"{str(p)!r} is latency model version {version}; this nasbnn reads versions "
                                   f"{LATENCY_VERSION} and {LATENCY_MULTI_VERSION}")
         have = sorted(m.threads for m in models)
+        if threads is not None and (isinstance(threads, bool) or int(threads) < 1):
+            raise EngineError(f"threads must be >= 1, got {threads}")
         if threads is None:
             if len(models) > 1:
                 raise CheckpointError(f"{str(p)!r} holds latency models for {have} engine threads; say which "
