@@ -416,3 +416,18 @@ def test_resume_of_another_commands_run_names_it(tmp_path, capsys):
     capsys.readouterr()
     _one_line_error(capsys, ["detect", "train", f"out={out}", "--resume", "--no-progress"],
                     "cannot resume", "is not the config of a run of this command")
+
+
+def test_synthetic_detection_data_over_a_dataset(tmp_path, capsys):
+    """A real COCO folder has the synthetic one's layout: never written over. A synthetic one is regenerated,
+    without the images of an earlier, larger draw."""
+    real = tmp_path / "coco"
+    (real / "annotations").mkdir(parents=True)
+    (real / "annotations" / "instances_train.json").write_text('{"info": {"description": "COCO 2017"}}')
+    _one_line_error(capsys, ["detect", "synth", "--out", str(real), "--images", "4", "--size", "32"],
+                    "not a synthetic dataset's")
+    assert json.loads((real / "annotations" / "instances_train.json").read_text())["info"]["description"] == "COCO 2017"
+    synth = tmp_path / "shapes"
+    assert main(["detect", "synth", "--out", str(synth), "--images", "8", "--size", "32"]) == 0
+    assert main(["detect", "synth", "--out", str(synth), "--images", "4", "--val-images", "2", "--size", "32"]) == 0
+    assert sorted(p.name for p in (synth / "train").iterdir()) == [f"{i:06d}.png" for i in range(1, 5)]

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError
-from ..utils.io import atomic_write_bytes, atomic_write_text, ensure_dir
+from ..errors import DataError, OutputError
+from ..utils.io import JSONTextError, atomic_write_bytes, atomic_write_text, ensure_dir, parse_json
 from ..utils.seeding import derive_seed
 
 __all__ = ["MAX_IMAGES", "MAX_OBJECTS", "MAX_SIZE", "SHAPES", "generate_split", "generate_synthetic_coco"]
@@ -173,7 +173,28 @@ def generate_split(out: str | Path, split: str, *, images: int, size: int = 128,
             ann_id += 1
     ann = out / "annotations" / f"instances_{split}.json"
     atomic_write_text(ann, json.dumps(coco) + "\n")
+    # images of an earlier, larger synthetic split of the same folder are not part of this one
+    keep = {im["file_name"] for im in coco["images"]}
+    for old in img_dir.glob("[0-9][0-9][0-9][0-9][0-9][0-9].png"):
+        if old.name not in keep:
+            old.unlink(missing_ok=True)
     return ann
+
+
+def _check_replaceable_dataset(out: Path) -> None:
+    """Refuses to write over a dataset that is not a synthetic one (a real COCO folder has the same layout)."""
+    for split in ("train", "val"):
+        ann = out / "annotations" / f"instances_{split}.json"
+        if not ann.exists():
+            continue
+        try:
+            info = parse_json(ann.read_bytes()).get("info", {})
+            ours = str(info.get("description", "")).startswith("nasbnn synthetic")
+        except (OSError, JSONTextError, AttributeError):
+            ours = False
+        if not ours:
+            raise OutputError(f"{str(ann)!r} is not a synthetic dataset's; detect synth does not write over another "
+                              "dataset: choose another --out")
 
 
 def generate_synthetic_coco(out: str | Path, *, images: int, val_images: int | None = None, size: int = 128,
@@ -186,6 +207,7 @@ def generate_synthetic_coco(out: str | Path, *, images: int, val_images: int | N
     val_n = max(1, images // 4) if val_images is None else val_images
     for split, n in (("train", images), ("val", val_n)):  # both checked before anything is written
         _check_settings(split, images=n, size=size, classes=classes, max_objects=max_objects)
+    _check_replaceable_dataset(Path(out))
     ensure_dir(out, what="dataset folder")
     train = generate_split(out, "train", images=images, size=size, seed=seed, classes=classes,
                            max_objects=max_objects, first_image_id=1)
