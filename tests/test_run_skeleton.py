@@ -126,3 +126,15 @@ def test_summary_json_is_written_atomically(tmp_path):
     run.write_json("train_summary.json", {"step": 3})
     assert json.loads((tmp_path / "train_summary.json").read_text()) == {"step": 3}
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_nan_gradients_under_a_finite_loss_stop_the_step():
+    """A finite loss with NaN gradients (BatchNorm over two near-equal values, say) would turn every weight NaN in
+    one optimizer step; the check stops it before the step, like a NaN loss."""
+    layer = torch.nn.Linear(3, 2)
+    layer(torch.ones(1, 3)).sum().backward()
+    check_finite(torch.tensor(1.0), 7, layer.parameters())  # finite gradients pass
+    layer.weight.grad[0, 0] = float("nan")
+    with pytest.raises(TrainingDiverged, match="gradients became NaN or infinite at step 7"):
+        check_finite(torch.tensor(1.0), 7, layer.parameters())
+    check_finite(torch.tensor(1.0), 7)  # without parameters: the loss only

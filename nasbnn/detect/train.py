@@ -266,7 +266,7 @@ class DetectorTrainer(StepTrainer[BinaryDetector]):
         losses = fcos_losses(out, loc, boxes, labels, model.cfg, self.dist)
         losses["loss"].backward()
         all_reduce_gradients(model, self.dist)
-        check_finite(losses["loss"], step)
+        check_finite(losses["loss"], step, model.parameters())
         if self.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], self.grad_clip)
         self.optimizer.step()

@@ -75,7 +75,7 @@ class NetworkRecipe:
             loss = self.loss_fn(self.net(images).float(), labels)
         loss.backward()
         all_reduce_gradients(self.net, self.ctx.dist)
-        check_finite(loss, step)
+        check_finite(loss, step, self.net.parameters())
         if self.opt.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.opt.grad_clip)
         self.optimizer.step()

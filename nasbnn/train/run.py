@@ -54,10 +54,16 @@ class TrainingDiverged(NasbnnError):
         return TrainingDiverged(f"{self}{kept} (try a lower learning rate or gradient clipping)")
 
 
-def check_finite(loss: torch.Tensor, step: int) -> None:
-    """Raises :class:`TrainingDiverged` when ``loss`` is NaN or infinite (call before the optimizer step)."""
+def check_finite(loss: torch.Tensor, step: int, params: Iterable[torch.nn.Parameter] | None = None) -> None:
+    """Raises :class:`TrainingDiverged` when ``loss`` is NaN or infinite, or any gradient of ``params`` is (call
+    after the gradients are averaged, before the optimizer step): a finite loss can still have NaN gradients,
+    and one such step would turn the weights to NaN."""
     if not bool(torch.isfinite(loss)):
         raise TrainingDiverged(f"loss became {float(loss.detach())} at step {step}")
+    if params is not None:
+        grads = [p.grad for p in params if p.grad is not None]
+        if grads and not bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)).item()):
+            raise TrainingDiverged(f"gradients became NaN or infinite at step {step} (loss {float(loss.detach()):.4g})")
 
 
 def training_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any]:

@@ -96,7 +96,7 @@ class SupernetTrainer(StepTrainer[SuperBNN]):
             total = total + out["loss_largest"]
         out["loss"] = total
         all_reduce_gradients(model, self.dist)
-        check_finite(total, step)
+        check_finite(total, step, model.parameters())
         if cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         self.optimizer.step()
