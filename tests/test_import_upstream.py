@@ -284,3 +284,14 @@ def test_split_manifest_never_written_over_the_images_it_names(tmp_path, capsys)
     os.mkfifo(fifo)
     rc, _, err = _run(["upstream-split", "--split", str(split), "--to", str(fifo), f"data.root={root}"], capsys)
     assert rc == 2 and "not a regular file" in err, err
+
+
+def test_split_folder_missing_a_class_names_it(tmp_path):
+    import shutil
+
+    root = make_imagenet_folder(tmp_path / "ImageNet", classes=3, train_per_class=6, val_per_class=2)
+    split = make_official_split(tmp_path / "ImageNet_split", root, per_class=2)
+    gone = sorted(p.name for p in (split / "train").iterdir())[0]
+    shutil.rmtree(split / "train" / gone)
+    with pytest.raises(DataError, match=rf"classes missing there: \['{gone}'\]"):
+        manifest_from_upstream_split(split, root, seed=0)

@@ -66,8 +66,10 @@ def manifest_from_upstream_split(split_dir: str | Path, root: str | Path, *, see
         theirs = _class_folders(split_dir / part)
         if theirs != classes:
             extra = sorted(set(theirs) - set(classes))[:3]
+            missing = sorted(set(classes) - set(theirs))[:3]
+            which = f"not in the dataset: {extra}" if extra else f"missing there: {missing}"
             raise DataError(f"split folder {split_dir / part} has {len(theirs)} class folders, {root / 'train'} has "
-                            f"{len(classes)} (first unknown: {extra}); the split must come from this dataset")
+                            f"{len(classes)} (classes {which}); the split must come from this dataset")
     train, miss_t = _resolve(split_dir, "train", root, classes)
     holdout, miss_v = _resolve(split_dir, "val", root, classes)
     missing = miss_v + miss_t
