@@ -238,6 +238,11 @@ def _family_members(space: SearchSpace, family: list[dict[str, Any]], path: str,
     members = [(i, float(f["bucket"]), str(f["arch"])) for i, f in enumerate(family)]
     if not members:
         raise SearchError(f"{path!r} holds an empty family: no architecture to take")
+    seen: dict[float, int] = {}
+    for i, b, _ in members:
+        if b in seen:  # both would be exported to the same mops_<bucket> folder
+            raise SearchError(f"{path!r}: family entries {seen[b]} and {i} are both in bucket {b:g}")
+        seen[b] = i
     if bucket:
         try:
             want = float(bucket)

@@ -431,3 +431,15 @@ def test_synthetic_detection_data_over_a_dataset(tmp_path, capsys):
     assert main(["detect", "synth", "--out", str(synth), "--images", "8", "--size", "32"]) == 0
     assert main(["detect", "synth", "--out", str(synth), "--images", "4", "--val-images", "2", "--size", "32"]) == 0
     assert sorted(p.name for p in (synth / "train").iterdir()) == [f"{i:06d}.png" for i in range(1, 5)]
+
+
+def test_family_with_two_members_in_one_bucket(tmp_path):
+    from nasbnn.presets import create_space
+    from nasbnn.runs import resolve_archs
+
+    space = create_space("tiny")
+    family = tmp_path / "pareto.json"
+    entries = [{"bucket": 0.01, "arch": str(space.smallest())}, {"bucket": 0.01, "arch": str(space.largest())}]
+    family.write_text(json.dumps({"family": entries}))
+    with pytest.raises(SearchError, match=r"entries 0 and 1 are both in bucket 0\.01"):
+        resolve_archs(space, str(family))
