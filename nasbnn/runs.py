@@ -8,6 +8,7 @@ architecture from the same words.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from .models import SuperBNN
 from .space import Arch, SearchSpace, value_kind
 from .utils.io import read_json
 from .utils.seeding import derive_seed
+
+_logger = logging.getLogger(__name__)
 
 __all__ = [
     "CARRIED_DATA_KEYS",
@@ -66,15 +69,23 @@ def run_config(schema: type[M], path: str | Path | None, overrides: Sequence[str
             raise CheckpointError(f"cannot resume: {str(saved)!r} is not the config of a run of this command ({exc}); "
                                   f"is out={out} such a run?") from None
         resumed = load_config(schema, saved, [*(o for o in overrides if not o.startswith("out=")), f"out={out}"])
-        # A resumed run continues exactly: only where it runs may change, not what it computes.
-        changes = _changed(kept.model_dump(mode="json"), resumed.model_dump(mode="json"))
-        if path is not None:
-            changes += _changed(resumed.model_dump(mode="json"), cfg.model_dump(mode="json"))
-        changes = [c for c in changes if not c[0].startswith(RESUME_FREE_KEYS)]
+        # A resumed run continues exactly: only where it runs may change, not what it computes. An override
+        # typed now that changes a saved setting is refused; a --config file that differs (a run started with
+        # overrides differs from its file) is named, and the run keeps its own settings.
+        changes = [c for c in _changed(kept.model_dump(mode="json"), resumed.model_dump(mode="json"))
+                   if not c[0].startswith(RESUME_FREE_KEYS)]
         if changes:
             key, was, now = changes[0]
             raise ConfigError(f"--resume continues the run with the settings in {str(saved)!r}; {key} would change "
-                              f"from {was!r} to {now!r}: drop that override (or --config), or start over with --force")
+                              f"from {was!r} to {now!r}: drop that override, or start over with --force")
+        if path is not None:
+            differ = [c for c in _changed(resumed.model_dump(mode="json"), cfg.model_dump(mode="json"))
+                      if not c[0].startswith(RESUME_FREE_KEYS)]
+            if differ:
+                key, was, now = differ[0]
+                more = f" and {len(differ) - 1} more" if len(differ) > 1 else ""
+                _logger.warning("warning: --config %s differs from the run's %s (%s: %r there, %r here%s); the resumed "
+                                "run keeps its own settings", path, saved, key, was, now, more)
         cfg = resumed
     return cfg
 

@@ -366,18 +366,20 @@ def test_resume_on_another_supernet_or_budget_is_refused(searched, tmp_path, cap
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
-def test_resumed_training_keeps_its_settings(tmp_path, capsys):
-    """--resume continues exactly: an override or a --config that changes what is computed is refused; where it
-    runs may change."""
+def test_resumed_training_keeps_its_settings(tmp_path, capsys, caplog):
+    """--resume continues exactly: an override that changes what is computed is refused, a --config that differs
+    from the run's is named (the run keeps its own); where it runs may change."""
     out = tmp_path / "run"
     base = ["train-supernet", "--config", "tiny", f"out={out}", "--no-progress"]
     assert main([*base, "--max-steps", "2"]) == 0
     _one_line_error(capsys, [*base, "--resume", "train.lr=0.2", "--max-steps", "3"],
                     "train.lr would change from 0.005 to 0.2", "--force")
-    _one_line_error(capsys, ["train-supernet", "--config", "fashion-mnist", f"out={out}", "--resume"],
-                    "would change", "--force")
-    assert main([*base, "--resume", "device=cpu", "--max-steps", "3"]) == 0
-    assert load_checkpoint(out / "checkpoint.pt")["step"] == 3
+    assert main(["train-supernet", "--config", "fashion-mnist", f"out={out}", "--resume", "--no-progress",
+                 "--max-steps", "3"]) == 0
+    assert "--config fashion-mnist differs from the run's" in caplog.text
+    assert load_checkpoint(out / "checkpoint.pt")["config"]["data"]["name"] == "synthetic"
+    assert main([*base, "--resume", "device=cpu", "--max-steps", "4"]) == 0
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 4
     capsys.readouterr()
     _one_line_error(capsys, ["run", "--config", "tiny", "--out", str(out), "train.lr=0.2", "--no-progress"],
                     "holds a supernet trained with train.lr=0.005", "another --out")

@@ -563,3 +563,17 @@ def test_latency_predict_for_zero_threads(tmp_path, capsys):
     err = _one_line_error(capsys, ["latency", "predict", "--space", "tiny", "--largest", "--model", str(f),
                                    "--threads", "0"], "threads must be >= 1")
     assert "latency fit" not in err
+
+
+def test_detector_resume_with_another_backbone_is_refused(detector_run, tmp_path, capsys):
+    """The resumed detector's backbone is the one in its checkpoint: a backbone option would be ignored."""
+    run = _copy(detector_run[0], tmp_path / "run")
+    bundle = tmp_path / "b"
+    save_bundle(export_subnet(SuperBNN(create_space("tiny"), seed=1), create_space("tiny").largest()), bundle,
+                config={"seed": 0, "data": {}})
+    before = _snapshot(run)
+    _one_line_error(capsys, ["detect", "train", f"out={run}", "--resume", "--no-progress", "--max-steps", "2",
+                             "--backbone-bundle", str(bundle)], "--resume continues", "backbone.bundle")
+    assert _snapshot(run) == before
+    # the plain resume, without repeating the run's settings, continues it
+    assert main(["detect", "train", f"out={run}", "--resume", "--no-progress", "--max-steps", "2"]) == 0

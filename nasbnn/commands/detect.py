@@ -83,11 +83,22 @@ def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     """The config of a command (on --resume: the run's saved config), with the backbone flags applied."""
     from ..detect.backbone import choose_backbone
     from ..detect.config import DetectRunConfig
-    from ..runs import run_config
+    from ..errors import ConfigError
+    from ..runs import _changed, run_config
 
-    cfg = run_config(DetectRunConfig, args.config, args.overrides, resume=getattr(args, "resume", False))
-    return choose_backbone(cfg, checkpoint=args.backbone_checkpoint, bundle=args.backbone_bundle, arch=arch_spec(args),
-                           space=getattr(args, "space", None), canvas=getattr(args, "canvas", None))
+    resume = getattr(args, "resume", False)
+    # --config has a default here: on --resume only a config the user names is compared with the run's own
+    path = None if resume and args.config == DEFAULT_CONFIG else args.config
+    cfg = run_config(DetectRunConfig, path, args.overrides, resume=resume)
+    before = cfg.model_dump(mode="json")
+    cfg = choose_backbone(cfg, checkpoint=args.backbone_checkpoint, bundle=args.backbone_bundle, arch=arch_spec(args),
+                          space=getattr(args, "space", None), canvas=getattr(args, "canvas", None))
+    changes = _changed(before, cfg.model_dump(mode="json")) if resume else []
+    if changes:  # the resumed detector's backbone is the one in its checkpoint
+        key, was, now = changes[0]
+        raise ConfigError(f"--resume continues the run with its saved settings; the backbone option would change {key} "
+                          f"from {was!r} to {now!r}: drop it, or start over with --force")
+    return cfg
 
 
 def _synth(args: argparse.Namespace) -> int:
