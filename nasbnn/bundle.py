@@ -20,6 +20,7 @@ from .errors import CheckpointError
 from .models.static import StaticBNN
 from .space import Arch, SearchSpace
 from .utils.io import atomic_write_bytes, atomic_write_text, read_json
+from .utils.torch_files import first_non_finite
 
 __all__ = ["BUNDLE_FORMAT", "load_bundle", "read_bundle_info", "save_bundle"]
 
@@ -130,7 +131,7 @@ def load_bundle(folder: str | Path, *, device: torch.device | str = "cpu") -> St
         if tuple(v.shape) != tuple(own[k].shape):
             raise CheckpointError(f"weights in {str(wpath)!r}: {k} has shape {list(v.shape)}, the architecture "
                                   f"needs {list(own[k].shape)}")
-    bad = next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    bad = first_non_finite(state)
     if bad is not None:
         raise CheckpointError(f"weights in {str(wpath)!r}: {bad} holds NaN or infinite values; the bundle is damaged")
     net.load_state_dict(state)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,8 @@ from .registry import Registry
 from .search.result import family_entries
 from .space import Arch
 from .train.bn import evaluate_top1, recalibrate_bn
-from .utils.io import ensure_dir, read_json, umask
+from .utils.io import read_json, staging_folder
+from .utils.torch_files import first_non_finite
 
 __all__ = ["EXPORT_FORMATS", "check_export_folder", "evaluate_network", "evaluate_spec", "export_arch",
            "export_from_checkpoint", "read_family"]
@@ -138,21 +138,10 @@ def check_export_folder(folder: str | Path) -> None:
 
 def _check_finite(net: StaticBNN, arch: Arch) -> None:
     """Refuses a network with NaN or infinite weights or statistics (a damaged or diverged supernet)."""
-    for name, value in net.state_dict().items():
-        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise CheckpointError(f"architecture {arch}: {name} holds NaN or infinite values; the supernet checkpoint "
-                              "is damaged or its training diverged")
-
-
-def _staging_folder(dest: Path) -> Path:
-    """An empty folder beside ``dest`` with the permissions a new folder gets, for an export to be written in."""
-    ensure_dir(dest.parent, what="export folder's parent")
-    try:
-        stage = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.export-"))
-    except OSError as exc:
-        raise OutputError(f"cannot write into {str(dest.parent)!r}: {exc.strerror or exc}") from None
-    os.chmod(stage, 0o777 & ~umask())
-    return stage
+    bad = first_non_finite(net.state_dict())
+    if bad is not None:
+        raise CheckpointError(f"architecture {arch}: {bad} holds NaN or infinite values; the supernet checkpoint is "
+                              "damaged or its training diverged")
 
 
 def _commit_export(stage: Path, dest: Path) -> None:
@@ -166,7 +155,7 @@ def _commit_export(stage: Path, dest: Path) -> None:
         os.rename(stage, dest)
         return
     (dest / "bundle.json").unlink(missing_ok=True)
-    for name in EXPORT_FILES[1:]:
+    for name in (n for n in EXPORT_FILES if n != "bundle.json"):
         if (stage / name).exists():
             os.replace(stage / name, dest / name)
         else:
@@ -220,7 +209,7 @@ def export_from_checkpoint(cfg: RunConfig, *, checkpoint: str | Path, spec: str,
     out = []
     for (name, arch), folder in zip(targets, folders):
         # Written whole beside the destination, then moved in: a failure leaves what was there untouched.
-        stage = _staging_folder(folder)
+        stage = staging_folder(folder, "export")
         try:
             net, metrics = export_arch(model, arch, stage, calib=calib, test=test, config=recorded,
                                        source={"checkpoint": str(checkpoint), "step": int(state.get("step", 0))})

@@ -116,15 +116,15 @@ _SUPERNET_SECTIONS = ("seed", "space", "data", "model", "train")
 def _check_same_supernet(cfg: RunConfig, run: Path) -> None:
     """Refuses, before any stage runs, a re-run whose settings would train another supernet than the one the
     run folder holds (a re-run reuses or continues it, and would silently ignore them or fail stages later)."""
-    from .runs import RESUME_FREE_KEYS, _changed
+    from .runs import RESUME_FREE_KEYS, config_changes
 
     saved = run / "config.yaml"
     if not (saved.is_file() and (run / "checkpoint.pt").is_file()):
         return
     old = load_config(RunConfig, saved, [f"out={cfg.out}"]).model_dump(mode="json")
     new = cfg.model_dump(mode="json")
-    changes = [c for section in _SUPERNET_SECTIONS for c in _changed(old.get(section), new.get(section), f"{section}.")
-               if not c[0].startswith(RESUME_FREE_KEYS)]
+    changes = config_changes({s: old[s] for s in _SUPERNET_SECTIONS}, {s: new[s] for s in _SUPERNET_SECTIONS},
+                             ignore=RESUME_FREE_KEYS)
     if changes:
         key, was, now = changes[0]
         raise ConfigError(f"{str(run)!r} holds a supernet trained with {key}={was!r}, and this run asks for {now!r}; "

@@ -26,7 +26,9 @@ _logger = logging.getLogger(__name__)
 
 __all__ = [
     "CARRIED_DATA_KEYS",
+    "RESUME_FREE_KEYS",
     "calibration_batches",
+    "config_changes",
     "eval_batches",
     "explicit_override",
     "load_supernet",
@@ -72,15 +74,14 @@ def run_config(schema: type[M], path: str | Path | None, overrides: Sequence[str
         # A resumed run continues exactly: only where it runs may change, not what it computes. An override
         # typed now that changes a saved setting is refused; a --config file that differs (a run started with
         # overrides differs from its file) is named, and the run keeps its own settings.
-        changes = [c for c in _changed(kept.model_dump(mode="json"), resumed.model_dump(mode="json"))
-                   if not c[0].startswith(RESUME_FREE_KEYS)]
+        changes = config_changes(kept.model_dump(mode="json"), resumed.model_dump(mode="json"), ignore=RESUME_FREE_KEYS)
         if changes:
             key, was, now = changes[0]
             raise ConfigError(f"--resume continues the run with the settings in {str(saved)!r}; {key} would change "
                               f"from {was!r} to {now!r}: drop that override, or start over with --force")
         if path is not None:
-            differ = [c for c in _changed(resumed.model_dump(mode="json"), cfg.model_dump(mode="json"))
-                      if not c[0].startswith(RESUME_FREE_KEYS)]
+            differ = config_changes(resumed.model_dump(mode="json"), cfg.model_dump(mode="json"),
+                                    ignore=RESUME_FREE_KEYS)
             if differ:
                 key, was, now = differ[0]
                 more = f" and {len(differ) - 1} more" if len(differ) > 1 else ""
@@ -94,14 +95,16 @@ def run_config(schema: type[M], path: str | Path | None, overrides: Sequence[str
 RESUME_FREE_KEYS = ("out", "device", "data.root", "data.workers")
 
 
-def _changed(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
-    """``(dotted key, value in a, value in b)`` wherever two config dicts differ."""
+def config_changes(a: Any, b: Any, *, ignore: Sequence[str] = (), prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``(dotted key, value in a, value in b)`` wherever two config dicts differ, but for keys that start with one
+    of ``ignore``."""
     if isinstance(a, dict) and isinstance(b, dict):
         out: list[tuple[str, Any, Any]] = []
         for k in sorted(set(a) | set(b)):
-            out += _changed(a.get(k), b.get(k), f"{prefix}{k}.")
+            out += config_changes(a.get(k), b.get(k), ignore=ignore, prefix=f"{prefix}{k}.")
         return out
-    return [] if a == b else [(prefix[:-1], a, b)]
+    key = prefix[:-1]
+    return [] if a == b or key.startswith(tuple(ignore)) else [(key, a, b)]
 
 
 def load_supernet(checkpoint: str | Path, device: torch.device | str = "cpu", *, expect: RunConfig | None = None,

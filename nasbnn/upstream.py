@@ -26,7 +26,7 @@ from torch import Tensor
 
 from .errors import CheckpointError, InvalidArch
 from .space import Arch, BlockArch, SearchSpace, StageArch
-from .utils.torch_files import safe_torch_load
+from .utils.torch_files import first_non_finite, safe_torch_load
 
 __all__ = [
     "UpstreamFamilyMember",
@@ -247,7 +247,7 @@ def load_upstream_checkpoint(model: torch.nn.Module, source: str | Path | Mappin
             f"checkpoint is of another search space: {len(missing)} tensors of space {space_name!r} are "
             f"missing (first: {missing[0]!r})"
         )
-    bad = next((k for k, v in converted.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    bad = first_non_finite(converted)
     if bad is not None:
         raise CheckpointError(f"checkpoint holds NaN or infinite values (in {bad!r}); it is damaged, or its training "
                               "diverged")

@@ -15,7 +15,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from .config import RunConfig, atomic_write_text, config_to_dict, dump_config
 from .cost import arch_cost
 from .errors import CheckpointError, ConfigError, InvalidArch, OutputError, SearchError
 from .space import SearchSpace
-from .utils.io import ensure_dir, umask
+from .utils.io import staging_folder
 
 __all__ = ["IMPORTED_FAMILY", "UPSTREAM_ORIGIN", "import_upstream", "imported_family"]
 
@@ -134,12 +133,7 @@ def import_upstream(cfg: RunConfig, *, checkpoint: str | Path, dest: str | Path,
     if split is not None and cfg.data.root is None:
         raise ConfigError("--split needs data.root=<the ImageNet folder the split was made from>")
     model, ck_meta = _load_supernet(Path(checkpoint).expanduser(), space)
-    ensure_dir(dest.parent, what="folder")
-    try:
-        tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
-    except OSError as exc:
-        raise OutputError(f"cannot create the run folder {str(dest)!r}: {exc.strerror or exc}") from None
-    tmp.chmod(0o777 & ~umask())  # mkdtemp's 0700 would hide the run folder from other users
+    tmp = staging_folder(dest, "import")
     try:
         written = _write(tmp, cfg, space, model, ck_meta, checkpoint, family, epoch, search_p, split)
         if dest.exists():

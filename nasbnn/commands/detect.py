@@ -84,7 +84,7 @@ def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from ..detect.backbone import choose_backbone
     from ..detect.config import DetectRunConfig
     from ..errors import ConfigError
-    from ..runs import _changed, run_config
+    from ..runs import config_changes, run_config
 
     resume = getattr(args, "resume", False)
     # --config has a default here: on --resume only a config the user names is compared with the run's own
@@ -93,7 +93,7 @@ def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     before = cfg.model_dump(mode="json")
     cfg = choose_backbone(cfg, checkpoint=args.backbone_checkpoint, bundle=args.backbone_bundle, arch=arch_spec(args),
                           space=getattr(args, "space", None), canvas=getattr(args, "canvas", None))
-    changes = _changed(before, cfg.model_dump(mode="json")) if resume else []
+    changes = config_changes(before, cfg.model_dump(mode="json")) if resume else []
     if changes:  # the resumed detector's backbone is the one in its checkpoint
         key, was, now = changes[0]
         raise ConfigError(f"--resume continues the run with its saved settings; the backbone option would change {key} "

@@ -142,6 +142,7 @@ def _search_meta(cfg: RunConfig, space: SearchSpace, state: dict[str, Any], *, s
 _RESUME = "cannot resume: "
 #: meta.json keys that earlier releases did not write.
 _LATER_KEYS = ("supernet", "budget")
+_START_OVER = "; pass --force to start the search over"
 
 
 def weights_digest(model_state: dict[str, Any]) -> str:
@@ -157,7 +158,6 @@ def weights_digest(model_state: dict[str, Any]) -> str:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy())
     return h.hexdigest()
-_START_OVER = "; pass --force to start the search over"
 
 
 def _resumed_history(out: Path, meta: dict[str, Any]) -> tuple[list[Candidate], list[dict[str, Any]]]:

@@ -21,7 +21,8 @@ from typing import Any
 from ..errors import NasbnnError, OutputError
 
 __all__ = ["JSONTextError", "atomic_write_bytes", "atomic_write_text", "check_outside", "check_replaceable",
-           "ensure_dir", "missing_file", "parse_json", "read_json", "remove_empty_created", "umask"]
+           "ensure_dir", "missing_file", "parse_json", "read_json", "remove_empty_created", "staging_folder",
+           "umask"]
 
 
 def umask() -> int:
@@ -108,6 +109,22 @@ def check_replaceable(path: str | Path) -> None:
     raise OutputError(f"cannot write {str(p)!r}: it is {kind}")
 
 
+def staging_folder(dest: Path, tag: str) -> Path:
+    """A new empty folder ``.<name>.<tag>-XXXX`` beside ``dest``, with the permissions an ordinary new folder gets
+    (``mkdtemp``'s 0700 would hide it from other users once renamed), for output written whole and then moved in.
+
+    Raises:
+        OutputError: ``dest``'s parent cannot be created or written into.
+    """
+    ensure_dir(dest.parent, what="folder")
+    try:
+        stage = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.{tag}-"))
+    except OSError as exc:
+        raise OutputError(f"cannot write into {str(dest.parent)!r}: {exc.strerror or exc}") from None
+    stage.chmod(0o777 & ~umask())
+    return stage
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Writes ``data`` to ``path`` atomically (temporary file beside it, fsync, rename)."""
     path = Path(path)
@@ -153,7 +170,11 @@ def missing_file(path: str | Path, what: str = "file") -> str:
 
 
 class JSONTextError(ValueError):
-    """A text that :func:`parse_json` cannot read; the message is one line saying why."""
+    """A text that :func:`parse_json` cannot read; the message is one line saying why (``reason``) and where."""
+
+    def __init__(self, reason: str, where: str = "") -> None:
+        super().__init__(f"{reason}: {where}" if where else reason)
+        self.reason = reason
 
 
 def parse_json(text: str | bytes) -> Any:
@@ -163,7 +184,7 @@ def parse_json(text: str | bytes) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise JSONTextError(f"{exc.msg}: line {exc.lineno}, column {exc.colno}") from None
+        raise JSONTextError(exc.msg, f"line {exc.lineno}, column {exc.colno}") from None
     except UnicodeDecodeError:
         raise JSONTextError("not UTF-8 text") from None
     except RecursionError:

@@ -161,7 +161,7 @@ def read_jsonl_strict(path: str | Path, *, error: type[NasbnnError], hint: str =
                 _logger.warning("warning: dropping the unfinished last line %d of %s (a writer stopped mid-line)",
                                 n, p)
                 continue
-            raise error(f"{str(p)!r} line {n} is damaged ({str(exc).split(':')[0]}){hint}") from None
+            raise error(f"{str(p)!r} line {n} is damaged ({exc.reason}){hint}") from None
         if not isinstance(record, dict):
             raise error(f"{str(p)!r} line {n} is a JSON {json_kind(record)}, not an object{hint}")
         out.append((n, record))

@@ -5,13 +5,23 @@ from __future__ import annotations
 import pickle
 import re
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError
 from .io import missing_file
 
-__all__ = ["safe_torch_load"]
+__all__ = ["first_non_finite", "safe_torch_load"]
+
+
+def first_non_finite(tensors: Mapping[str, Any]) -> str | None:
+    """The name of the first floating-point tensor of ``tensors`` holding a NaN or an infinity, or ``None``:
+    what a damaged file, or weights of a diverged training, hold."""
+    import torch
+
+    return next((k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())),
+                None)
 
 
 def _numpy_scalar_globals() -> list[Any]:
